@@ -1,0 +1,785 @@
+"""Turn run results into a comparison report (candidate recipe vs. single-task teachers).
+
+Pure numpy / scipy / matplotlib (+ pyyaml for the recipe block): this module must not depend
+on ray, torch or wandb, so that it stays fast to import and to test.
+
+A *run record* is a plain dict::
+
+    {"group": "student",                  # any name: "teachers", "multitask", "student", ...
+     "seed": 3,
+     "scores": {"rte": 71.2, ...},        # final dev score per task, GLUE convention (x100)
+     "curves": {"rte": [[step, score], ...]},          # optional validation curve per task
+     "switch_steps": {"rte": 1200},                    # optional KD-switch step per task
+     "dev_predictions": {"rte": {"correct": [0, 1, ...]}}}   # optional, for the bootstrap
+
+Public API
+----------
+- :func:`load_runs` -- read a JSONL file of run records.
+- :func:`holm` -- Holm-Bonferroni adjusted p-values.
+- :func:`paired_bootstrap` -- two-sided paired bootstrap test over dev examples.
+- :func:`compare` -- per-task statistics of every group, candidate vs. baseline tests.
+- :func:`write_report` -- ``report.html``, ``report.md``, ``comparison.json``, ``bars.png``
+  and ``curves.png`` into a directory (every file written atomically).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import numbers
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "ALPHA",
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "compare",
+    "holm",
+    "load_runs",
+    "paired_bootstrap",
+    "write_report",
+]
+
+#: Family-wise significance level applied to the Holm-adjusted p-values.
+ALPHA = 0.05
+#: Number of bootstrap resamples for the dev-example bootstrap test.
+BOOTSTRAP_RESAMPLES = 10_000
+#: Fixed seed of the bootstrap, so reports are reproducible.
+BOOTSTRAP_SEED = 0
+_DPI = 100
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def _validate_run(run: Any, where: str) -> None:
+    """Raise ``ValueError`` (prefixed with ``where``) unless ``run`` is a well-formed record."""
+    if not isinstance(run, dict):
+        raise ValueError(f"{where}: run record must be a JSON object/dict, got {type(run).__name__}")
+    group = run.get("group")
+    if not isinstance(group, str) or not group:
+        raise ValueError(f"{where}: 'group' must be a non-empty string, got {group!r}")
+    if not _is_int(run.get("seed")):
+        raise ValueError(f"{where}: 'seed' must be an integer, got {run.get('seed')!r}")
+    scores = run.get("scores")
+    if not isinstance(scores, dict) or not scores:
+        raise ValueError(f"{where}: 'scores' must be a non-empty {{task: score}} mapping")
+    for task, score in scores.items():
+        if not isinstance(task, str):
+            raise ValueError(f"{where}: task names must be strings, got {task!r}")
+        if not _is_real(score):
+            raise ValueError(f"{where}: score of task {task!r} must be a finite number, got {score!r}")
+    curves = run.get("curves")
+    if curves is not None:
+        if not isinstance(curves, dict):
+            raise ValueError(f"{where}: 'curves' must be a {{task: [[step, score], ...]}} mapping")
+        for task, points in curves.items():
+            if not isinstance(points, (list, tuple)):
+                raise ValueError(f"{where}: curve of task {task!r} must be a list of [step, score]")
+            for point in points:
+                if (
+                    not isinstance(point, (list, tuple))
+                    or len(point) != 2
+                    or not all(_is_real(v) for v in point)
+                ):
+                    raise ValueError(
+                        f"{where}: curve of task {task!r} has a bad point {point!r} "
+                        "(expected [step, score] with finite numbers)"
+                    )
+    switch_steps = run.get("switch_steps")
+    if switch_steps is not None:
+        if not isinstance(switch_steps, dict):
+            raise ValueError(f"{where}: 'switch_steps' must be a {{task: step}} mapping")
+        for task, step in switch_steps.items():
+            if step is not None and not _is_real(step):
+                raise ValueError(f"{where}: switch step of task {task!r} must be a number, got {step!r}")
+    preds = run.get("dev_predictions")
+    if preds is not None:
+        if not isinstance(preds, dict):
+            raise ValueError(f"{where}: 'dev_predictions' must be a {{task: {{'correct': [...]}}}} mapping")
+        for task, entry in preds.items():
+            correct = entry.get("correct") if isinstance(entry, dict) else None
+            if not isinstance(correct, (list, tuple)) or not correct:
+                raise ValueError(
+                    f"{where}: dev_predictions[{task!r}] must be {{'correct': [0/1, ...]}} (non-empty)"
+                )
+            if not all((_is_real(c) or isinstance(c, bool)) and 0 <= c <= 1 for c in correct):
+                raise ValueError(f"{where}: dev_predictions[{task!r}]['correct'] must hold 0/1 values")
+
+
+def load_runs(path: str | os.PathLike[str]) -> list[dict]:
+    """Read run records from a JSONL file (one JSON object per line; blank lines are skipped).
+
+    Raises ``ValueError`` naming the file and the 1-based line number of a bad line.
+    """
+    path = Path(path)
+    runs: list[dict] = []
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            _validate_run(record, f"{path}:{lineno}")
+            runs.append(record)
+    return runs
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni step-down adjusted p-values (monotone, capped at 1), in input order.
+
+    Identical to ``statsmodels.stats.multitest.multipletests(p, method="holm")[1]``.
+    """
+    p = np.asarray(list(pvalues), dtype=float)
+    if p.ndim != 1:
+        raise ValueError("holm: expected a flat sequence of p-values")
+    if p.size == 0:
+        return []
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
+        raise ValueError(f"holm: p-values must lie in [0, 1], got {p.tolist()}")
+    m = p.size
+    order = np.argsort(p, kind="mergesort")
+    adjusted_sorted = np.maximum.accumulate(p[order] * np.arange(m, 0, -1))
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(adjusted_sorted, 1.0)
+    return [float(x) for x in adjusted]
+
+
+def paired_bootstrap(
+    candidate_correct: Any,
+    baseline_correct: Any,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> float:
+    """Two-sided paired bootstrap test over dev examples.
+
+    ``candidate_correct`` / ``baseline_correct`` are per-example correctness values in [0, 1]
+    (0/1, or a per-example mean over several runs), aligned by example. Examples are resampled
+    with replacement; the p-value is the share of resampled mean differences that deviate from
+    the observed difference at least as much as the observed difference deviates from 0 (the
+    bootstrap distribution shifted to the null), with the usual +1 correction.
+
+    Resampling n examples with replacement only depends on how many copies of each *distinct*
+    difference value are drawn, i.e. on a multinomial draw over the distinct values, so the
+    10,000 resamples cost O(n_resamples x distinct values), not O(n_resamples x n).
+    """
+    c = np.asarray(candidate_correct, dtype=float)
+    b = np.asarray(baseline_correct, dtype=float)
+    if c.ndim != 1 or c.shape != b.shape or c.size == 0:
+        raise ValueError(
+            f"paired_bootstrap: need two non-empty aligned 1-D arrays, got shapes {c.shape} and {b.shape}"
+        )
+    if n_resamples < 1:
+        raise ValueError("paired_bootstrap: n_resamples must be >= 1")
+    diff = c - b
+    n = diff.size
+    observed = float(diff.mean())
+    values, counts = np.unique(diff, return_counts=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, counts / n, size=n_resamples)  # (n_resamples, n_distinct)
+    means = draws @ values / n
+    tol = 1e-12
+    extreme = int(np.count_nonzero(np.abs(means - observed) >= abs(observed) - tol))
+    return float(min(1.0, (extreme + 1) / (n_resamples + 1)))
+
+
+def _finite_or_none(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _ttest_p(pvalue: float, mean_a: float, mean_b: float) -> float | None:
+    """scipy returns NaN when both samples have zero variance: equal means -> 1, else undefined."""
+    if math.isfinite(pvalue):
+        return float(pvalue)
+    if math.isclose(mean_a, mean_b, rel_tol=0.0, abs_tol=1e-12):
+        return 1.0
+    return None
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    mean = float(arr.mean())
+    sd = float(arr.std(ddof=1)) if arr.size >= 2 else 0.0
+    return mean, sd
+
+
+def _group_order(runs: list[dict], baseline: str, candidate: str) -> list[str]:
+    seen: list[str] = []
+    for run in runs:
+        if run["group"] not in seen:
+            seen.append(run["group"])
+    others = [g for g in seen if g not in (baseline, candidate)]
+    return [baseline, *others, candidate]
+
+
+def _dev_correct(runs: list[dict], task: str, group: str) -> np.ndarray | None:
+    """Per-example correctness of a group, averaged over its runs that stored predictions."""
+    rows = []
+    for run in runs:
+        entry = (run.get("dev_predictions") or {}).get(task)
+        if entry is not None:
+            rows.append(np.asarray(entry["correct"], dtype=float))
+    if not rows:
+        return None
+    lengths = {r.size for r in rows}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"dev_predictions of task {task!r} in group {group!r} have different lengths {sorted(lengths)}"
+        )
+    return np.mean(np.vstack(rows), axis=0)
+
+
+def _test(
+    task: str,
+    base_runs: list[dict],
+    cand_runs: list[dict],
+    baseline: str,
+    candidate: str,
+) -> dict:
+    base_by_seed = {r["seed"]: float(r["scores"][task]) for r in base_runs}
+    cand_by_seed = {r["seed"]: float(r["scores"][task]) for r in cand_runs}
+    common = sorted(set(base_by_seed) & set(cand_by_seed))
+    out: dict[str, Any] = {"test": None, "test_n": None, "statistic": None, "p": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if len(common) >= 2:
+            c = [cand_by_seed[s] for s in common]
+            b = [base_by_seed[s] for s in common]
+            res = stats.ttest_rel(c, b)
+            out.update(
+                test="paired_t",
+                test_n=len(common),
+                statistic=_finite_or_none(res.statistic),
+                p=_ttest_p(float(res.pvalue), float(np.mean(c)), float(np.mean(b))),
+            )
+            return out
+        if len(base_runs) >= 2 and len(cand_runs) >= 2:
+            c = [float(r["scores"][task]) for r in cand_runs]
+            b = [float(r["scores"][task]) for r in base_runs]
+            res = stats.ttest_ind(c, b, equal_var=False)
+            out.update(
+                test="welch_t",
+                test_n=len(c) + len(b),
+                statistic=_finite_or_none(res.statistic),
+                p=_ttest_p(float(res.pvalue), float(np.mean(c)), float(np.mean(b))),
+            )
+            return out
+    cand_correct = _dev_correct(cand_runs, task, candidate)
+    base_correct = _dev_correct(base_runs, task, baseline)
+    if cand_correct is not None and base_correct is not None:
+        if cand_correct.size != base_correct.size:
+            raise ValueError(
+                f"dev_predictions of task {task!r}: {candidate!r} has {cand_correct.size} examples, "
+                f"{baseline!r} has {base_correct.size}; they must be aligned"
+            )
+        out.update(
+            test="bootstrap",
+            test_n=int(cand_correct.size),
+            # observed difference in accuracy, in GLUE points (x100)
+            statistic=float(100.0 * (cand_correct.mean() - base_correct.mean())),
+            p=paired_bootstrap(cand_correct, base_correct),
+        )
+    return out
+
+
+def _compare(
+    runs: list[dict],
+    *,
+    baseline: str,
+    candidate: str,
+    tasks: list[str] | None,
+    groups: list[str] | None,
+) -> dict:
+    if not isinstance(runs, (list, tuple)) or not runs:
+        raise ValueError("compare: 'runs' must be a non-empty list of run records")
+    for i, run in enumerate(runs):
+        _validate_run(run, f"runs[{i}]")
+    if baseline == candidate:
+        raise ValueError(f"compare: baseline and candidate are the same group {baseline!r}")
+    present = {r["group"] for r in runs}
+    if groups is None:
+        groups = _group_order(list(runs), baseline, candidate)
+    else:
+        groups = list(groups)
+        if len(set(groups)) != len(groups):
+            raise ValueError(f"groups contain duplicates: {groups}")
+        for g in (baseline, candidate):
+            if g not in groups:
+                raise ValueError(f"groups {groups} must include the {'baseline' if g == baseline else 'candidate'} {g!r}")
+    missing = [g for g in groups if g not in present]
+    if missing:
+        raise ValueError(
+            f"group(s) {missing} missing from the runs; groups present: {sorted(present)}"
+        )
+    by_group: dict[str, list[dict]] = {g: [r for r in runs if r["group"] == g] for g in groups}
+    for g, members in by_group.items():
+        seeds = [r["seed"] for r in members]
+        dupes = sorted({s for s in seeds if seeds.count(s) > 1})
+        if dupes:
+            raise ValueError(f"group {g!r} has several runs with seed(s) {dupes}; seeds must be unique per group")
+
+    if tasks is None:
+        tasks = []
+        for g in groups:
+            for r in by_group[g]:
+                for t in r["scores"]:
+                    if t not in tasks:
+                        tasks.append(t)
+    else:
+        tasks = list(tasks)
+        if not tasks:
+            raise ValueError("compare: 'tasks' is empty")
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"compare: 'tasks' contains duplicates: {tasks}")
+    for g in groups:
+        for r in by_group[g]:
+            lacking = [t for t in tasks if t not in r["scores"]]
+            if lacking:
+                raise ValueError(
+                    f"task(s) {lacking} have no score in group {g!r} (run with seed {r['seed']})"
+                )
+
+    rows = []
+    for task in tasks:
+        stats_by_group = {}
+        for g in groups:
+            members = sorted(by_group[g], key=lambda r: r["seed"])
+            scores = [float(r["scores"][task]) for r in members]
+            mean, sd = _mean_sd(scores)
+            stats_by_group[g] = {
+                "mean": mean,
+                "sd": sd,
+                "n": len(scores),
+                "seeds": [int(r["seed"]) for r in members],
+                "scores": scores,
+            }
+        base_mean = stats_by_group[baseline]["mean"]
+        row: dict[str, Any] = {
+            "task": task,
+            "groups": stats_by_group,
+            "deltas": {g: stats_by_group[g]["mean"] - base_mean for g in groups},
+            "delta": stats_by_group[candidate]["mean"] - base_mean,
+        }
+        row.update(_test(task, by_group[baseline], by_group[candidate], baseline, candidate))
+        row["p_adj"] = None
+        row["significant"] = False
+        rows.append(row)
+
+    tested = [row for row in rows if row["p"] is not None]
+    for row, p_adj in zip(tested, holm([row["p"] for row in tested])):
+        row["p_adj"] = p_adj
+        row["significant"] = bool(p_adj < ALPHA)
+
+    averages = {g: float(np.mean([row["groups"][g]["mean"] for row in rows])) for g in groups}
+    return {
+        "baseline": baseline,
+        "candidate": candidate,
+        "groups": groups,
+        "task_names": tasks,
+        "alpha": ALPHA,
+        "tasks": rows,
+        "glue_average": {
+            "means": averages,
+            "deltas": {g: averages[g] - averages[baseline] for g in groups},
+            "delta": averages[candidate] - averages[baseline],
+        },
+    }
+
+
+def compare(
+    *,
+    runs: list[dict],
+    baseline: str = "teachers",
+    candidate: str = "student",
+    tasks: list[str] | None = None,
+) -> dict:
+    """Compare every group's per-task dev scores; test ``candidate`` against ``baseline``.
+
+    Per task: mean / sd (ddof=1, 0 for one seed) / n of every group, ``delta`` =
+    mean(candidate) - mean(baseline), and a p-value from, in order of preference, a paired
+    t-test over seeds both groups share (>= 2 common seeds), a Welch t-test (>= 2 runs each),
+    or a paired bootstrap over dev examples (``dev_predictions`` present in both groups);
+    otherwise ``None``. P-values are Holm-adjusted across the tasks that have one;
+    ``significant`` = adjusted p < 0.05. ``glue_average`` holds the mean over tasks of each
+    group's mean and the candidate's delta. Groups are ordered baseline, others (first
+    appearance), candidate. The result is plain JSON-serialisable data.
+
+    Raises ``ValueError`` for a missing group, a task without a score in some run of a
+    compared group, duplicate seeds within a group, or a malformed record.
+    """
+    return _compare(list(runs), baseline=baseline, candidate=candidate, tasks=tasks, groups=None)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _fmt_delta(x: float) -> str:
+    return f"{x:+.2f}"
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    if p == 0.0:
+        return "0"  # degenerate: identical nonzero paired differences (zero variance)
+    if p < 1e-4:
+        return f"{p:.1e}"
+    return f"{p:.4f}"
+
+
+def _sig_marker(row: dict) -> str:
+    if row["p"] is None:
+        return "n/a"
+    return "*" if row["significant"] else ""
+
+
+_TEST_NAMES = {"paired_t": "paired t", "welch_t": "Welch t", "bootstrap": "bootstrap", None: "none"}
+
+
+def _test_label(row: dict) -> str:
+    name = _TEST_NAMES.get(row["test"], str(row["test"]))
+    if row["test"] == "paired_t":
+        return f"{name} (n={row['test_n']} seeds)"
+    if row["test"] == "welch_t":
+        return f"{name} ({row['test_n']} runs)"
+    if row["test"] == "bootstrap":
+        return f"{name} ({row['test_n']} examples)"
+    return name
+
+
+def _summary(comparison: dict) -> str:
+    avg = comparison["glue_average"]
+    parts = ", ".join(f"{g} {avg['means'][g]:.2f}" for g in comparison["groups"])
+    n_sig = sum(row["significant"] for row in comparison["tasks"])
+    n_tested = sum(row["p"] is not None for row in comparison["tasks"])
+    return (
+        f"GLUE average over {len(comparison['tasks'])} task(s): {parts}. "
+        f"{comparison['candidate']} vs {comparison['baseline']}: {_fmt_delta(avg['delta'])} points; "
+        f"{n_sig} of {n_tested} tested task(s) significant after Holm correction "
+        f"(adjusted p < {comparison['alpha']:g})."
+    )
+
+
+def _table_header(comparison: dict) -> list[str]:
+    c, b = comparison["candidate"], comparison["baseline"]
+    return [
+        "Task",
+        *[f"{g} (mean ± sd)" for g in comparison["groups"]],
+        f"Δ {c} − {b}",
+        "Test",
+        "p",
+        "p (Holm)",
+        "Sig.",
+    ]
+
+
+def _table_rows(comparison: dict) -> list[list[str]]:
+    out = []
+    for row in comparison["tasks"]:
+        cells = [row["task"]]
+        for g in comparison["groups"]:
+            s = row["groups"][g]
+            cells.append(f"{s['mean']:.2f} ± {s['sd']:.2f} (n={s['n']})")
+        cells += [
+            _fmt_delta(row["delta"]),
+            _test_label(row),
+            _fmt_p(row["p"]),
+            _fmt_p(row["p_adj"]),
+            _sig_marker(row),
+        ]
+        out.append(cells)
+    return out
+
+
+def _to_plain(obj: Any) -> Any:
+    """Make a recipe YAML/JSON-safe (numpy scalars, tuples, paths, ...)."""
+    if isinstance(obj, dict):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_to_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return _to_plain(obj.tolist())
+    return str(obj)
+
+
+def _recipe_yaml(recipe: dict) -> str:
+    import yaml  # pyyaml; imported lazily, only when a recipe is given
+
+    return yaml.safe_dump(_to_plain(recipe), sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+_BARS_ALT = "Grouped bar chart: mean dev score per task for each group; error bars show ±1 sd over seeds"
+
+
+def _curves_alt(candidate: str) -> str:
+    return (
+        f"Validation curves of the {candidate} runs, one panel per task; "
+        "dashed vertical lines and markers show where each task's KD switch fired"
+    )
+
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+tr.sig td{background:#eef8ee}
+pre{background:#f7f7f7;border:1px solid #ddd;padding:.8em;overflow:auto}
+img{max-width:100%;height:auto;display:block;margin:1em 0}
+.note{color:#666;font-size:13px}
+"""
+
+
+def _render_html(comparison: dict, *, title: str, recipe_yaml: str | None, images: dict[str, str]) -> str:
+    e = html.escape
+    lines = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{e(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{e(title)}</h1>",
+        f'<p class="summary">{e(_summary(comparison))}</p>',
+        "<h2>Per-task comparison</h2>",
+        "<table>",
+        "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in _table_header(comparison)) + "</tr></thead>",
+        "<tbody>",
+    ]
+    for row, cells in zip(comparison["tasks"], _table_rows(comparison)):
+        cls = ' class="sig"' if row["significant"] else ""
+        lines.append(f"<tr{cls}>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+    lines += [
+        "</tbody>",
+        "</table>",
+        '<p class="note">'
+        + e(
+            f"Scores are dev-set scores (GLUE convention, ×100), mean ± sd (ddof=1) over seeds. "
+            f"Δ = mean({comparison['candidate']}) − mean({comparison['baseline']}). "
+            f"* = Holm-adjusted p < {comparison['alpha']:g}; n/a = no test possible."
+        )
+        + "</p>",
+    ]
+    if recipe_yaml is not None:
+        lines += ["<h2>Best recipe</h2>", f'<pre class="recipe">{e(recipe_yaml)}</pre>']
+    if images:
+        lines.append("<h2>Figures</h2>")
+        for src, alt in images.items():
+            lines.append(f'<img src="{e(src, quote=True)}" alt="{e(alt, quote=True)}">')
+    lines += ["</body>", "</html>", ""]
+    return "\n".join(lines)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _render_markdown(comparison: dict, *, title: str, recipe_yaml: str | None, images: dict[str, str]) -> str:
+    header = _table_header(comparison)
+    lines = [
+        f"# {_md_cell(title)}",
+        "",
+        _summary(comparison),
+        "",
+        "| " + " | ".join(_md_cell(h) for h in header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    for cells in _table_rows(comparison):
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    lines += [
+        "",
+        f"\\* = Holm-adjusted p < {comparison['alpha']:g}; n/a = no test possible.",
+        "",
+    ]
+    if recipe_yaml is not None:
+        lines += ["## Best recipe", "", "```yaml", recipe_yaml.rstrip("\n"), "```", ""]
+    for src, alt in images.items():
+        lines += [f"![{_md_cell(alt)}]({src})", ""]
+    return "\n".join(lines)
+
+
+def _bars_png(comparison: dict) -> bytes:
+    from matplotlib.figure import Figure  # Agg-rendered, no global backend state touched
+
+    groups = comparison["groups"]
+    rows = comparison["tasks"]
+    n_tasks, n_groups = len(rows), len(groups)
+    fig = Figure(figsize=(max(6.0, 1.2 * n_tasks * max(1, n_groups) / 2 + 2), 4.5), dpi=_DPI)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(n_tasks)
+    width = 0.8 / n_groups
+    for i, g in enumerate(groups):
+        means = [row["groups"][g]["mean"] for row in rows]
+        sds = [row["groups"][g]["sd"] for row in rows]
+        ax.bar(x + (i - (n_groups - 1) / 2) * width, means, width, yerr=sds, capsize=3, label=g)
+    for xi, row in zip(x, rows):
+        if row["significant"]:
+            top = max(row["groups"][g]["mean"] + row["groups"][g]["sd"] for g in groups)
+            ax.annotate("*", (xi, top), ha="center", va="bottom", fontsize=14)
+    ax.margins(y=0.12)
+    ax.set_xticks(x)
+    ax.set_xticklabels([row["task"] for row in rows], rotation=30 if n_tasks > 6 else 0)
+    ax.set_ylabel("dev score (GLUE, ×100)")
+    ax.set_title("Mean dev score per task (± sd over seeds; * = significant after Holm)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def _curves_png(runs: list[dict], comparison: dict) -> bytes | None:
+    candidate = comparison["candidate"]
+    cand_runs = sorted((r for r in runs if r["group"] == candidate), key=lambda r: r["seed"])
+    tasks = [t for t in comparison["task_names"] if any((r.get("curves") or {}).get(t) for r in cand_runs)]
+    if not tasks:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    ncols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.2 * nrows + 0.6), dpi=_DPI)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    colors = [f"C{i % 10}" for i in range(len(cand_runs))]
+    any_switch = False
+    for ax, task in zip(axes.flat, tasks):
+        for color, run in zip(colors, cand_runs):
+            points = (run.get("curves") or {}).get(task)
+            if not points:
+                continue
+            arr = np.asarray(sorted(points, key=lambda p: p[0]), dtype=float)
+            ax.plot(arr[:, 0], arr[:, 1], color=color, lw=1.4)
+            step = (run.get("switch_steps") or {}).get(task)
+            if step is not None:
+                any_switch = True
+                ax.axvline(float(step), color=color, ls="--", lw=1.0, alpha=0.8)
+                ax.plot([float(step)], [float(np.interp(step, arr[:, 0], arr[:, 1]))],
+                        marker="v", color=color, ms=8, mec="black", mew=0.6, zorder=5)
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel("dev score")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    handles = [
+        Line2D([], [], color=color, lw=1.4, label=f"seed {run['seed']}")
+        for color, run in zip(colors, cand_runs)
+        if any((run.get("curves") or {}).get(t) for t in tasks)
+    ]
+    if any_switch:
+        handles.append(Line2D([], [], color="gray", ls="--", marker="v", mec="black", label="KD switch"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.suptitle(f"Validation curves of {candidate} (per-task KD switch marked)")
+    fig.tight_layout(rect=(0, 0.6 / (3.2 * nrows + 0.6) + 0.02, 1, 0.97))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temp file in the same directory, fsync, then ``os.replace`` onto ``path``."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_report(
+    *,
+    runs: list[dict],
+    out_dir: str | os.PathLike[str],
+    title: str,
+    recipe: dict | None = None,
+    groups: list[str] | None = None,
+    baseline: str = "teachers",
+    candidate: str = "student",
+) -> dict:
+    """Write ``report.html``, ``report.md``, ``comparison.json``, ``bars.png`` and (when the
+    candidate's runs carry validation curves) ``curves.png`` into ``out_dir``.
+
+    ``groups`` selects and orders the groups to show (must include baseline and candidate);
+    default: every group, baseline first and candidate last. Every file is written atomically.
+    Returns ``{"html", "markdown", "json", "bars"[, "curves"]}`` -> path (str) of each file written.
+    """
+    comparison = _compare(list(runs), baseline=baseline, candidate=candidate, tasks=None, groups=groups)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_yaml = _recipe_yaml(recipe) if recipe is not None else None
+
+    written: dict[str, str] = {}
+    images: dict[str, str] = {}
+
+    bars_path = out / "bars.png"
+    _atomic_write(bars_path, _bars_png(comparison))
+    written["bars"] = str(bars_path)
+    images["bars.png"] = _BARS_ALT
+
+    curves = _curves_png([r for r in runs if r["group"] == candidate], comparison)
+    if curves is not None:
+        curves_path = out / "curves.png"
+        _atomic_write(curves_path, curves)
+        written["curves"] = str(curves_path)
+        images["curves.png"] = _curves_alt(candidate)
+
+    json_path = out / "comparison.json"
+    _atomic_write(json_path, json.dumps(comparison, indent=2, allow_nan=False) + "\n")
+    written["json"] = str(json_path)
+
+    md_path = out / "report.md"
+    _atomic_write(md_path, _render_markdown(comparison, title=title, recipe_yaml=recipe_yaml, images=images))
+    written["markdown"] = str(md_path)
+
+    html_path = out / "report.html"
+    _atomic_write(html_path, _render_html(comparison, title=title, recipe_yaml=recipe_yaml, images=images))
+    written["html"] = str(html_path)
+    return written

@@ -1,0 +1,242 @@
+"""Inside a trial: ``train_fn_per_worker`` (one Ray Train worker) and ``train_driver_fn`` (the Tune
+function trainable that launches a ``TorchTrainer`` with ``TuneReportCallback``, Train V2 API)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import load_examples, tokenize_split
+from .errors import UserError
+from .loop import NonFiniteLoss, Run, TaskData, World, run_training, verify_checkpoint
+from .model import MultiTaskModel, build_encoder, load_tokenizer, model_identity
+from .recipe import Recipe, recipe_from_dict
+from .store import BaselineRegistry, StoreError, TeacherStore, teacher_key
+from .tasks import get_task
+
+
+def quiet_libraries() -> None:
+    """No per-worker progress-bar or info spam from datasets/transformers inside trials."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import datasets
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+        import transformers
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def teacher_config(recipe: Recipe) -> dict:
+    """What makes two teachers of the same task, data, model and seed the same."""
+    return {"optim": recipe.to_dict()["optim"], "max_length": recipe.data.max_length,
+            "precision": recipe.precision, "evals": recipe.evals, "pooling": recipe.student.pooling}
+
+
+def load_task_data(recipe: Recipe, *, tokenizer, cache_dir: str | None) -> dict[str, TaskData]:
+    d = recipe.data
+    out = {}
+    for name in recipe.tasks:
+        task = get_task(name)
+        train = load_examples(task=name, split="train", glue_dir=d.glue_dir)
+        train = train.subsample(max_examples=d.max_train_examples, seed=d.data_seed)
+        devs = {}
+        for split in task.dev_splits:
+            ex = load_examples(task=name, split=split, glue_dir=d.glue_dir)
+            devs[split] = tokenize_split(ex.subsample(max_examples=d.max_dev_examples, seed=d.data_seed),
+                                         tokenizer=tokenizer, max_length=d.max_length, cache_dir=cache_dir)
+        out[name] = TaskData(task=task, train=tokenize_split(train, tokenizer=tokenizer, max_length=d.max_length,
+                                                             cache_dir=cache_dir), dev=devs)
+    return out
+
+
+def find_teachers(recipe: Recipe, data: dict[str, TaskData], *, storage: str) -> dict[str, list[dict]]:
+    """Registry records of the teachers this student distils from: task -> one record per seed."""
+    model = model_identity(recipe.teacher.model or recipe.model)
+    records = BaselineRegistry(storage).records()
+    found: dict[str, list[dict]] = {}
+    for t in recipe.tasks:
+        fp = data[t].train.fingerprint
+        per_seed = []
+        for seed in recipe.teacher.seeds:
+            matches = [r for r in records if r["task"] == t and r["seed"] == seed and r["fingerprint"] == fp
+                       and r["model"] == model]
+            if not matches:
+                raise StoreError(
+                    f"no teacher predictions for task {t} seed {seed} (model {recipe.teacher.model or recipe.model}, "
+                    f"these {len(data[t].train)} training examples) under {storage}: run "
+                    f"`bam-search teachers --tasks {t} --seeds {seed} ...` with the same data settings first")
+            per_seed.append(matches[-1])
+        found[t] = per_seed
+    return found
+
+
+def attach_teacher_predictions(recipe: Recipe, data: dict[str, TaskData], *, storage: str) -> dict[str, list[dict]]:
+    found = find_teachers(recipe, data, storage=storage)
+    store = TeacherStore(storage)
+    for t, recs in found.items():
+        preds = [store.load(r["key"], task=t, expect_ids=data[t].train.ids, fingerprint=data[t].train.fingerprint)
+                 for r in recs]
+        data[t].teacher = np.mean(preds, axis=0) if recipe.teacher.ensemble else preds[0]
+    return found
+
+
+def build_model(recipe: Recipe, *, tokenizer, tasks) -> MultiTaskModel:
+    torch.manual_seed(recipe.seed)
+    st = recipe.student
+    enc = build_encoder(recipe.model, vocab_size=len(tokenizer), num_layers=st.num_layers,
+                        hidden_size=st.hidden_size, init=st.init)
+    return MultiTaskModel(enc, tasks, dropout=st.dropout, pooling=st.pooling)
+
+
+def get_device() -> torch.device:
+    try:
+        import ray.train.torch
+        return ray.train.torch.get_device()
+    except Exception:  # noqa: BLE001 - outside Ray Train
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup_run(config: dict, *, world: World | None = None) -> Run:
+    """Everything before the first step, shared by Ray workers and in-process runs."""
+    quiet_libraries()
+    recipe = recipe_from_dict(config["recipe"])
+    tokenizer = load_tokenizer(recipe.model, cache_dir=config.get("cache_dir"))
+    data = load_task_data(recipe, tokenizer=tokenizer, cache_dir=config.get("cache_dir"))
+    hidden_teachers = {}
+    if config.get("job", "student") == "student" and recipe.teacher.use:
+        found = attach_teacher_predictions(recipe, data, storage=config["storage"])
+        if recipe.student.hidden_distill > 0:
+            hidden_teachers = load_teacher_encoders(recipe, found, storage=config["storage"], tokenizer=tokenizer)
+    model = build_model(recipe, tokenizer=tokenizer, tasks={t: d.task for t, d in data.items()})
+    return Run(recipe=recipe, data=data, model=model, world=world or World(), device=get_device(),
+               artifacts_dir=config["artifacts_dir"], hidden_teachers=hidden_teachers)
+
+
+def load_teacher_encoders(recipe, found, *, storage, tokenizer) -> dict:
+    out = {}
+    tname = recipe.teacher.model or recipe.model
+    for t, recs in found.items():
+        path = TeacherStore(storage).dir(recs[0]["key"]) / "model.pt"
+        if not path.is_file():
+            raise StoreError(f"{path}: teacher weights missing (student.hidden_distill needs them)")
+        enc = build_encoder(tname, vocab_size=len(tokenizer))
+        m = MultiTaskModel(enc, {t: get_task(t)})
+        m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+        out[t] = m.to(get_device())
+    return out
+
+
+def finish_teacher(run: Run, *, config: dict) -> dict:
+    """Predict the train set with the best-dev weights; store predictions, weights and the baseline record."""
+    task = run.tasks[0]
+    sw = run.switch[task]
+    if sw.best_step in run.snapshots:
+        run.model.load_state_dict(run.snapshots[sw.best_step])
+    preds = run.predict(task, run.data[task].train)
+    record = None
+    if run.world.rank == 0:
+        recipe = run.r
+        td = run.data[task]
+        key = teacher_key(task=task, fingerprint=td.train.fingerprint, model=model_identity(recipe.model),
+                          teacher_config=teacher_config(recipe), seed=recipe.seed)
+        store = TeacherStore(config["storage"])
+        folder = store.save(key=key, predictions=preds, ids=td.train.ids,
+                            meta={"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
+                                  "model": model_identity(recipe.model), "n": len(td.train)})
+        if not (folder / "model.pt").exists():
+            tmp = folder / ".model.pt.tmp"
+            torch.save(run.model.state_dict(), tmp)
+            os.replace(tmp, folder / "model.pt")
+        record = {"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
+                  "model": model_identity(recipe.model), "model_name": recipe.model, "key": key,
+                  "score": sw.best, "best_step": sw.best_step, "dev": run.evals[-1]["scores"] if run.evals else {},
+                  "history": sw.history, "n_train": len(td.train), "wall_s": config.get("_wall_s"),
+                  "experiment": config.get("experiment"), "time": time.time()}
+        BaselineRegistry(config["storage"]).append(record)
+    return record or {}
+
+
+def train_fn_per_worker(config: dict) -> None:
+    """One Ray Train worker: THE loop, reporting metrics and checkpoints through ``ray.train.report``."""
+    import ray.train
+
+    t0 = time.perf_counter()
+    run = setup_run(config)
+    job = config.get("job", "student")
+    if job == "teacher":                           # keep best-dev weights to predict with at the end
+        sw = run.switch[run.tasks[0]]
+        sw.criterion = "never"
+        run._keep_best = True
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            run.load_checkpoint(Path(d))
+
+    def report(metrics: dict, r: Run) -> None:
+        if job == "teacher" and r.switch[r.tasks[0]].best_step == r.step:
+            r.snapshots = {r.step: {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}}
+        metrics = {**metrics, "job": job}
+        with tempfile.TemporaryDirectory() as tmp:
+            if r.world.rank == 0:
+                r.save_checkpoint(Path(tmp))
+            else:
+                r.state()                          # joins the collectives of state()
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if r.world.rank == 0 else None,
+                             checkpoint_dir_name=f"checkpoint-step{r.step:07d}")
+
+    try:
+        run_training(run, report=report)
+    except NonFiniteLoss as e:
+        raise RuntimeError(f"trial stopped: {e}") from None
+    if job == "teacher":
+        config = {**config, "_wall_s": time.perf_counter() - t0}
+        finish_teacher(run, config=config)
+
+
+def train_driver_fn(config: dict) -> None:
+    """The Tune function trainable: one ``TorchTrainer`` per trial, results forwarded to Tune.
+
+    The Train run is named after the Tune trial, so a restarted trial (Tune resume or FailureConfig)
+    finds its own checkpoints in storage and continues from the latest one.
+    """
+    import ray.tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .recipe import recipe_from_dict
+    res = config["resources"]
+    trial_id = ray.tune.get_context().get_trial_id()
+    loop_config = dict(config["loop"])
+    recipe = recipe_from_dict(loop_config["recipe"])       # a sampled config that breaks a rule fails here
+    loop_config["recipe"] = recipe.to_dict()
+    storage = loop_config["storage"]
+    loop_config["artifacts_dir"] = str(Path(storage) / "experiments" / config["experiment"] / "artifacts" / trial_id)
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if res["use_gpu"] else "gloo"),
+        scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=res["use_gpu"],
+                                     resources_per_worker={"CPU": res["cpus_per_worker"],
+                                                           **({"GPU": 1} if res["use_gpu"] else {})}),
+        run_config=RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=str(Path(storage) / "experiments" / config["experiment"] / "train"),
+            checkpoint_config=CheckpointConfig(num_to_keep=res.get("keep_checkpoints", 2)),
+            failure_config=FailureConfig(max_failures=res.get("max_failures", 1)),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()

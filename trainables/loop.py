@@ -1,0 +1,509 @@
+"""THE loop: one inner training loop for teachers (one task, gold only) and the BAM student.
+
+Each step: p = step/total; pick the task (single-task batches) or the task mix (mixed batches) from
+``sampling_weights``; target = annealed mix of gold and teacher, or, after a task's KD switch, of gold and
+the task's own snapshot predictions; weighted loss; manual gradient all-reduce across Train workers.
+Every ``total/evals`` steps: evaluate every task on dev, update each task's ``TaskSwitch``, fire switches,
+report metrics with a checkpoint that resumes the run exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import schedules
+from .data import ExampleStream, TokenizedSplit, eval_batches
+from .errors import UserError
+from .losses import hidden_mse, pcgrad, task_loss, uncertainty_weighted, dwa_weights
+from .metrics import compute_metrics, glue_average
+from .model import MultiTaskModel, layer_depths
+from .recipe import Recipe
+from .store import atomic_save_npy, load_checked_npy
+from .switch import TaskSwitch
+from .tasks import Task
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class TaskData:
+    task: Task
+    train: TokenizedSplit
+    dev: dict[str, TokenizedSplit]
+    teacher: np.ndarray | None = None        # train-set predictions aligned with train.ids
+
+
+# --------------------------------------------------------------------------------------------- distributed
+
+class World:
+    """Rank/size and the few collectives the loop needs; size 1 does no communication."""
+
+    def __init__(self):
+        import torch.distributed as dist
+        self.dist = dist if dist.is_available() and dist.is_initialized() else None
+        self.size = self.dist.get_world_size() if self.dist else 1
+        self.rank = self.dist.get_rank() if self.dist else 0
+
+    def allreduce_grads(self, params: list[nn.Parameter]) -> None:
+        if self.size == 1:
+            return
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                          for p in params])
+        self.dist.all_reduce(flat)
+        flat /= self.size
+        i = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[i:i + n].view_as(p).to(p.dtype)
+            i += n
+
+    def gather(self, obj):
+        if self.size == 1:
+            return [obj]
+        out = [None] * self.size
+        self.dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        if self.size == 1:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+# --------------------------------------------------------------------------------------------- precision
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware runs it natively (CPU with AMX/AVX512-BF16, GPUs with bf16), else fp32/fp16."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    native = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return torch.bfloat16 if native else None
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+class Run:
+    """State of one training run (teacher or student) on one Train worker."""
+
+    def __init__(self, *, recipe: Recipe, data: dict[str, TaskData], model: MultiTaskModel, world: World,
+                 device: torch.device, artifacts_dir: str | Path, hidden_teachers: dict | None = None):
+        self.r, self.data, self.model, self.world, self.device = recipe, data, model, world, device
+        self.artifacts = Path(artifacts_dir)
+        self.tasks = list(recipe.tasks)
+        self.sizes = {t: len(data[t].train) for t in self.tasks}
+        o = recipe.optim
+        total_examples = sum(self.sizes.values())
+        self.total = o.steps or max(1, math.ceil(o.epochs * total_examples / o.batch_size))
+        self.eval_steps = {max(1, round(self.total * i / recipe.evals)) for i in range(1, recipe.evals + 1)}
+        self.local_batch = max(1, math.ceil(o.batch_size / world.size))
+        self.amp = autocast_dtype(recipe.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
+        self.hidden_teachers = hidden_teachers or {}
+        if recipe.mtl.weighting == "uncertainty":
+            model.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in self.tasks})
+        if recipe.student.hidden_distill > 0:
+            if not self.hidden_teachers:
+                raise UserError("student.hidden_distill > 0 needs teacher weights in the store")
+            ht = next(iter(self.hidden_teachers.values())).config.hidden_size
+            model.projections = nn.ModuleList(nn.Linear(model.encoder.config.hidden_size, ht)
+                                              for _ in range(model.num_layers))
+        model.to(device)
+        self.params = [p for p in model.parameters()]
+        depths = layer_depths(model)
+        groups: dict[float, list] = {}
+        for name, p in model.named_parameters():
+            scale = schedules.layer_lr_scale(depths[name], num_layers=model.num_layers, decay=o.layer_decay)
+            no_decay = p.ndim < 2
+            groups.setdefault((scale, no_decay), []).append(p)
+        self.opt = torch.optim.AdamW(
+            [{"params": ps, "lr": o.lr * s, "base_lr": o.lr * s, "weight_decay": 0.0 if nd else o.weight_decay}
+             for (s, nd), ps in groups.items()], lr=o.lr)
+        self.step = 0
+        self.streams = {t: ExampleStream(data[t].train.lengths, batch_size=o.batch_size,
+                                         seed=recipe.seed * 1000 + i) for i, t in enumerate(self.tasks)}
+        self.rng = np.random.default_rng([recipe.seed, 7])      # task choice: identical on every rank
+        self.switch = {}
+        for t in self.tasks:
+            sw = recipe.switch_for(t)
+            self.switch[t] = TaskSwitch(criterion=sw.criterion, patience=sw.patience, min_delta=sw.min_delta,
+                                        ema=sw.ema, at_step=sw.at_step)
+        order = list(recipe.switch.order or self.tasks)
+        self.active = order[:1] if recipe.switch.mode == "sequential" else list(self.tasks)
+        self.order = order
+        self.soft_labels: dict[str, dict] = {}                  # task -> {"path", "sha256", "step"}
+        self._soft_cache: dict[str, np.ndarray] = {}
+        self.snapshots: dict[int, dict] = {}                    # eval step -> CPU state dict (best of some task)
+        self.snapshot_files: dict[int, str] = {}
+        self.loss_history: list[dict[str, float]] = []          # DWA: mean loss per task per eval window
+        self._window: dict[str, list[float]] = {t: [] for t in self.tasks}
+        self.evals: list[dict] = []
+        self.examples_seen = 0
+        self.tokens_seen = 0
+
+    # ----------------------------------------------------------------------------------- targets
+
+    def progress(self) -> float:
+        return self.step / self.total
+
+    def target_source(self, task: str, index: np.ndarray) -> tuple[torch.Tensor | None, float]:
+        """(predictions to distil from, weight of gold) for these train examples of ``task``."""
+        if task in self.soft_labels:
+            preds = self._soft(task)
+            return torch.from_numpy(preds[index]), self.r.switch_for(task).gold_weight
+        teacher = self.data[task].teacher
+        if teacher is None or not self.r.teacher.use:
+            return None, 1.0
+        a = self.r.anneal_for(task)
+        lam = schedules.anneal_lambda(self.progress(), schedule=a.schedule, w=a.w, p0=a.p0, k=a.k)
+        return torch.from_numpy(teacher[index]), lam
+
+    def _soft(self, task: str) -> np.ndarray:
+        if task not in self._soft_cache:
+            ref = self.soft_labels[task]
+            self._soft_cache[task] = load_checked_npy(Path(ref["path"]), ref["sha256"])
+        return self._soft_cache[task]
+
+    def current_weights(self) -> dict[str, float]:
+        s = self.r.sampling
+        sizes = {t: self.sizes[t] for t in self.active}
+        w = s.weights if s.method == "weights" else None
+        return schedules.sampling_weights(sizes, p=self.progress(), method=s.method, alpha=s.alpha,
+                                          alpha_end=s.alpha_end, temperature=s.temperature, weights=w)
+
+    # ----------------------------------------------------------------------------------- one step
+
+    def _task_batches(self) -> dict[str, np.ndarray]:
+        weights = self.current_weights()
+        names = list(weights)
+        probs = np.asarray([weights[t] for t in names])
+        B = self.r.optim.batch_size
+        if self.r.sampling.batches == "single":
+            task = names[int(self.rng.choice(len(names), p=probs))]
+            counts = {task: B}
+        else:
+            counts = {t: int(c) for t, c in zip(names, self.rng.multinomial(B, probs)) if c > 0}
+        out = {}
+        for t, c in counts.items():
+            idx = self.streams[t].take(c)
+            mine = idx[self.world.rank::self.world.size]
+            if len(mine):
+                out[t] = mine
+        return out
+
+    def _loss_weight(self, task: str) -> float:
+        m = self.r.mtl
+        w = float((m.weights or {}).get(task, 1.0))
+        if m.weighting == "dwa":
+            w *= dwa_weights(self.loss_history, self.tasks, temperature=m.dwa_temperature)[task]
+        return w
+
+    def _forward_loss(self, task: str, index: np.ndarray) -> torch.Tensor:
+        td = self.data[task]
+        batch = td.train.collate(index)
+        dev = self.device
+        want_hidden = self.r.student.hidden_distill > 0 and task in self.hidden_teachers
+        with torch.autocast(dev.type, dtype=self.amp, enabled=self.amp is not None):
+            out = self.model(task=task, input_ids=batch["input_ids"].to(dev),
+                             attention_mask=batch["attention_mask"].to(dev),
+                             token_type_ids=batch["token_type_ids"].to(dev), hidden_states=want_hidden)
+            logits, states = out if want_hidden else (out, None)
+        teacher, lam = self.target_source(task, index)
+        a = self.r.anneal_for(task)
+        loss = task_loss(logits=logits, gold=batch["labels"].to(dev), teacher=None if teacher is None else teacher.to(dev),
+                         lam=lam, regression=td.task.is_regression, temperature=a.temperature, kind=a.loss)
+        if want_hidden:
+            with torch.no_grad(), torch.autocast(dev.type, dtype=self.amp, enabled=self.amp is not None):
+                t_out = self.hidden_teachers[task].encoder(
+                    input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                    token_type_ids=batch["token_type_ids"].to(dev), output_hidden_states=True)
+            loss = loss + self.r.student.hidden_distill * hidden_mse(
+                states, t_out.hidden_states, self.model.projections, attention_mask=batch["attention_mask"].to(dev))
+        self.examples_seen += len(index)
+        self.tokens_seen += int(batch["attention_mask"].sum())
+        return loss
+
+    def _set_frozen(self) -> None:
+        if self.r.student.unfreeze != "gradual":
+            return
+        L = self.model.num_layers
+        n = schedules.unfrozen_layers(self.progress(), num_layers=L)
+        for name, p in self.model.encoder.named_parameters():
+            if name.startswith("embeddings"):
+                p.requires_grad_(n > L)
+            elif "layer." in name:
+                i = int(name.split("layer.")[1].split(".")[0])
+                p.requires_grad_(i >= L - n)
+
+    def train_step(self) -> dict[str, float]:
+        self.model.train()
+        self._set_frozen()
+        mult = schedules.lr_multiplier(self.step, total=self.total, warmup=self.r.optim.warmup)
+        for g in self.opt.param_groups:
+            g["lr"] = g["base_lr"] * mult
+        self.opt.zero_grad(set_to_none=True)
+        parts = self._task_batches()
+        n_local = sum(len(v) for v in parts.values())
+        losses: dict[str, float] = {}
+        task_grads = []
+        for task, index in parts.items():
+            loss = self._forward_loss(task, index)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) on task {task} at step {self.step}")
+            losses[task] = float(loss.detach())
+            self._window[task].append(losses[task])
+            w = self._loss_weight(task)
+            if self.r.mtl.weighting == "uncertainty":
+                loss = uncertainty_weighted(loss, self.model.log_vars[task], regression=self.data[task].task.is_regression)
+            loss = loss * w * len(index) / n_local
+            if self.r.mtl.pcgrad and len(parts) > 1:
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                task_grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                                             for p in self.params]))
+            elif self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        if task_grads:
+            flat = pcgrad(task_grads, generator=torch.Generator().manual_seed(self.step))
+            i = 0
+            for p in self.params:
+                p.grad = flat[i:i + p.numel()].view_as(p).clone()
+                i += p.numel()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        self.world.allreduce_grads([p for p in self.params if p.requires_grad])
+        if self.r.optim.clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.r.optim.clip)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        self.step += 1
+        return losses
+
+    # ----------------------------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def predict(self, task: str, split: TokenizedSplit, *, batch_size: int = 64) -> np.ndarray:
+        """Predictions for every example of ``split`` (sharded over ranks, gathered in order)."""
+        self.model.eval()
+        batches = eval_batches(split.lengths, batch_size=batch_size)
+        mine = []
+        for b in batches[self.world.rank::self.world.size]:
+            batch = split.collate(b)
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                out = self.model(task=task, input_ids=batch["input_ids"].to(self.device),
+                                 attention_mask=batch["attention_mask"].to(self.device),
+                                 token_type_ids=batch["token_type_ids"].to(self.device))
+            mine.append((b, out.float().cpu().numpy()))
+        pieces = [x for part in self.world.gather(mine) for x in part]
+        shape = (len(split),) + pieces[0][1].shape[1:]
+        preds = np.zeros(shape, dtype=np.float32)
+        for idx, out in pieces:
+            preds[idx] = out
+        return preds
+
+    def evaluate(self) -> dict:
+        scores, metrics = {}, {}
+        for t in self.tasks:
+            td = self.data[t]
+            split_scores = []
+            for name, split in td.dev.items():
+                m = compute_metrics(metrics=td.task.metrics, predictions=self.predict(t, split), labels=split.labels)
+                for k, v in m.items():
+                    metrics[f"{t}/{name}/{k}" if len(td.dev) > 1 else f"{t}/{k}"] = v
+                split_scores.append(m["score"])
+            scores[t] = float(np.mean(split_scores))
+        return {"scores": scores, "metrics": metrics}
+
+    def after_eval(self, scores: dict[str, float]) -> list[str]:
+        """Update switch states; keep best-weights snapshots; fire switches. Returns the tasks that switched."""
+        fired, bests = [], []
+        for t in self.tasks:
+            if t not in self.active:
+                continue
+            new_best, fire = self.switch[t].observe(step=self.step, score=scores[t])
+            if new_best and self.switch[t].criterion != "never" and not self.switch[t].switched:
+                bests.append(t)
+            if fire:
+                fired.append(t)
+        if bests:
+            self.snapshots[self.step] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        for t in fired:
+            self._switch(t)
+        # forget snapshots no unswitched task refers to
+        live = {self.switch[t].best_step for t in self.tasks if not self.switch[t].switched}
+        for s in list(self.snapshots):
+            if s not in live:
+                self.snapshots.pop(s)
+                f = self.snapshot_files.pop(s, None)
+                if f and self.world.rank == 0:
+                    Path(f).unlink(missing_ok=True)
+        if self.r.switch.mode == "sequential":
+            for t in self.order:
+                if t not in self.active and all(self.switch[a].switched for a in self.active):
+                    self.active.append(t)
+        return fired
+
+    def _switch(self, task: str) -> None:
+        sw = self.switch[task]
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.snapshots[sw.best_step])
+        preds = self.predict(task, self.data[task].train)
+        self.model.load_state_dict(current)
+        sw.switched_at = self.step
+        path = self.artifacts / "soft_labels" / f"{task}-step{sw.best_step}.npy"
+        sha = None
+        if self.world.rank == 0:
+            sha = atomic_save_npy(path, preds)
+        sha = self.world.broadcast(sha)
+        self.soft_labels[task] = {"path": str(path), "sha256": sha, "step": sw.best_step}
+        self._soft_cache[task] = preds
+
+    # ----------------------------------------------------------------------------------- checkpoints
+
+    def state(self) -> dict:
+        """Everything but tensors is JSON; tensors go to torch files; soft labels by reference."""
+        if self.world.rank == 0:
+            for s, sd in self.snapshots.items():
+                if s not in self.snapshot_files:
+                    path = self.artifacts / "snapshots" / f"step{s}.pt"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(".tmp")
+                    torch.save(sd, tmp)
+                    os.replace(tmp, path)
+                    self.snapshot_files[s] = str(path)
+        self.snapshot_files = self.world.broadcast(self.snapshot_files)
+        return {
+            "step": self.step, "total": self.total,
+            "streams": {t: s.state() for t, s in self.streams.items()},
+            "rng": self.rng.bit_generator.state,
+            "switch": {t: s.to_dict() for t, s in self.switch.items()},
+            "active": self.active, "soft_labels": self.soft_labels,
+            "snapshot_files": {str(k): v for k, v in self.snapshot_files.items()},
+            "loss_history": self.loss_history, "evals": self.evals,
+            "examples_seen": self.examples_seen, "tokens_seen": self.tokens_seen,
+        }
+
+    def save_checkpoint(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                    "scaler": self.scaler.state_dict() if self.scaler else None,
+                    "torch_rng": torch.get_rng_state()}, directory / "model.pt")
+        state = self.state()
+        (directory / "state.json").write_text(json.dumps(state))
+        sums = {n: _sha256_file(directory / n) for n in ("model.pt", "state.json")}
+        (directory / "checksums.json").write_text(json.dumps(sums))
+
+    def load_checkpoint(self, directory: Path) -> None:
+        verify_checkpoint(directory)
+        blob = torch.load(directory / "model.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(blob["model"])
+        self.opt.load_state_dict(blob["optimizer"])
+        if self.scaler is not None and blob.get("scaler"):
+            self.scaler.load_state_dict(blob["scaler"])
+        torch.set_rng_state(blob["torch_rng"])
+        st = json.loads((directory / "state.json").read_text())
+        self.step = st["step"]
+        for t, s in st["streams"].items():
+            self.streams[t].load_state(s)
+        self.rng.bit_generator.state = st["rng"]
+        self.switch = {t: TaskSwitch.from_dict(d) for t, d in st["switch"].items()}
+        self.active = st["active"]
+        self.soft_labels = st["soft_labels"]
+        self._soft_cache = {}
+        self.snapshot_files = {int(k): v for k, v in st["snapshot_files"].items()}
+        self.snapshots = {k: torch.load(v, map_location="cpu", weights_only=True)
+                          for k, v in self.snapshot_files.items()}
+        self.loss_history, self.evals = st["loss_history"], st["evals"]
+        self.examples_seen, self.tokens_seen = st["examples_seen"], st["tokens_seen"]
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Raise UserError naming the file if a checkpoint is incomplete or corrupt (checksums)."""
+    sums_path = directory / "checksums.json"
+    if not sums_path.is_file():
+        raise UserError(f"{directory}: checkpoint has no checksums.json (incomplete)")
+    sums = json.loads(sums_path.read_text())
+    for name, sha in sums.items():
+        p = directory / name
+        if not p.is_file() or _sha256_file(p) != sha:
+            raise UserError(f"{p}: checkpoint file is truncated or corrupt (checksum mismatch)")
+
+
+# --------------------------------------------------------------------------------------------- driving
+
+Reporter = Callable[[dict, "Run | None"], None]
+
+
+def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Train to the end, evaluating ``evals`` times; ``report(metrics, run)`` after each evaluation."""
+    t0 = time.perf_counter()
+    train_time = 0.0
+    while run.step < run.total and not should_stop():
+        ts = time.perf_counter()
+        run.train_step()
+        train_time += time.perf_counter() - ts
+        if run.step in run.eval_steps:
+            run.loss_history.append({t: float(np.mean(v)) for t, v in run._window.items() if v})
+            run._window = {t: [] for t in run.tasks}
+            ev = run.evaluate()
+            fired = run.after_eval(ev["scores"])
+            metrics = dict(ev["metrics"])
+            for t in run.tasks:
+                metrics[f"{t}/score"] = ev["scores"][t]
+                metrics[f"{t}/best"] = run.switch[t].best
+                metrics[f"{t}/switched"] = int(run.switch[t].switched)
+                metrics[f"{t}/loss"] = run.loss_history[-1].get(t, float("nan"))
+            metrics["glue_avg"] = glue_average(ev["scores"])
+            metrics["glue_avg_best"] = glue_average({t: run.switch[t].best for t in run.tasks})
+            metrics["lambda"] = schedules.anneal_lambda(run.progress(), **_anneal_kw(run.r.anneal))
+            for t, w in run.current_weights().items():
+                metrics[f"{t}/sampling_weight"] = w
+            metrics["switched"] = ",".join(t for t in run.tasks if run.switch[t].switched)
+            metrics["switched_now"] = ",".join(fired)
+            metrics["step"] = run.step
+            metrics["progress"] = run.progress()
+            metrics["examples_per_s"] = run.examples_seen * run.world.size / max(train_time, 1e-9)
+            metrics["tokens_per_s"] = run.tokens_seen * run.world.size / max(train_time, 1e-9)
+            run.evals.append({"step": run.step, "scores": ev["scores"], "switched_now": fired})
+            report(metrics, run)
+    return {"wall_s": time.perf_counter() - t0, "train_s": train_time}
+
+
+def _anneal_kw(a) -> dict:
+    return {"schedule": a.schedule, "w": a.w, "p0": a.p0, "k": a.k}

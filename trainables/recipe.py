@@ -1,0 +1,365 @@
+"""The one typed, frozen config schema. Unknown keys are rejected by their dotted path.
+
+A recipe is the one object that crosses from the driver to a trial (as a plain dict, ``to_dict``).
+All defaults live here. ``apply_overrides`` takes dotted ``key=value`` strings (values parsed as YAML).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+from .tasks import UnknownTaskError, parse_tasks
+
+ANNEAL_SCHEDULES = ("none", "constant", "linear", "cosine", "exponential", "step", "delayed_linear", "sigmoid")
+SAMPLING_METHODS = ("proportional", "size_alpha", "temperature", "uniform", "weights")
+SWITCH_CRITERIA = ("never", "patience", "min_delta", "ema", "fixed_step")
+
+
+@dataclass(frozen=True)
+class Data:
+    glue_dir: str | None = None          # None: BAM_GLUE_DIR, then the hub (synthetic tasks need neither)
+    max_train_examples: int | None = None
+    max_dev_examples: int | None = None
+    max_length: int = 128
+    data_seed: int = 0                   # the subsample of train examples
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    layer_decay: float = 0.9             # BAM: layer-wise LR decay
+    warmup: float = 0.1                  # fraction of steps
+    clip: float = 1.0
+    batch_size: int = 32                 # global batch (split over the Train workers)
+    epochs: float = 3.0                  # passes over the union of the tasks' train sets
+    steps: int | None = None             # overrides epochs when set
+
+
+@dataclass(frozen=True)
+class Anneal:
+    schedule: str = "linear"             # lambda(p): weight of gold in the target (BAM: linear, lambda = p)
+    w: float = 0.5                       # constant: lambda = w
+    p0: float = 0.5                      # step / delayed_linear / sigmoid: where lambda starts to rise
+    k: float = 10.0                      # exponential / sigmoid: steepness
+    temperature: float = 1.0             # softmax temperature on teacher and student logits
+    loss: str = "ce"                     # ce (soft cross-entropy) | kl ; regression always uses mse
+    per_task: dict = field(default_factory=dict)   # {task: {schedule: ..., ...}}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    method: str = "size_alpha"           # BAM: size ** 0.75
+    alpha: float = 0.75
+    alpha_end: float | None = None       # time-varying: alpha moves linearly to alpha_end over training
+    temperature: float = 1.0
+    weights: dict | None = None          # method=weights: {task: weight}
+    batches: str = "single"              # single (MT-DNN: one task per batch) | mixed (BAM)
+
+
+@dataclass(frozen=True)
+class Switch:
+    criterion: str = "never"             # per-task KD switch (Lu et al. 2022)
+    patience: int = 3                    # evaluations without improvement
+    min_delta: float = 0.0               # an improvement must exceed this (metric points)
+    ema: float = 0.5                     # smoothing factor of the ema criterion
+    at_step: int | None = None           # fixed_step
+    gold_weight: float = 0.0             # after the switch: target = g*gold + (1-g)*own snapshot predictions
+    mode: str = "joint"                  # joint | sequential
+    order: tuple = ()                    # sequential: task order (default: the recipe's task order)
+    per_task: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Student:
+    init: str = "pretrained"             # pretrained | extract (every k-th layer) | random
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    hidden_distill: float = 0.0          # weight of hidden-state MSE to the teachers (needs teacher weights)
+    unfreeze: str = "none"               # none | gradual (one layer per stage from the top)
+    pooling: str = "cls"
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class MTL:
+    weighting: str = "static"            # static | uncertainty (Kendall) | dwa (Liu et al.)
+    weights: dict | None = None          # static loss weights {task: w}
+    dwa_temperature: float = 2.0
+    pcgrad: bool = False
+
+
+@dataclass(frozen=True)
+class Teacher:
+    use: bool = True                     # False: plain multi-task, no KD at all
+    model: str | None = None             # the teachers' model (default: the recipe's model)
+    seeds: tuple = (0,)
+    ensemble: bool = False               # mean of the seeds' logits; else the first seed
+
+
+@dataclass(frozen=True)
+class Recipe:
+    tasks: tuple = ("rte", "mrpc")
+    model: str = "tiny"
+    seed: int = 0
+    precision: str = "auto"              # auto (bf16 where safe) | bf16 | fp16 | fp32
+    evals: int = 10                      # evaluations (and reports/checkpoints) per run
+    data: Data = field(default_factory=Data)
+    optim: Optim = field(default_factory=Optim)
+    anneal: Anneal = field(default_factory=Anneal)
+    sampling: Sampling = field(default_factory=Sampling)
+    switch: Switch = field(default_factory=Switch)
+    student: Student = field(default_factory=Student)
+    mtl: MTL = field(default_factory=MTL)
+    teacher: Teacher = field(default_factory=Teacher)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def anneal_for(self, task: str) -> Anneal:
+        return dataclasses.replace(self.anneal, per_task={}, **self.anneal.per_task.get(task, {}))
+
+    def switch_for(self, task: str) -> Switch:
+        return dataclasses.replace(self.switch, per_task={}, **self.switch.per_task.get(task, {}))
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+def _check_type(value, tp, path: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return _check_type(value, arm, path)
+            except UserError as e:
+                errors.append(e)
+        raise errors[-1]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise UserError(f"{path}: expected null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{path}: expected a string, got {value!r}")
+    if tp is tuple or origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        raise UserError(f"{path}: expected a list, got {value!r}")
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise UserError(f"{path}: expected a mapping, got {value!r}")
+    raise TypeError(f"unsupported type {tp} at {path}")
+
+
+def _build(cls, data: dict, path: str):
+    if not isinstance(data, dict):
+        raise UserError(f"{path or 'recipe'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in known:
+            raise UserError(f"unknown key {where!r} (known: {', '.join(sorted(known))})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, where)
+        else:
+            kwargs[key] = _check_type(value, tp, where)
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: dict, *, source: str = "recipe") -> Recipe:
+    """Build and validate a recipe; errors name the source and the dotted key."""
+    try:
+        recipe = _build(Recipe, data or {}, "")
+        validate(recipe)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
+    return recipe
+
+
+def _check_per_task(per_task: dict, cls, tasks: tuple, path: str):
+    for task, sub in per_task.items():
+        if task not in tasks:
+            raise UserError(f"{path}.{task}: task {task!r} is not in this run's tasks ({', '.join(tasks)})")
+        _build(cls, {k: v for k, v in (sub or {}).items()}, f"{path}.{task}")
+
+
+def validate(r: Recipe) -> None:
+    try:
+        tasks = parse_tasks(list(r.tasks))
+    except UnknownTaskError as e:
+        raise UserError(f"tasks: {e}") from None
+    if tasks != tuple(r.tasks):
+        raise UserError(f"tasks: use canonical task names {', '.join(tasks)}")
+    if r.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise UserError(f"precision: {r.precision!r} is not auto, bf16, fp16 or fp32")
+    if r.evals < 1:
+        raise UserError("evals: must be >= 1")
+    o = r.optim
+    for name in ("lr", "batch_size", "epochs"):
+        if getattr(o, name) <= 0:
+            raise UserError(f"optim.{name}: must be > 0")
+    if not 0 < o.layer_decay <= 1:
+        raise UserError("optim.layer_decay: must be in (0, 1]")
+    if not 0 <= o.warmup < 1:
+        raise UserError("optim.warmup: must be in [0, 1)")
+    if r.data.max_length < 8:
+        raise UserError("data.max_length: must be >= 8")
+    _check_per_task(r.anneal.per_task, Anneal, tasks, "anneal.per_task")
+    for t in tasks:
+        a = r.anneal_for(t)
+        where = f"anneal.per_task.{t}" if t in r.anneal.per_task else "anneal"
+        if a.schedule not in ANNEAL_SCHEDULES:
+            raise UserError(f"{where}.schedule: unknown schedule {a.schedule!r} (one of {', '.join(ANNEAL_SCHEDULES)})")
+        if not 0 <= a.w <= 1 or not 0 <= a.p0 <= 1:
+            raise UserError(f"{where}: w and p0 must be in [0, 1]")
+        if a.temperature <= 0:
+            raise UserError(f"{where}.temperature: must be > 0")
+        if a.loss not in ("ce", "kl"):
+            raise UserError(f"{where}.loss: {a.loss!r} is not ce or kl")
+    s = r.sampling
+    if s.method not in SAMPLING_METHODS:
+        raise UserError(f"sampling.method: unknown method {s.method!r} (one of {', '.join(SAMPLING_METHODS)})")
+    if s.alpha < 0 or (s.alpha_end is not None and s.alpha_end < 0):
+        raise UserError("sampling.alpha: must be >= 0")
+    if s.temperature <= 0:
+        raise UserError("sampling.temperature: must be > 0")
+    if s.batches not in ("single", "mixed"):
+        raise UserError(f"sampling.batches: {s.batches!r} is not single or mixed")
+    if s.method == "weights":
+        w = s.weights or {}
+        unknown = set(w) - set(tasks)
+        if unknown:
+            raise UserError(f"sampling.weights.{sorted(unknown)[0]}: task not in this run")
+        if any((not isinstance(v, (int, float))) or v < 0 for v in w.values()) or sum(w.values()) <= 0:
+            raise UserError("sampling.weights: weights must be >= 0 and sum to a positive number")
+    _check_per_task(r.switch.per_task, Switch, tasks, "switch.per_task")
+    for t in tasks:
+        sw = r.switch_for(t)
+        where = f"switch.per_task.{t}" if t in r.switch.per_task else "switch"
+        if sw.criterion not in SWITCH_CRITERIA:
+            raise UserError(f"{where}.criterion: unknown criterion {sw.criterion!r} (one of {', '.join(SWITCH_CRITERIA)})")
+        if sw.patience < 1:
+            raise UserError(f"{where}.patience: must be >= 1")
+        if not 0 < sw.ema <= 1:
+            raise UserError(f"{where}.ema: must be in (0, 1]")
+        if sw.criterion == "fixed_step" and sw.at_step is None:
+            raise UserError(f"{where}.at_step: required by criterion fixed_step")
+        if not 0 <= sw.gold_weight <= 1:
+            raise UserError(f"{where}.gold_weight: must be in [0, 1]")
+    if r.switch.mode not in ("joint", "sequential"):
+        raise UserError(f"switch.mode: {r.switch.mode!r} is not joint or sequential")
+    if r.switch.order and sorted(r.switch.order) != sorted(tasks):
+        raise UserError("switch.order: must list exactly this run's tasks")
+    st = r.student
+    if st.init not in ("pretrained", "extract", "random"):
+        raise UserError(f"student.init: {st.init!r} is not pretrained, extract or random")
+    if st.unfreeze not in ("none", "gradual"):
+        raise UserError(f"student.unfreeze: {st.unfreeze!r} is not none or gradual")
+    if st.hidden_distill < 0:
+        raise UserError("student.hidden_distill: must be >= 0")
+    m = r.mtl
+    if m.weighting not in ("static", "uncertainty", "dwa"):
+        raise UserError(f"mtl.weighting: {m.weighting!r} is not static, uncertainty or dwa")
+    for t in (m.weights or {}):
+        if t not in tasks:
+            raise UserError(f"mtl.weights.{t}: task not in this run")
+    if not r.teacher.seeds:
+        raise UserError("teacher.seeds: at least one seed")
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    if "=" not in text:
+        raise UserError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def set_dotted(data: dict, parts: list[str], value) -> None:
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise UserError(f"override {'.'.join(parts)}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    import copy
+    out = copy.deepcopy(data)
+    for text in overrides or ():
+        parts, value = parse_override(text)
+        set_dotted(out, parts, value)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Safe-load a YAML mapping; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_recipe(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    return recipe_from_dict(apply_overrides(load_yaml(path), overrides), source=str(path))
+
+
+def dump_recipe(recipe: Recipe, *, command: str) -> str:
+    """YAML whose first line is the command that runs it (torchtune style)."""
+    return f"# {command}\n" + yaml.safe_dump(recipe.to_dict(), sort_keys=False)

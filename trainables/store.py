@@ -1,0 +1,170 @@
+"""Content-addressed teacher predictions and the baseline registry, under one storage root.
+
+    <storage>/teachers/<key>/  predictions.npy  ids.npy  meta.json (sha256 of each file)
+    <storage>/baselines.jsonl  one line per teacher run, each line carrying its own sha256
+
+key = hash(task, data fingerprint, model, teacher recipe, seed): every trial of every sweep finds the
+predictions, and a changed data file changes the key, so stale predictions are never read by mistake.
+All writes are atomic (temporary file or folder + rename).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+
+class StoreError(UserError):
+    """A missing, corrupt or mismatched stored file."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def teacher_key(*, task: str, fingerprint: str, model: str, teacher_config: dict, seed: int) -> str:
+    blob = json.dumps({"task": task, "data": fingerprint, "model": model, "config": teacher_config,
+                       "seed": seed}, sort_keys=True)
+    return f"{task}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> str:
+    """Write an array atomically; return its sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return _sha256(path)
+
+
+def load_checked_npy(path: Path, sha256: str) -> np.ndarray:
+    if not path.is_file():
+        raise StoreError(f"{path}: missing")
+    if _sha256(path) != sha256:
+        raise StoreError(f"{path}: checksum mismatch (truncated or corrupt file)")
+    return np.load(path, allow_pickle=False)
+
+
+class TeacherStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def dir(self, key: str) -> Path:
+        return self.root / "teachers" / key
+
+    def has(self, key: str) -> bool:
+        return (self.dir(key) / "meta.json").is_file()
+
+    def save(self, *, key: str, predictions: np.ndarray, ids: np.ndarray, meta: dict) -> Path:
+        """Write a teacher's train-set predictions as one atomic folder rename."""
+        final = self.dir(key)
+        tmp = final.with_name(f".{key}.{uuid.uuid4().hex}")
+        tmp.mkdir(parents=True)
+        sums = {"predictions.npy": atomic_save_npy(tmp / "predictions.npy", np.asarray(predictions, np.float32)),
+                "ids.npy": atomic_save_npy(tmp / "ids.npy", np.asarray(ids, np.int64))}
+        atomic_write_bytes(tmp / "meta.json", json.dumps({**meta, "key": key, "sha256": sums}, indent=1).encode())
+        if final.exists():                       # same key = same content: keep the first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def meta(self, key: str) -> dict:
+        path = self.dir(key) / "meta.json"
+        if not path.is_file():
+            raise StoreError(f"{path}: no teacher predictions under this key")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise StoreError(f"{path}: corrupt meta.json") from None
+
+    def load(self, key: str, *, task: str, expect_ids: np.ndarray, fingerprint: str) -> np.ndarray:
+        """Predictions aligned with the current data, or a clear error naming the task."""
+        meta = self.meta(key)
+        d = self.dir(key)
+        preds = load_checked_npy(d / "predictions.npy", meta["sha256"]["predictions.npy"])
+        ids = load_checked_npy(d / "ids.npy", meta["sha256"]["ids.npy"])
+        check_alignment(task=task, stored_ids=ids, stored_fingerprint=meta.get("fingerprint"),
+                        expect_ids=expect_ids, fingerprint=fingerprint, where=str(d))
+        return preds
+
+
+def check_alignment(*, task: str, stored_ids: np.ndarray, stored_fingerprint: str | None,
+                    expect_ids: np.ndarray, fingerprint: str, where: str) -> None:
+    if len(stored_ids) != len(expect_ids):
+        raise StoreError(f"teacher predictions for task {task} ({where}) have {len(stored_ids)} rows, "
+                         f"the training data has {len(expect_ids)}: re-run bam-search teachers")
+    if not np.array_equal(stored_ids, expect_ids):
+        raise StoreError(f"teacher predictions for task {task} ({where}) are for other example ids: "
+                         "re-run bam-search teachers")
+    if stored_fingerprint is not None and stored_fingerprint != fingerprint:
+        raise StoreError(f"teacher predictions for task {task} ({where}) were made on other data "
+                         "(fingerprint differs): re-run bam-search teachers")
+
+
+class BaselineRegistry:
+    """Append-only JSONL of teacher runs; each line holds a sha256 of its own content."""
+
+    def __init__(self, root: str | Path):
+        self.path = Path(root) / "baselines.jsonl"
+
+    def append(self, record: dict) -> None:
+        body = json.dumps(record, sort_keys=True)
+        line = json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "record": record},
+                          sort_keys=True) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+    def records(self, *, strict: bool = False) -> list[dict]:
+        """Every intact record; a corrupt line is skipped (or, strict, an error naming the line)."""
+        if not self.path.is_file():
+            return []
+        out = []
+        for lineno, line in enumerate(self.path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                body = json.dumps(obj["record"], sort_keys=True)
+                ok = hashlib.sha256(body.encode()).hexdigest() == obj["sha256"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                if strict:
+                    raise StoreError(f"{self.path}:{lineno}: corrupt registry line")
+                continue
+            out.append(obj["record"])
+        return out
