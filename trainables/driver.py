@@ -184,7 +184,16 @@ def train_fn_per_worker(config: dict) -> None:
         with ckpt.as_directory() as d:
             run.load_checkpoint(Path(d))
 
+    tracker = None
+    if run.world.rank == 0:
+        from .tracking import Tracker
+        tracker = Tracker(settings=config.get("wandb"), run_id=config.get("run_id") or "run", job_type=job,
+                          config={"recipe": run.r.to_dict(), "experiment": config.get("experiment")},
+                          tags=[job, *run.tasks])
+
     def report(metrics: dict, r: Run) -> None:
+        if tracker:
+            tracker.log(metrics, step=r.step)
         if job == "teacher" and r.switch[r.tasks[0]].best_step == r.step:
             r.snapshots = {r.step: {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}}
         metrics = {**metrics, "job": job}
@@ -200,9 +209,22 @@ def train_fn_per_worker(config: dict) -> None:
         run_training(run, report=report)
     except NonFiniteLoss as e:
         raise RuntimeError(f"trial stopped: {e}") from None
+    summary = {f"{t}/best": run.switch[t].best for t in run.tasks}
     if job == "teacher":
         config = {**config, "_wall_s": time.perf_counter() - t0}
         finish_teacher(run, config=config)
+    if tracker:
+        tracker.finish(summary)
+
+
+def with_params(recipe: dict, params: dict) -> dict:
+    """The base recipe with sampled values set at their dotted keys."""
+    import copy
+    from .recipe import set_dotted
+    out = copy.deepcopy(recipe)
+    for key, value in params.items():
+        set_dotted(out, key.split("."), value)
+    return out
 
 
 def train_driver_fn(config: dict) -> None:
@@ -220,10 +242,15 @@ def train_driver_fn(config: dict) -> None:
     res = config["resources"]
     trial_id = ray.tune.get_context().get_trial_id()
     loop_config = dict(config["loop"])
-    recipe = recipe_from_dict(loop_config["recipe"])       # a sampled config that breaks a rule fails here
+    recipe = recipe_from_dict(with_params(loop_config["recipe"], config.get("params") or {}),
+                              source="sampled config")           # a sampled config that breaks a rule fails here
     loop_config["recipe"] = recipe.to_dict()
     storage = loop_config["storage"]
     loop_config["artifacts_dir"] = str(Path(storage) / "experiments" / config["experiment"] / "artifacts" / trial_id)
+    loop_config["run_id"] = trial_id
+    loop_config["experiment"] = config["experiment"]
+    if loop_config.get("wandb"):
+        loop_config["wandb"] = {**loop_config["wandb"], "group": config["experiment"]}
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,

@@ -1,0 +1,412 @@
+"""bam-search: find the best multi-task knowledge-distillation (BAM) recipe with Ray Tune.
+
+A user mistake is one line on stderr and exit code 2 (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from trainables.errors import UserError
+
+from . import __version__
+
+EPILOG = """examples:
+  bam-search teachers --tasks rte,mrpc --model tiny --seeds 1 --max-train-examples 200 --storage runs
+  bam-search sweep spaces/smoke.yaml --tasks rte,mrpc --model tiny --num-samples 8 --scheduler asha --storage runs
+  bam-search status NAME --storage runs
+  bam-search best NAME --export best.yaml --storage runs
+  bam-search train best.yaml --seeds 3 --storage runs
+  bam-search report NAME --storage runs
+"""
+
+
+def _storage(args) -> str:
+    return str(Path(args.storage or os.environ.get("BAM_STORAGE") or "bam-storage").resolve())
+
+
+def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    p.add_argument("--storage", help="storage root: local path (default ./bam-storage or $BAM_STORAGE)")
+    p.add_argument("--address", help="a running Ray cluster (default: $RAY_ADDRESS, else a local Ray started here)")
+    if data:
+        p.add_argument("--glue-dir", help="classic glue_data folder (default $BAM_GLUE_DIR; else the hub)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="dotted recipe override, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per Train worker (default 1)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what the cluster holds)")
+    p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", help="comma-separated tasks, e.g. cola,sst2,mrpc,stsb,rte")
+    p.add_argument("--model", help="minilm | tiny | a local HF folder | a hub name")
+    p.add_argument("--max-train-examples", type=int)
+    p.add_argument("--max-dev-examples", type=int)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--evals", type=int, help="evaluations (reports, checkpoints) per run")
+
+
+def _base_recipe(args, *, defaults: dict | None = None) -> dict:
+    from trainables.recipe import apply_overrides
+    from trainables.tasks import parse_tasks, UnknownTaskError
+    r: dict = json.loads(json.dumps(defaults or {}))
+    def put(section, key, value):
+        if value is not None:
+            (r.setdefault(section, {}) if section else r)[key] = value
+    if getattr(args, "tasks", None):
+        try:
+            r["tasks"] = list(parse_tasks(args.tasks))
+        except UnknownTaskError as e:
+            raise UserError(f"--tasks: {e}") from None
+    put(None, "model", getattr(args, "model", None))
+    put(None, "evals", getattr(args, "evals", None))
+    put("data", "max_train_examples", getattr(args, "max_train_examples", None))
+    put("data", "max_dev_examples", getattr(args, "max_dev_examples", None))
+    put("data", "max_length", getattr(args, "max_length", None))
+    put("data", "glue_dir", _glue_dir(args))
+    put("optim", "epochs", getattr(args, "epochs", None))
+    put("optim", "lr", getattr(args, "lr", None))
+    put("optim", "batch_size", getattr(args, "batch_size", None))
+    return apply_overrides(r, getattr(args, "set", []) or [])
+
+
+def _glue_dir(args) -> str | None:
+    from trainables.data import resolve_glue_dir
+    g = resolve_glue_dir(getattr(args, "glue_dir", None))
+    if g is not None:
+        if not Path(g).is_dir():
+            raise UserError(f"{g}: GLUE directory not found (--glue-dir / BAM_GLUE_DIR)")
+        return str(Path(g).resolve())
+    return None
+
+
+def _check_data(recipe) -> None:
+    """Read every train/dev file the recipe needs, so bad data fails before Ray starts."""
+    from trainables.data import load_examples
+    from trainables.tasks import get_task
+    for t in recipe.tasks:
+        for split in ("train", *get_task(t).dev_splits):
+            load_examples(task=t, split=split, glue_dir=recipe.data.glue_dir)
+
+
+def _start(args):
+    from .ray_env import choose_resources, init_ray
+    cluster = init_ray(address=args.address)
+    return choose_resources(cluster, workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
+                            max_concurrent=args.max_concurrent)
+
+
+def _loop(args, recipe: dict, *, job: str) -> dict:
+    from .sweep import wandb_settings
+    storage = _storage(args)
+    return {"recipe": recipe, "job": job, "storage": storage,
+            "cache_dir": os.environ.get("BAM_CACHE_DIR") or str(Path(storage) / "cache"),
+            "wandb": None if args.no_wandb else wandb_settings(storage)}
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+def teacher_recipe(base: dict) -> dict:
+    """Teachers: one task each, gold labels only, no switch."""
+    r = json.loads(json.dumps(base))
+    r.setdefault("anneal", {})["schedule"] = "none"
+    r.setdefault("teacher", {})["use"] = False
+    r["switch"] = {"criterion": "never"}
+    return r
+
+
+def cmd_teachers(args) -> int:
+    from ray import tune
+
+    from trainables.recipe import recipe_from_dict
+    from .sweep import run_experiment
+    base = teacher_recipe(_base_recipe(args))
+    seeds = list(range(args.seeds)) if args.seeds is not None else [0]
+    recipe = recipe_from_dict(base, source="teachers")
+    _check_data(recipe)
+    name = args.name or f"teachers-{_digest([base, seeds])}"
+    resources = _start(args)
+    params = {"tasks": tune.grid_search([[t] for t in recipe.tasks]), "seed": tune.grid_search(seeds)}
+    print(f"experiment: {name}  ({len(recipe.tasks)} tasks x {len(seeds)} seeds)")
+    run_experiment(name=name, storage=_storage(args), loop=_loop(args, base, job="teacher"), params=params,
+                   resources=resources, num_samples=1, progress=not args.quiet)
+    return _print_baselines(args, recipe)
+
+
+def _print_baselines(args, recipe) -> int:
+    from trainables.store import BaselineRegistry
+    recs = [r for r in BaselineRegistry(_storage(args)).records() if r["task"] in recipe.tasks]
+    print(f"{'task':<16}{'seed':>5}{'dev score':>11}  key")
+    for r in recs[-len(recipe.tasks) * 20:]:
+        print(f"{r['task']:<16}{r['seed']:>5}{r['score']:>11.2f}  {r['key']}")
+    print(f"baseline registry: {Path(_storage(args)) / 'baselines.jsonl'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ray import tune
+
+    from trainables.recipe import load_recipe
+    from .sweep import run_experiment
+    recipe = load_recipe(args.recipe, overrides=args.set)
+    _check_data(recipe)
+    seeds = list(range(args.seeds))
+    base = recipe.to_dict()
+    name = args.name or f"train-{Path(args.recipe).stem}-{_digest([base, seeds])}"
+    resources = _start(args)
+    print(f"experiment: {name}")
+    run_experiment(name=name, storage=_storage(args), loop=_loop(args, base, job="student"),
+                   params={"seed": tune.grid_search(seeds)} if len(seeds) > 1 else {"seed": base["seed"]},
+                   resources=resources, num_samples=1, progress=not args.quiet)
+    return cmd_status(argparse.Namespace(name=name, storage=args.storage))
+
+
+def cmd_sweep(args) -> int:
+    from trainables.recipe import recipe_from_dict
+    from .spaces import load_space, to_tune
+    from .sweep import run_experiment
+    base = _base_recipe(args)
+    space = load_space(args.space, base_recipe=base)
+    recipe = recipe_from_dict(space["base"], source=space["path"])
+    _check_data(recipe)
+    name = args.name or f"sweep-{Path(space['path']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    resources = _start(args)
+    print(f"experiment: {name}   (resume with: bam-search resume {name} --storage {args.storage or 'bam-storage'})")
+    run_experiment(name=name, storage=_storage(args), loop=_loop(args, space["base"], job="student"),
+                   params=to_tune(space, searcher=args.searcher), resources=resources,
+                   num_samples=args.num_samples, searcher=args.searcher, scheduler=args.scheduler,
+                   metric=args.metric, seed=args.seed, progress=not args.quiet)
+    return cmd_status(argparse.Namespace(name=name, storage=args.storage))
+
+
+def cmd_resume(args) -> int:
+    from .sweep import experiment_dir, run_experiment
+    from .ray_env import Resources
+    exp = experiment_dir(_storage(args), args.name)
+    meta_path = exp / "bam_experiment.json"
+    if not meta_path.exists():
+        raise UserError(f"no experiment {args.name!r} under {exp.parent}")
+    meta = json.loads(meta_path.read_text())
+    _start(args)
+    r = meta["resources"]
+    run_experiment(name=args.name, storage=_storage(args), loop=meta["loop"], params={},
+                   resources=Resources(workers=r["workers"], cpus_per_worker=r["cpus_per_worker"],
+                                       use_gpu=r["use_gpu"], max_concurrent=1),
+                   num_samples=meta["num_samples"], progress=not args.quiet)
+    return cmd_status(argparse.Namespace(name=args.name, storage=args.storage))
+
+
+def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
+    out = []
+    for t in trials:
+        rows = t["rows"]
+        best = max(rows, key=lambda r: r.get(metric, float("-inf"))) if rows else {}
+        done = bool(rows) and rows[-1].get("progress", 0) >= 1.0
+        out.append({"trial_id": t["trial_id"], "params": t["params"].get("params", {}),
+                    "state": "ERROR" if t["error"] else ("DONE" if done else ("STOPPED" if rows else "PENDING")),
+                    "iterations": len(rows), "best": best.get(metric), "best_row": best, "dir": t["dir"]})
+    return out
+
+
+def cmd_status(args) -> int:
+    from .sweep import trial_results
+    rows = summarize(trial_results(_storage(args), args.name))
+    print(f"{'trial':<14}{'state':<9}{'evals':>6}{'best glue_avg':>15}  params")
+    for r in rows:
+        best = f"{r['best']:.2f}" if r["best"] is not None else "-"
+        print(f"{r['trial_id']:<14}{r['state']:<9}{r['iterations']:>6}{best:>15}  {json.dumps(r['params'], default=str)}")
+    if rows and any(r["best"] is not None for r in rows):
+        top = max((r for r in rows if r["best"] is not None), key=lambda r: r["best"])
+        tasks = sorted({k.split("/")[0] for k in top["best_row"] if k.endswith("/best")})
+        print("best trial per task: " + ", ".join(f"{t} {top['best_row'][t + '/best']:.2f}" for t in tasks))
+    return 0
+
+
+def best_recipe(storage: str, name: str) -> tuple[dict, dict]:
+    from trainables.driver import with_params
+    from .sweep import trial_results
+    trials = trial_results(storage, name)
+    ranked = [s for s in summarize(trials) if s["best"] is not None]
+    if not ranked:
+        raise UserError(f"experiment {name!r} has no finished evaluation yet")
+    top = max(ranked, key=lambda s: s["best"])
+    trial = next(t for t in trials if t["trial_id"] == top["trial_id"])
+    return with_params(trial["params"]["loop"]["recipe"], trial["params"].get("params") or {}), top
+
+
+def cmd_best(args) -> int:
+    from trainables.recipe import dump_recipe, recipe_from_dict
+    from trainables.store import atomic_write_bytes
+    recipe, top = best_recipe(_storage(args), args.name)
+    r = recipe_from_dict(recipe, source=f"best trial of {args.name}")
+    print(f"best trial {top['trial_id']}: glue_avg {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
+    if args.export:
+        text = dump_recipe(r, command=f"bam-search train {args.export} --seeds 3")
+        atomic_write_bytes(Path(args.export), text.encode())
+        print(f"recipe written to {args.export}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from trainables.store import BaselineRegistry
+    from .report import write_report
+    from .sweep import trial_results
+    storage = _storage(args)
+    recipe, top = best_recipe(storage, args.name)
+    runs = []
+    for rec in BaselineRegistry(storage).records():
+        if rec["task"] in recipe["tasks"] and rec.get("model_name", recipe.get("model")) == recipe.get("model"):
+            runs.append({"group": "teachers", "seed": rec["seed"], "task": rec["task"], "score": rec["score"]})
+    teachers: dict[int, dict] = {}
+    for r in runs:
+        teachers.setdefault(r["seed"], {})[r["task"]] = r["score"]
+    records = [{"group": "teachers", "seed": s, "scores": sc} for s, sc in teachers.items()
+               if set(sc) >= set(recipe["tasks"])]
+    groups = {"student": [args.name] + list(args.student or [])}
+    for name in groups["student"]:
+        for i, t in enumerate(summarize(trial_results(storage, name))):
+            if name != args.name or t["trial_id"] == top["trial_id"]:
+                row = t["best_row"]
+                records.append({"group": "student", "seed": i, "scores": {k: row[f"{k}/best"] for k in recipe["tasks"]},
+                                "curves": _curves(t, recipe["tasks"]), "switch_steps": _switches(t)})
+    for name in args.multitask or []:
+        for i, t in enumerate(summarize(trial_results(storage, name))):
+            records.append({"group": "multitask", "seed": i,
+                            "scores": {k: t["best_row"][f"{k}/best"] for k in recipe["tasks"]}})
+    if not any(r["group"] == "teachers" for r in records):
+        raise UserError(f"no teacher baselines for tasks {','.join(recipe['tasks'])} in {storage}/baselines.jsonl")
+    out = Path(storage) / "reports" / args.name
+    paths = write_report(runs=records, out_dir=out, title=f"bam-search report: {args.name}", recipe=recipe,
+                         baseline="teachers", candidate="student")
+    print(f"report: {paths['html']}")
+    return 0
+
+
+def _curves(trial_summary: dict, tasks) -> dict:
+    from .sweep import trial_results  # noqa: F401
+    rows = json.loads("[]")
+    d = Path(trial_summary["dir"]) / "result.json"
+    for line in d.read_text().splitlines() if d.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return {t: [[r["step"], r[f"{t}/score"]] for r in rows if f"{t}/score" in r] for t in tasks}
+
+
+def _switches(trial_summary: dict) -> dict:
+    d = Path(trial_summary["dir"]) / "result.json"
+    out = {}
+    for line in d.read_text().splitlines() if d.exists() else []:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        for t in filter(None, (r.get("switched_now") or "").split(",")):
+            out.setdefault(t, r["step"])
+    return out
+
+
+def cmd_spaces(args) -> int:
+    from .spaces import list_spaces, load_space
+    if args.name:
+        sp = load_space(args.name, base_recipe={})
+        print(Path(sp["path"]).read_text())
+        return 0
+    for p in list_spaces():
+        from trainables.recipe import load_yaml
+        print(f"{p.stem:<12} {load_yaml(p).get('description', '')}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bam-search", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"bam-search {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("teachers", help="fine-tune single-task teachers; store train-set predictions and dev scores",
+                       epilog="example:\n  bam-search teachers --tasks rte,mrpc --model tiny --seeds 1 "
+                              "--max-train-examples 200 --storage runs", formatter_class=argparse.RawDescriptionHelpFormatter)
+    _recipe_args(t); _common(t)
+    t.add_argument("--seeds", type=int, default=1, help="teachers per task (seeds 0..N-1)")
+    t.add_argument("--name"); t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_teachers)
+
+    tr = sub.add_parser("train", help="train the student of a recipe (N seeds), no search",
+                        epilog="example:\n  bam-search train best.yaml --seeds 3 --storage runs",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("recipe"); _common(tr)
+    tr.add_argument("--seeds", type=int, default=1); tr.add_argument("--name"); tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    sw = sub.add_parser("sweep", help="search a space (spaces/*.yaml) with Ray Tune",
+                        epilog="example:\n  bam-search sweep spaces/smoke.yaml --tasks rte,mrpc --model tiny "
+                               "--num-samples 8 --scheduler asha --storage runs",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("space"); _recipe_args(sw); _common(sw)
+    sw.add_argument("--name"); sw.add_argument("--num-samples", type=int, default=8)
+    sw.add_argument("--searcher", default="optuna", choices=["optuna", "random", "grid"])
+    sw.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"])
+    sw.add_argument("--metric", default="glue_avg", help="glue_avg (default) or TASK/score")
+    sw.add_argument("--seed", type=int, default=0, help="searcher seed")
+    sw.add_argument("--quiet", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
+
+    for cmd, fn, helptext in (("status", cmd_status, "trials of an experiment"),
+                              ("resume", cmd_resume, "continue an interrupted experiment")):
+        s = sub.add_parser(cmd, help=helptext, epilog=f"example:\n  bam-search {cmd} NAME --storage runs",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        s.add_argument("name"); s.add_argument("--storage"); s.set_defaults(func=fn)
+        if cmd == "resume":
+            s.add_argument("--address"); s.add_argument("--quiet", action="store_true")
+            s.add_argument("--workers-per-trial", type=int, default=1); s.add_argument("--cpus-per-worker", type=float)
+            s.add_argument("--max-concurrent", type=int)
+    b = sub.add_parser("best", help="the best trial; --export writes it as a runnable recipe",
+                       epilog="example:\n  bam-search best NAME --export best.yaml --storage runs",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("name"); b.add_argument("--storage"); b.add_argument("--export"); b.set_defaults(func=cmd_best)
+    rp = sub.add_parser("report", help="best recipe vs single-task baselines: HTML, Markdown, plots",
+                        epilog="example:\n  bam-search report NAME --storage runs",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument("name"); rp.add_argument("--storage")
+    rp.add_argument("--student", action="append", help="extra experiments (e.g. `train --seeds 3`) of the best recipe")
+    rp.add_argument("--multitask", action="append", help="experiments of plain multi-task to compare")
+    rp.set_defaults(func=cmd_report)
+    sp = sub.add_parser("spaces", help="list the shipped search spaces, or show one",
+                        epilog="example:\n  bam-search spaces\n  bam-search spaces anneal",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("name", nargs="?"); sp.set_defaults(func=cmd_spaces)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"bam-search: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bam-search: interrupted; finished trials are kept (bam-search resume NAME)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

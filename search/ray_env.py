@@ -1,0 +1,62 @@
+"""Starting or joining Ray, and choosing trial resources so the embedded default never deadlocks.
+
+Embedded default (no --address, no RAY_ADDRESS): a local Ray started by this program on loopback with no
+dashboard, Ray 2.60's token authentication left on. It is given one logical CPU more than the machine has:
+each trial's driver (the Tune function that launches the TorchTrainer) holds only 0.25 CPU while its Train
+workers hold the real cores, so N concurrent trials of W workers x C CPUs need N*(0.25 + W*C) logical CPUs
+and the headroom keeps the driver and Ray Train's controller from starving the workers (a function trainable
+starting a TorchTrainer deadlocked with num_cpus=2 and 0.5-CPU workers).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DRIVER_CPU = 0.25
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers: int
+    cpus_per_worker: float
+    use_gpu: bool
+    max_concurrent: int
+
+    def as_dict(self) -> dict:
+        return {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "use_gpu": self.use_gpu}
+
+
+def init_ray(*, address: str | None, quiet: bool = True) -> dict:
+    import ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    env = {"env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false",
+                        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "WANDB_SILENT": "true"}}
+    for k in ("BAM_CACHE_DIR", "BAM_GLUE_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE",
+              "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"):
+        if k in os.environ:
+            env["env_vars"][k] = os.environ[k]
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=not quiet, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, runtime_env=env,
+                 log_to_driver=not quiet, logging_level="WARNING", configure_logging=True)
+    return ray.cluster_resources()
+
+
+def choose_resources(cluster: dict, *, workers: int = 1, cpus_per_worker: float | None = None,
+                     use_gpu: bool | None = None, max_concurrent: int | None = None) -> Resources:
+    """GPUs when the cluster has them; concurrency = what the cluster holds (at least 1)."""
+    gpus = int(cluster.get("GPU", 0))
+    cpus = float(cluster.get("CPU", 1))
+    gpu = bool(gpus) if use_gpu is None else use_gpu
+    cpw = cpus_per_worker if cpus_per_worker is not None else 1.0
+    per_trial = DRIVER_CPU + workers * cpw
+    fit = int(cpus // per_trial + 1e-9)
+    if gpu:
+        fit = min(fit, gpus // workers) if gpus else fit
+    fit = max(1, fit)
+    return Resources(workers=workers, cpus_per_worker=cpw, use_gpu=gpu,
+                     max_concurrent=min(max_concurrent, fit) if max_concurrent else fit)
