@@ -98,6 +98,20 @@ def _check_data(recipe) -> None:
             load_examples(task=t, split=split, glue_dir=recipe.data.glue_dir)
 
 
+def _check_teachers(args, recipe) -> None:
+    from trainables.driver import missing_teachers
+    missing = missing_teachers(recipe, storage=_storage(args))
+    if missing:
+        tasks = ",".join(sorted({t for t, _ in missing}))
+        seeds = max(s for _, s in missing) + 1
+        cmd = (f"bam-search teachers --tasks {tasks} --model {recipe.teacher.model or recipe.model} --seeds {seeds}"
+               + (f" --max-train-examples {recipe.data.max_train_examples}" if recipe.data.max_train_examples else "")
+               + (f" --glue-dir {recipe.data.glue_dir}" if recipe.data.glue_dir else "")
+               + f" --storage {_storage(args)}")
+        raise UserError(f"teacher predictions missing for {', '.join(f'{t} seed {s}' for t, s in missing)}; "
+                        f"train them first: {cmd}")
+
+
 def _start(args):
     from .ray_env import choose_resources, init_ray
     cluster = init_ray(address=args.address)
@@ -163,6 +177,7 @@ def cmd_train(args) -> int:
     from .sweep import run_experiment
     recipe = load_recipe(args.recipe, overrides=args.set)
     _check_data(recipe)
+    _check_teachers(args, recipe)
     seeds = list(range(args.seeds))
     base = recipe.to_dict()
     name = args.name or f"train-{Path(args.recipe).stem}-{_digest([base, seeds])}"
@@ -182,6 +197,7 @@ def cmd_sweep(args) -> int:
     space = load_space(args.space, base_recipe=base)
     recipe = recipe_from_dict(space["base"], source=space["path"])
     _check_data(recipe)
+    _check_teachers(args, recipe)
     name = args.name or f"sweep-{Path(space['path']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     resources = _start(args)
     print(f"experiment: {name}   (resume with: bam-search resume {name} --storage {args.storage or 'bam-storage'})")

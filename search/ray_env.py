@@ -40,10 +40,32 @@ def init_ray(*, address: str | None, quiet: bool = True) -> dict:
         return ray.cluster_resources()
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=not quiet, logging_level="WARNING")
-    else:
-        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=False, runtime_env=env,
-                 log_to_driver=not quiet, logging_level="WARNING", configure_logging=True)
+        return ray.cluster_resources()
+    # The embedded Ray: on loopback, at a GCS port chosen here, so that every process of this cluster
+    # is told its address (RAY_ADDRESS). Without it, Ray Train's placement-group cleaner cannot find
+    # its own cluster when another Ray runs on the machine, and a stopped trial's CPUs leak for good.
+    port = _free_port()
+    env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    previous = os.environ.get("RAY_GCS_SERVER_PORT")
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env=env,
+                 _node_ip_address="127.0.0.1", log_to_driver=not quiet, logging_level="WARNING",
+                 configure_logging=True)
+    finally:
+        if previous is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = previous
     return ray.cluster_resources()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def choose_resources(cluster: dict, *, workers: int = 1, cpus_per_worker: float | None = None,

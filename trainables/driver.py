@@ -58,6 +58,21 @@ def load_task_data(recipe: Recipe, *, tokenizer, cache_dir: str | None) -> dict[
     return out
 
 
+def missing_teachers(recipe: Recipe, *, storage: str) -> list[tuple[str, int]]:
+    """(task, seed) pairs whose teacher predictions are not in the store for this data: checked before Ray."""
+    if not recipe.teacher.use:
+        return []
+    model = model_identity(recipe.teacher.model or recipe.model)
+    records = BaselineRegistry(storage).records()
+    have = {(r["task"], r["seed"], r["fingerprint"]) for r in records if r["model"] == model}
+    missing = []
+    for t in recipe.tasks:
+        ex = load_examples(task=t, split="train", glue_dir=recipe.data.glue_dir)
+        fp = ex.subsample(max_examples=recipe.data.max_train_examples, seed=recipe.data.data_seed).fingerprint()
+        missing += [(t, s) for s in recipe.teacher.seeds if (t, s, fp) not in have]
+    return missing
+
+
 def find_teachers(recipe: Recipe, data: dict[str, TaskData], *, storage: str) -> dict[str, list[dict]]:
     """Registry records of the teachers this student distils from: task -> one record per seed."""
     model = model_identity(recipe.teacher.model or recipe.model)

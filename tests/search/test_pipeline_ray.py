@@ -1,0 +1,109 @@
+"""End to end with real Ray (Tune + Train V2): teachers -> sweep (ASHA) -> status -> best -> train -> report.
+
+Each command runs as a user would run it (a subprocess with its own local Ray).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from search.wandb_file import read_run
+
+pytestmark = pytest.mark.slow
+TASKS = "syn_noisy,syn_pairmatch"
+
+
+def cli(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "search.cli", *args, "--quiet"] if args[0] in ("teachers", "sweep", "train")
+                       else [sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, timeout=900,
+                       env=os.environ.copy())
+    if check and r.returncode != 0:
+        raise AssertionError(f"bam-search {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory, cache_dir):
+    s = tmp_path_factory.mktemp("storage")
+    cli("teachers", "--tasks", TASKS, "--model", "tiny", "--seeds", "1", "--epochs", "2", "--evals", "3",
+        "--storage", str(s), "--name", "teachers")
+    return s
+
+
+def wandb_runs(storage: Path) -> list[dict]:
+    return [read_run(p) for p in sorted((storage / "wandb").rglob("run-*.wandb"))]
+
+
+def test_teachers_store_predictions_and_baselines(storage):
+    from trainables.store import BaselineRegistry, TeacherStore
+    recs = BaselineRegistry(storage).records(strict=True)
+    assert sorted(r["task"] for r in recs) == ["syn_noisy", "syn_pairmatch"]
+    for r in recs:
+        meta = TeacherStore(storage).meta(r["key"])
+        preds = np.load(TeacherStore(storage).dir(r["key"]) / "predictions.npy")
+        n = {"syn_noisy": 300, "syn_pairmatch": 1200}[r["task"]]
+        assert preds.shape == ((n, 3) if r["task"] == "syn_noisy" else (n, 2))
+        assert np.isfinite(preds).all() and meta["n"] == n
+        assert 0 <= r["score"] <= 100 and r["best_step"] > 0
+    runs = wandb_runs(storage)
+    assert {r["run"]["job_type"] for r in runs} == {"teacher"}
+    assert all(r["run"]["group"] == "teachers" for r in runs)
+    assert any(r["config"]["recipe"]["tasks"] == ["syn_noisy"] for r in runs)
+    assert all(len(r["history"]) == 3 for r in runs)                     # one row per evaluation
+
+
+def test_missing_teachers_are_named_before_ray(storage):
+    r = cli("sweep", "smoke", "--tasks", "syn_similarity", "--model", "tiny", "--storage", str(storage), check=False)
+    assert r.returncode == 2
+    assert "syn_similarity seed 0" in r.stderr and "bam-search teachers --tasks syn_similarity" in r.stderr
+
+
+def test_sweep_asha_best_train_report(storage):
+    cli("sweep", "smoke", "--tasks", TASKS, "--model", "tiny", "--num-samples", "6", "--scheduler", "asha",
+        "--searcher", "optuna", "--storage", str(storage), "--name", "smoke")
+    exp = storage / "experiments" / "smoke"
+    trials = [d for d in exp.iterdir() if (d / "params.json").exists()]
+    assert len(trials) == 6
+    rows = {d.name: [json.loads(l) for l in (d / "result.json").read_text().splitlines()] for d in trials}
+    evals = 4                                                             # smoke.yaml base.evals
+    assert all(1 <= len(v) <= evals for v in rows.values())
+    assert any(len(v) < evals for v in rows.values()), "ASHA stopped no trial early"
+    assert any(len(v) == evals for v in rows.values())
+    for v in rows.values():
+        assert {"glue_avg", "syn_noisy/score", "syn_pairmatch/best", "lambda", "syn_noisy/sampling_weight"} <= set(v[-1])
+
+    status = cli("status", "smoke", "--storage", str(storage))
+    assert status.stdout.count("DONE") + status.stdout.count("STOPPED") == 6
+
+    out = storage / "best.yaml"
+    cli("best", "smoke", "--export", str(out), "--storage", str(storage))
+    text = out.read_text()
+    assert text.splitlines()[0] == f"# bam-search train {out} --seeds 3"
+    exported = yaml.safe_load(text)
+    best_trial = max(rows.values(), key=lambda v: max(r["glue_avg"] for r in v))
+    params = best_trial[0]["config"]["params"]
+    for key, value in params.items():                                     # the exported recipe is the trial's
+        node = exported
+        for part in key.split("."):
+            node = node[part]
+        assert node == pytest.approx(value) if isinstance(value, float) else node == value
+
+    cli("train", str(out), "--seeds", "1", "--storage", str(storage), "--name", "retrain")
+    tr = [d for d in (storage / "experiments" / "retrain").iterdir() if (d / "params.json").exists()]
+    assert len(tr) == 1
+    cfg = json.loads((tr[0] / "params.json").read_text())["loop"]["recipe"]
+    assert {k: v for k, v in cfg.items()} == {k: v for k, v in exported.items()}
+
+    student_runs = [r for r in wandb_runs(storage) if r["run"]["job_type"] == "student"]
+    assert len(student_runs) == 7 and {r["run"]["group"] for r in student_runs} == {"smoke", "retrain"}
+    assert all(r["history"] and "glue_avg" in r["history"][-1] for r in student_runs)
+
+    r = cli("report", "smoke", "--storage", str(storage), "--student", "retrain")
+    html = (storage / "reports" / "smoke" / "report.html").read_text()
+    assert "syn_noisy" in html and "syn_pairmatch" in html and "teachers" in html
+    assert (storage / "reports" / "smoke" / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
