@@ -157,7 +157,13 @@ def load_examples(*, task: str, split: str, glue_dir: str | None) -> Examples:
 def tokenizer_fingerprint(tokenizer) -> str:
     """Content hash of a fast tokenizer (vocabulary, normaliser, special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)                 # call-time state, not the tokenizer's identity
+        spec.pop("padding", None)
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -108,7 +108,7 @@ def build_model(recipe: Recipe, *, tokenizer, tasks) -> MultiTaskModel:
     torch.manual_seed(recipe.seed)
     st = recipe.student
     enc = build_encoder(recipe.model, vocab_size=len(tokenizer), num_layers=st.num_layers,
-                        hidden_size=st.hidden_size, init=st.init)
+                        hidden_size=st.hidden_size, init=st.init, dropout=st.dropout)
     return MultiTaskModel(enc, tasks, dropout=st.dropout, pooling=st.pooling)
 
 

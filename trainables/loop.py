@@ -268,6 +268,7 @@ class Run:
         n_local = sum(len(v) for v in parts.values())
         losses: dict[str, float] = {}
         task_grads = []
+        used: set[int] = set()
         for task, index in parts.items():
             loss = self._forward_loss(task, index)
             if not torch.isfinite(loss):
@@ -280,7 +281,8 @@ class Run:
             loss = loss * w * len(index) / n_local
             if self.r.mtl.pcgrad and len(parts) > 1:
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                used |= {i for i, p in enumerate(self.params) if p.grad is not None}
                 task_grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                                              for p in self.params]))
             elif self.scaler is not None:
@@ -290,8 +292,8 @@ class Run:
         if task_grads:
             flat = pcgrad(task_grads, generator=torch.Generator().manual_seed(self.step))
             i = 0
-            for p in self.params:
-                p.grad = flat[i:i + p.numel()].view_as(p).clone()
+            for k, p in enumerate(self.params):
+                p.grad = flat[i:i + p.numel()].view_as(p).clone() if k in used else None
                 i += p.numel()
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
@@ -359,11 +361,9 @@ class Run:
         # forget snapshots no unswitched task refers to
         live = {self.switch[t].best_step for t in self.tasks if not self.switch[t].switched}
         for s in list(self.snapshots):
-            if s not in live:
+            if s not in live:                        # the file stays: an older checkpoint may refer to it
                 self.snapshots.pop(s)
-                f = self.snapshot_files.pop(s, None)
-                if f and self.world.rank == 0:
-                    Path(f).unlink(missing_ok=True)
+                self.snapshot_files.pop(s, None)
         if self.r.switch.mode == "sequential":
             for t in self.order:
                 if t not in self.active and all(self.switch[a].switched for a in self.active):

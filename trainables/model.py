@@ -77,12 +77,13 @@ def _pick_layers(n_from: int, n_to: int) -> list[int]:
 
 
 def build_encoder(name: str, *, vocab_size: int, num_layers: int | None = None, hidden_size: int | None = None,
-                  init: str = "pretrained"):
+                  init: str = "pretrained", dropout: float | None = None):
     """The encoder. ``init``: pretrained | extract (keep evenly spaced layers) | random (a config only)."""
     from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
+    drop = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     if name == "tiny":
-        cfg = BertConfig(vocab_size=vocab_size, **TINY)
+        cfg = BertConfig(vocab_size=vocab_size, **TINY, **drop)
         if num_layers:
             cfg.num_hidden_layers = num_layers
         if hidden_size:
@@ -90,7 +91,7 @@ def build_encoder(name: str, *, vocab_size: int, num_layers: int | None = None, 
         return BertModel(cfg, add_pooling_layer=False)
     path = resolve_model(name)
     if init == "random" or hidden_size:
-        cfg = AutoConfig.from_pretrained(path)
+        cfg = AutoConfig.from_pretrained(path, **drop)
         if num_layers:
             cfg.num_hidden_layers = num_layers
         if hidden_size:
@@ -98,7 +99,8 @@ def build_encoder(name: str, *, vocab_size: int, num_layers: int | None = None, 
             cfg.intermediate_size = 4 * hidden_size
             cfg.num_attention_heads = max(1, hidden_size // 64)
         return AutoModel.from_config(cfg)
-    enc = AutoModel.from_pretrained(path, add_pooling_layer=False) if _is_bert(path) else AutoModel.from_pretrained(path)
+    extra = {"add_pooling_layer": False} if _is_bert(path) else {}
+    enc = AutoModel.from_pretrained(path, **extra, **drop)
     if num_layers and num_layers != enc.config.num_hidden_layers:
         keep = _pick_layers(enc.config.num_hidden_layers, num_layers)
         enc.encoder.layer = nn.ModuleList(enc.encoder.layer[i] for i in keep)

@@ -6,6 +6,7 @@ All defaults live here. ``apply_overrides`` takes dotted ``key=value`` strings (
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -123,10 +124,10 @@ class Recipe:
         return _plain(dataclasses.asdict(self))
 
     def anneal_for(self, task: str) -> Anneal:
-        return dataclasses.replace(self.anneal, per_task={}, **self.anneal.per_task.get(task, {}))
+        return dataclasses.replace(self.anneal, per_task={}, **(self.anneal.per_task.get(task) or {}))
 
     def switch_for(self, task: str) -> Switch:
-        return dataclasses.replace(self.switch, per_task={}, **self.switch.per_task.get(task, {}))
+        return dataclasses.replace(self.switch, per_task={}, **(self.switch.per_task.get(task) or {}))
 
 
 def _plain(x):
@@ -214,7 +215,11 @@ def _check_per_task(per_task: dict, cls, tasks: tuple, path: str):
     for task, sub in per_task.items():
         if task not in tasks:
             raise UserError(f"{path}.{task}: task {task!r} is not in this run's tasks ({', '.join(tasks)})")
-        _build(cls, {k: v for k, v in (sub or {}).items()}, f"{path}.{task}")
+        if sub is not None and not isinstance(sub, dict):
+            raise UserError(f"{path}.{task}: expected a mapping, got {sub!r}")
+        if "per_task" in (sub or {}):
+            raise UserError(f"{path}.{task}.per_task: per-task settings cannot nest")
+        _build(cls, dict(sub or {}), f"{path}.{task}")
 
 
 def validate(r: Recipe) -> None:
@@ -236,6 +241,10 @@ def validate(r: Recipe) -> None:
         raise UserError("optim.layer_decay: must be in (0, 1]")
     if not 0 <= o.warmup < 1:
         raise UserError("optim.warmup: must be in [0, 1)")
+    for key in ("max_train_examples", "max_dev_examples"):
+        v = getattr(r.data, key)
+        if v is not None and v < 1:
+            raise UserError(f"data.{key}: must be >= 1 (or null for all)")
     if r.data.max_length < 8:
         raise UserError("data.max_length: must be >= 8")
     _check_per_task(r.anneal.per_task, Anneal, tasks, "anneal.per_task")
@@ -246,6 +255,8 @@ def validate(r: Recipe) -> None:
             raise UserError(f"{where}.schedule: unknown schedule {a.schedule!r} (one of {', '.join(ANNEAL_SCHEDULES)})")
         if not 0 <= a.w <= 1 or not 0 <= a.p0 <= 1:
             raise UserError(f"{where}: w and p0 must be in [0, 1]")
+        if not 0 < abs(a.k) <= 100:
+            raise UserError(f"{where}.k: must be non-zero with |k| <= 100")
         if a.temperature <= 0:
             raise UserError(f"{where}.temperature: must be > 0")
         if a.loss not in ("ce", "kl"):
@@ -303,6 +314,24 @@ def validate(r: Recipe) -> None:
 
 # ------------------------------------------------------------------------------------------------ files
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 and every ML config user expect."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def safe_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise UserError(f"override {text!r}: expected key=value")
@@ -311,7 +340,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -344,7 +373,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

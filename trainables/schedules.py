@@ -26,16 +26,27 @@ def anneal_lambda(p: float, *, schedule: str, w: float = 0.5, p0: float = 0.5, k
     if schedule == "cosine":
         return (1 - math.cos(math.pi * p)) / 2
     if schedule == "exponential":
-        return p if k == 0 else math.expm1(k * p) / math.expm1(k)
+        if k == 0:
+            return p
+        if k > 0:                                   # e^{k(p-1)} (1-e^{-kp}) / (1-e^{-k}): no overflow
+            return math.exp(k * (p - 1)) * math.expm1(-k * p) / math.expm1(-k)
+        return math.expm1(k * p) / math.expm1(k)
     if schedule == "step":
         return 0.0 if p < p0 else 1.0
     if schedule == "delayed_linear":
         return 0.0 if p <= p0 else (1.0 if p0 >= 1 else (p - p0) / (1 - p0))
     if schedule == "sigmoid":
-        f = lambda x: 1 / (1 + math.exp(-k * (x - p0)))  # noqa: E731
-        lo, hi = f(0.0), f(1.0)
+        lo, hi = _logistic(-k * p0), _logistic(k * (1 - p0))
+        f = lambda x: _logistic(k * (x - p0))  # noqa: E731
         return (f(p) - lo) / (hi - lo) if hi > lo else p
     raise ValueError(f"unknown anneal schedule {schedule!r}")
+
+
+def _logistic(z: float) -> float:
+    if z >= 0:
+        return 1 / (1 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1 + e)
 
 
 def sampling_weights(sizes: dict[str, int], *, p: float = 0.0, method: str = "size_alpha", alpha: float = 0.75,

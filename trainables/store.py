@@ -141,8 +141,13 @@ class BaselineRegistry:
         line = json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "record": record},
                           sort_keys=True) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
+        with open(self.path, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(f.tell() - 1)
+                if f.read(1) != "\n":                  # a crash tore the last line: start a new one
+                    line = "\n" + line
             f.write(line)
             f.flush()
             os.fsync(f.fileno())

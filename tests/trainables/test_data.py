@@ -348,9 +348,6 @@ def test_tokenize_split_caches(tmp_path, monkeypatch, glue_dir):
     assert len(_cached_folders(cache)) == 3                     # another max length -> another entry
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tokenizer_fingerprint hashes backend_tokenizer.to_str(), which includes "
-                   "the truncation state the previous tokenize_split call left on the tokenizer, so reusing one "
-                   "tokenizer object misses the cache and writes a duplicate entry")
 def test_tokenize_split_cache_hit_with_the_same_tokenizer_object(tmp_path, glue_dir):
     tok = _fresh_tokenizer()
     ex = load_examples(task="rte", split="train", glue_dir=str(glue_dir))

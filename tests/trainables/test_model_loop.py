@@ -311,9 +311,6 @@ def test_verify_checkpoint_detects_damage(tmp_path):
         verify_checkpoint(bad)
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="BUG: after_eval unlinks the snapshot file of a superseded best while an earlier "
-                          "checkpoint's state.json still references it; restoring that checkpoint fails")
 def test_an_older_checkpoint_stays_loadable(tmp_path):
     rec = recipe(["syn_similarity"], evals=2, switch={"criterion": "patience", "patience": 5})
     run = make_run(tmp_path, rec)
@@ -389,9 +386,6 @@ def test_gradual_unfreezing_keeps_frozen_layers_fixed(tmp_path):
             assert moved, n
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with mtl.pcgrad the loop writes p.grad = zeros for frozen parameters "
-                                      "(and for heads not in the batch), so AdamW still moves them (weight decay, "
-                                      "momentum) although they are frozen / untouched")
 def test_gradual_unfreezing_with_pcgrad_keeps_frozen_layers_fixed(tmp_path):
     rec = recipe(["syn_noisy", "syn_similarity"], optim={"steps": 40}, sampling={"batches": "mixed"},
                  student={"unfreeze": "gradual"}, mtl={"pcgrad": True})
@@ -404,9 +398,6 @@ def test_gradual_unfreezing_with_pcgrad_keeps_frozen_layers_fixed(tmp_path):
     assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: precision fp16 + mtl.pcgrad: the pcgrad path calls loss.backward() without "
-                          "scaler.scale, then scaler.unscale_ (GradScaler asserts; or silently divides the grads)")
 def test_fp16_with_pcgrad_steps(tmp_path):
     rec = recipe(["syn_noisy", "syn_similarity"], precision="fp16", sampling={"batches": "mixed"},
                  mtl={"pcgrad": True})
@@ -416,8 +407,6 @@ def test_fp16_with_pcgrad_steps(tmp_path):
     assert run.step == 2
 
 
-@pytest.mark.xfail(strict=True, reason="student.dropout only sets the head's dropout; the encoder keeps "
-                                      "BertConfig's hidden/attention dropout 0.1, so dropout 0 is not deterministic")
 def test_student_dropout_zero_makes_training_forward_deterministic(tmp_path):
     run = make_run(tmp_path, recipe(["syn_noisy"], student={"dropout": 0.0}))
     run.model.train()

@@ -155,8 +155,6 @@ def test_corrupt_line_is_skipped_or_named(tmp_path, corruption):
     assert f"{reg.path}:2:" in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: append() does not start a new line after a torn last line (a crash "
-                   "mid-append, no trailing newline), so the next good record is glued to it and silently skipped")
 def test_append_after_a_torn_last_line(tmp_path):
     """A crash mid-append leaves a torn line; the next record must survive it."""
     reg = BaselineRegistry(tmp_path)
