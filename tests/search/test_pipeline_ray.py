@@ -55,6 +55,7 @@ def test_teachers_store_predictions_and_baselines(storage):
     assert all(r["run"]["group"] == "teachers" for r in runs)
     assert any(r["config"]["recipe"]["tasks"] == ["syn_noisy"] for r in runs)
     assert all(len(r["history"]) == 3 for r in runs)                     # one row per evaluation
+    assert all("syn_" in k for r in runs for k in r["history"][-1] if k.endswith("/score"))
 
 
 def test_missing_teachers_are_named_before_ray(storage):
@@ -81,11 +82,14 @@ def test_sweep_asha_best_train_report(storage):
     assert status.stdout.count("DONE") + status.stdout.count("STOPPED") == 6
 
     out = storage / "best.yaml"
-    cli("best", "smoke", "--export", str(out), "--storage", str(storage))
+    best = cli("best", "smoke", "--export", str(out), "--storage", str(storage))
     text = out.read_text()
     assert text.splitlines()[0] == f"# bam-search train {out} --seeds 3"
     exported = yaml.safe_load(text)
-    best_trial = max(rows.values(), key=lambda v: max(r["glue_avg"] for r in v))
+    best_id = best.stdout.split("best trial ")[1].split(":")[0]
+    best_trial = next(v for v in rows.values() if v[0]["trial_id"] == best_id)
+    top = max(r["glue_avg"] for v in rows.values() for r in v)
+    assert max(r["glue_avg"] for r in best_trial) == top                  # it is a best trial (ties possible)
     params = best_trial[0]["config"]["params"]
     for key, value in params.items():                                     # the exported recipe is the trial's
         node = exported
@@ -102,6 +106,12 @@ def test_sweep_asha_best_train_report(storage):
     student_runs = [r for r in wandb_runs(storage) if r["run"]["job_type"] == "student"]
     assert len(student_runs) == 7 and {r["run"]["group"] for r in student_runs} == {"smoke", "retrain"}
     assert all(r["history"] and "glue_avg" in r["history"][-1] for r in student_runs)
+    # a trial that ASHA stopped is a complete W&B run too, with exactly the rows Tune received
+    by_id = {r["run"]["id"]: r for r in student_runs}
+    for v in rows.values():
+        assert len(by_id[v[0]["trial_id"]]["history"]) == len(v)
+        assert by_id[v[0]["trial_id"]]["history"][-1]["glue_avg"] == pytest.approx(v[-1]["glue_avg"])
+        assert by_id[v[0]["trial_id"]]["config"]["params"] == v[0]["config"]["params"]
 
     r = cli("report", "smoke", "--storage", str(storage), "--student", "retrain")
     html = (storage / "reports" / "smoke" / "report.html").read_text()

@@ -1,0 +1,77 @@
+"""The student step inside a Ray Train worker against the same loop run directly in this process.
+
+Same recipe (model, tasks, data, steps, threads), measured in one run: examples/s of training (evaluation
+excluded), the ratio Ray/in-process, and each worker's peak RSS.
+
+    python bench/student.py --glue-dir ../shared/data/glue --model minilm --steps 60
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+
+def recipe(args) -> dict:
+    return {"tasks": args.tasks.split(","), "model": args.model, "evals": 2, "teacher": {"use": False},
+            "anneal": {"schedule": "none"}, "precision": "fp32",
+            "optim": {"steps": args.steps, "batch_size": 32, "lr": 5e-5},
+            "data": {"glue_dir": args.glue_dir, "max_train_examples": 2000, "max_dev_examples": 64,
+                     "max_length": 128}}
+
+
+def in_process(args, storage: str) -> dict:
+    import torch
+
+    from trainables.driver import setup_run
+    from trainables.loop import run_training
+    torch.set_num_threads(args.threads)
+    run = setup_run({"recipe": recipe(args), "job": "student", "storage": storage,
+                     "artifacts_dir": os.path.join(storage, "art-local"), "cache_dir": args.cache_dir})
+    out = []
+    run_training(run, report=lambda m, r: out.append(m))
+    return out[-1]
+
+
+def in_ray(args, storage: str) -> dict:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from search.ray_env import init_ray
+    from trainables.driver import train_fn_per_worker
+    init_ray(address=None)
+    cfg = {"recipe": recipe(args), "job": "student", "storage": storage, "cache_dir": args.cache_dir,
+           "artifacts_dir": os.path.join(storage, "art-ray"), "wandb": None}
+    result = TorchTrainer(train_fn_per_worker, train_loop_config=cfg,
+                          scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.threads}),
+                          run_config=RunConfig(name="bench", storage_path=os.path.join(storage, "ray"))).fit()
+    ray.shutdown()
+    return result.metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--glue-dir", default=os.environ.get("BAM_GLUE_DIR", "../shared/data/glue"))
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--tasks", default="cola,sst2,mrpc,stsb,rte")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache-dir", default=os.environ.get("BAM_CACHE_DIR"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as storage:
+        local = in_process(args, storage)
+        remote = in_ray(args, storage)
+    out = {"in_process_examples_per_s": local["examples_per_s"], "ray_worker_examples_per_s": remote["examples_per_s"],
+           "ratio": remote["examples_per_s"] / local["examples_per_s"],
+           "in_process_peak_rss_mb": local["peak_rss_mb"], "ray_worker_peak_rss_mb": remote["peak_rss_mb"],
+           "steps": args.steps, "threads": args.threads, "model": args.model, "tasks": args.tasks,
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M")}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""W&B: one run per trial, written by a Ray Tune callback in the driver process.
+
+The driver sees every result a trial reports (all per-task curves, lambda, sampling weights, switch events)
+and is never killed mid-trial, so a trial that ASHA stops early still ends as a complete W&B run (a run
+written from inside the Train worker lost everything when Tune killed the worker). Offline unless
+WANDB_MODE says otherwise; the API key is read by wandb from the environment or netrc and never copied.
+"""
+from __future__ import annotations
+
+import os
+
+from ray.tune import Callback
+
+from trainables.tracking import scrub
+
+SKIP = {"config", "trial_id", "experiment_id", "date", "timestamp", "pid", "hostname", "node_ip", "experiment_tag",
+        "done", "checkpoint_path", "should_checkpoint"}
+
+
+class WandbTrials(Callback):
+    def __init__(self, *, settings: dict, experiment: str):
+        self.settings, self.experiment = settings, experiment
+        self.runs: dict[str, object] = {}
+
+    def _init(self, trial):
+        import wandb
+        os.environ.setdefault("WANDB_SILENT", "true")
+        from trainables.driver import with_params
+        cfg = trial.config
+        loop = cfg.get("loop", {})
+        recipe = with_params(loop.get("recipe", {}), cfg.get("params") or {})
+        job = loop.get("job", "student")
+        os.makedirs(self.settings["dir"], exist_ok=True)
+        run = wandb.init(project=self.settings.get("project", "bam-search"), group=self.experiment,
+                         job_type=job, tags=[job, *recipe.get("tasks", [])], id=trial.trial_id,
+                         name=f"{self.experiment}-{trial.trial_id}", dir=self.settings["dir"], resume="allow",
+                         mode=os.environ.get("WANDB_MODE") or self.settings.get("mode") or "offline",
+                         config=scrub({"recipe": recipe, "params": cfg.get("params") or {},
+                                       "experiment": self.experiment, "resources": cfg.get("resources")}),
+                         reinit="create_new", settings=wandb.Settings(console="off", x_disable_stats=True))
+        self.runs[trial.trial_id] = run
+        return run
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.runs:
+            self._init(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run = self.runs.get(trial.trial_id) or self._init(trial)
+        metrics = {k: v for k, v in result.items() if k not in SKIP and isinstance(v, (int, float))}
+        step = int(result.get("step", result.get("training_iteration", 0)))
+        if result.get("switched_now"):
+            metrics["kd_switch_events"] = len(str(result["switched_now"]).split(","))
+            run.summary[f"switch_step/{result['switched_now']}"] = step
+        run.log(metrics, step=step)
+
+    def _finish(self, trial, *, failed: bool):
+        run = self.runs.pop(trial.trial_id, None)
+        if run is not None:
+            run.summary["state"] = "ERROR" if failed else "DONE"
+            run.finish(exit_code=1 if failed else 0)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, failed=True)
+
+    def on_experiment_end(self, trials, **info):
+        for tid in list(self.runs):
+            self.runs.pop(tid).finish()
