@@ -27,7 +27,7 @@ class LiveTable(Callback):
 
     def _update(self):
         if self.live is not None:
-            self._update()
+            self.live.update(self._render())
 
     def _eta(self) -> str:
         done = sum(1 for r in self.rows.values() if r["state"] in ("DONE", "STOPPED", "ERROR"))

@@ -194,10 +194,12 @@ def train_fn_per_worker(config: dict) -> None:
         sw = run.switch[run.tasks[0]]
         sw.criterion = "never"
         run._keep_best = True
-    ckpt = ray.train.get_checkpoint()
+    ckpt = ray.train.get_checkpoint()              # this run's own latest (a restarted worker or trial)
     if ckpt:
         with ckpt.as_directory() as d:
             run.load_checkpoint(Path(d))
+    elif config.get("resume_from"):                # start from another run's checkpoint folder
+        run.load_checkpoint(Path(config["resume_from"]))
 
     def report(metrics: dict, r: Run) -> None:
         if job == "teacher" and r.switch[r.tasks[0]].best_step == r.step:

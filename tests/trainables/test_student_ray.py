@@ -26,12 +26,12 @@ def run_train(*, storage: Path, name: str, recipe: dict, resume_from=None):
 
     from trainables.driver import train_fn_per_worker
     config = {"recipe": recipe, "job": "student", "storage": str(storage), "cache_dir": os.environ["BAM_CACHE_DIR"],
-              "artifacts_dir": str(storage / "artifacts" / name), "wandb": None, "run_id": name}
+              "artifacts_dir": str(storage / "artifacts" / name), "wandb": None, "run_id": name,
+              "resume_from": resume_from.path if resume_from else None}
     trainer = TorchTrainer(train_fn_per_worker, train_loop_config=config, torch_config=TorchConfig(backend="gloo"),
                            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                            run_config=RunConfig(name=name, storage_path=str(storage / "train"),
-                                                checkpoint_config=CheckpointConfig(num_to_keep=None)),
-                           resume_from_checkpoint=resume_from)
+                                                checkpoint_config=CheckpointConfig(num_to_keep=None)))
     return trainer.fit()
 
 

@@ -1,0 +1,67 @@
+"""Security of the embedded default: token auth stays on, Ray listens on loopback, no secret is written."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SERVER = textwrap.dedent("""
+    import os, sys, time
+    from search.ray_env import init_ray
+    init_ray(address=None)
+    print(os.environ.get("RAY_ADDRESS") or "", flush=True)
+    import ray
+    print(ray.get_runtime_context().gcs_address, flush=True)
+    time.sleep(120)
+""")
+
+
+def test_client_without_token_is_refused(tmp_path):
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        server.stdout.readline()
+        gcs = server.stdout.readline().strip()
+        assert gcs.startswith("127.0.0.1:"), gcs                 # bound to loopback, not a public address
+        client = textwrap.dedent(f"""
+            import ray
+            try:
+                ray.init(address="{gcs}", log_to_driver=False)
+                print("CONNECTED")
+            except Exception as e:
+                print("REFUSED", type(e).__name__, str(e)[:200])
+        """)
+        env = {**os.environ, "HOME": str(tmp_path), "RAY_AUTH_MODE": "token",
+               "RAY_AUTH_TOKEN": "not-the-token-of-this-cluster-0000000000"}
+        env.pop("RAY_ADDRESS", None)
+        r = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=120, env=env)
+        assert "CONNECTED" not in r.stdout, r.stdout + r.stderr
+        # and with the machine's own token (same user, ~/.ray/auth_token) it connects: the refusal is the token
+        env_ok = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+        ok = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=120, env=env_ok)
+        assert "CONNECTED" in ok.stdout, ok.stdout + ok.stderr
+    finally:
+        os.killpg(server.pid, 9)
+        server.wait()
+
+
+def test_planted_wandb_key_is_written_nowhere(tmp_path, cache_dir):
+    key = "0123456789abcdef0123456789abcdefPLANTED1"
+    env = {**os.environ, "WANDB_API_KEY": key, "WANDB_MODE": "offline"}
+    r = subprocess.run([sys.executable, "-m", "search.cli", "teachers", "--tasks", "syn_noisy", "--model", "tiny",
+                        "--epochs", "1", "--evals", "2", "--storage", str(tmp_path / "s"), "--quiet"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert key not in r.stdout and key not in r.stderr
+    written = [p for p in (tmp_path / "s").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in written) and any(p.name == "model.pt" for p in written)
+    leaks = [str(p) for p in written if key.encode() in p.read_bytes()]
+    assert leaks == []
+    # Ray's own logs of the sessions of this test
+    recent = [p for p in Path("/tmp/ray").glob("session_*/logs/*") if p.is_file() and p.stat().st_mtime > time.time() - 900]
+    assert [str(p) for p in recent if key.encode() in p.read_bytes()] == []
