@@ -112,11 +112,11 @@ def _check_teachers(args, recipe) -> None:
                         f"train them first: {cmd}")
 
 
-def _start(args):
+def _start(args, *, trials: int | None = None):
     from .ray_env import choose_resources, init_ray
     cluster = init_ray(address=args.address)
     return choose_resources(cluster, workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                            max_concurrent=args.max_concurrent)
+                            max_concurrent=args.max_concurrent, trials=trials)
 
 
 def _loop(args, recipe: dict, *, job: str) -> dict:
@@ -152,7 +152,7 @@ def cmd_teachers(args) -> int:
     recipe = recipe_from_dict(base, source="teachers")
     _check_data(recipe)
     name = args.name or f"teachers-{_digest([base, seeds])}"
-    resources = _start(args)
+    resources = _start(args, trials=len(recipe.tasks) * len(seeds))
     params = {"tasks": tune.grid_search([[t] for t in recipe.tasks]), "seed": tune.grid_search(seeds)}
     print(f"experiment: {name}  ({len(recipe.tasks)} tasks x {len(seeds)} seeds)")
     run_experiment(name=name, storage=_storage(args), loop=_loop(args, base, job="teacher"), params=params,
@@ -181,7 +181,7 @@ def cmd_train(args) -> int:
     seeds = list(range(args.seeds))
     base = recipe.to_dict()
     name = args.name or f"train-{Path(args.recipe).stem}-{_digest([base, seeds])}"
-    resources = _start(args)
+    resources = _start(args, trials=len(seeds))
     print(f"experiment: {name}")
     run_experiment(name=name, storage=_storage(args), loop=_loop(args, base, job="student"),
                    params={"seed": tune.grid_search(seeds)} if len(seeds) > 1 else {"seed": base["seed"]},
@@ -199,7 +199,7 @@ def cmd_sweep(args) -> int:
     _check_data(recipe)
     _check_teachers(args, recipe)
     name = args.name or f"sweep-{Path(space['path']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    resources = _start(args)
+    resources = _start(args, trials=args.num_samples)
     print(f"experiment: {name}   (resume with: bam-search resume {name} --storage {args.storage or 'bam-storage'})")
     run_experiment(name=name, storage=_storage(args), loop=_loop(args, space["base"], job="student"),
                    params=to_tune(space, searcher=args.searcher), resources=resources,

@@ -69,12 +69,21 @@ def _free_port() -> int:
 
 
 def choose_resources(cluster: dict, *, workers: int = 1, cpus_per_worker: float | None = None,
-                     use_gpu: bool | None = None, max_concurrent: int | None = None) -> Resources:
-    """GPUs when the cluster has them; concurrency = what the cluster holds (at least 1)."""
+                     use_gpu: bool | None = None, max_concurrent: int | None = None,
+                     trials: int | None = None) -> Resources:
+    """GPUs when the cluster has them; concurrency = what the cluster holds (at least 1).
+
+    Without --cpus-per-worker, the CPUs are shared out over the trials that can run at once: a lone
+    trial (``train`` with one seed) gets every core, a sweep gets one core per worker.
+    """
     gpus = int(cluster.get("GPU", 0))
     cpus = float(cluster.get("CPU", 1))
     gpu = bool(gpus) if use_gpu is None else use_gpu
-    cpw = cpus_per_worker if cpus_per_worker is not None else 1.0
+    cpw = cpus_per_worker
+    if cpw is None:
+        at_once = max(1, int(cpus // (DRIVER_CPU + workers)))
+        at_once = min(at_once, trials or at_once, max_concurrent or at_once)
+        cpw = float(max(1, int((cpus - DRIVER_CPU * at_once) // (workers * at_once))))
     per_trial = DRIVER_CPU + workers * cpw
     fit = int(cpus // per_trial + 1e-9)
     if gpu:

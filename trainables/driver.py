@@ -214,6 +214,8 @@ def train_fn_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint-step{r.step:07d}")
 
+    if run.step >= run.total and run.last_metrics:   # resumed at the end: tell Tune the final result again
+        report(run.last_metrics, run)
     try:
         run_training(run, report=report)
     except NonFiniteLoss as e:

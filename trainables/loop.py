@@ -163,6 +163,7 @@ class Run:
         self.evals: list[dict] = []
         self.examples_seen = 0
         self.tokens_seen = 0
+        self.last_metrics: dict | None = None
 
     # ----------------------------------------------------------------------------------- targets
 
@@ -409,6 +410,7 @@ class Run:
             "snapshot_files": {str(k): v for k, v in self.snapshot_files.items()},
             "loss_history": self.loss_history, "evals": self.evals,
             "examples_seen": self.examples_seen, "tokens_seen": self.tokens_seen,
+            "last_metrics": self.last_metrics,
         }
 
     def save_rng(self, directory: Path) -> None:
@@ -450,6 +452,7 @@ class Run:
                           for k, v in self.snapshot_files.items()}
         self.loss_history, self.evals = st["loss_history"], st["evals"]
         self.examples_seen, self.tokens_seen = st["examples_seen"], st["tokens_seen"]
+        self.last_metrics = st.get("last_metrics")
 
 
 def _sha256_file(path: Path) -> str:
@@ -511,6 +514,7 @@ def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] 
             metrics["train_s"] = train_time
             metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             run.evals.append({"step": run.step, "scores": ev["scores"], "switched_now": fired})
+            run.last_metrics = metrics
             report(metrics, run)
     return {"wall_s": time.perf_counter() - t0, "train_s": train_time}
 
