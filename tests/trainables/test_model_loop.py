@@ -252,7 +252,7 @@ def test_checkpoint_resumes_exactly(tmp_path, case):
             at_8.update(params(r))
 
     ra = train(a, save_at_8)
-    assert sorted(p.name for p in ck.iterdir()) == ["checksums.json", "model.pt", "state.json"]
+    assert sorted(p.name for p in ck.iterdir()) == ["checksums.json", "model.pt", "rng-rank0.pt", "state.json"]
 
     torch.manual_seed(999)                                             # a different RNG: the checkpoint must fix it
     b = make_run(tmp_path, rec)
