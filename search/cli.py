@@ -291,13 +291,15 @@ def cmd_report(args) -> int:
         teachers.setdefault(r["seed"], {})[r["task"]] = r["score"]
     records = [{"group": "teachers", "seed": s, "scores": sc} for s, sc in teachers.items()
                if set(sc) >= set(recipe["tasks"])]
-    groups = {"student": [args.name] + list(args.student or [])}
-    for name in groups["student"]:
-        for i, t in enumerate(summarize(trial_results(storage, name))):
-            if name != args.name or t["trial_id"] == top["trial_id"]:
-                row = t["best_row"]
-                records.append({"group": "student", "seed": i, "scores": {k: row[f"{k}/best"] for k in recipe["tasks"]},
-                                "curves": _curves(t, recipe["tasks"]), "switch_steps": _switches(t)})
+    # the student runs: the retrains of the best recipe when given (they reproduce it over seeds), else the
+    # sweep's best trial itself
+    students = [(name, t) for name in (args.student or []) for t in summarize(trial_results(storage, name))]
+    if not students:
+        students = [(args.name, t) for t in summarize(trial_results(storage, args.name)) if t["trial_id"] == top["trial_id"]]
+    for seed, (_, t) in enumerate(students):
+        row = t["best_row"]
+        records.append({"group": "student", "seed": seed, "scores": {k: row[f"{k}/best"] for k in recipe["tasks"]},
+                        "curves": _curves(t, recipe["tasks"]), "switch_steps": _switches(t)})
     for name in args.multitask or []:
         for i, t in enumerate(summarize(trial_results(storage, name))):
             records.append({"group": "multitask", "seed": i,
@@ -305,8 +307,11 @@ def cmd_report(args) -> int:
     if not any(r["group"] == "teachers" for r in records):
         raise UserError(f"no teacher baselines for tasks {','.join(recipe['tasks'])} in {storage}/baselines.jsonl")
     out = Path(storage) / "reports" / args.name
-    paths = write_report(runs=records, out_dir=out, title=f"bam-search report: {args.name}", recipe=recipe,
-                         baseline="teachers", candidate="student")
+    try:
+        paths = write_report(runs=records, out_dir=out, title=f"bam-search report: {args.name}", recipe=recipe,
+                             baseline="teachers", candidate="student")
+    except ValueError as e:
+        raise UserError(f"report {args.name}: {e}") from None
     print(f"report: {paths['html']}")
     return 0
 
