@@ -231,7 +231,7 @@ def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
         rows = t["rows"]
         best = max(rows, key=lambda r: r.get(metric, float("-inf"))) if rows else {}
         done = bool(rows) and rows[-1].get("progress", 0) >= 1.0
-        out.append({"trial_id": t["trial_id"], "params": t["params"].get("params", {}),
+        out.append({"trial_id": t["trial_id"], "params": t["params"].get("params", {}), "rows": rows,
                     "state": "ERROR" if t["error"] else ("DONE" if done else ("STOPPED" if rows else "PENDING")),
                     "iterations": len(rows), "best": best.get(metric), "best_row": best, "dir": t["dir"]})
     return out
@@ -317,25 +317,13 @@ def cmd_report(args) -> int:
 
 
 def _curves(trial_summary: dict, tasks) -> dict:
-    from .sweep import trial_results  # noqa: F401
-    rows = json.loads("[]")
-    d = Path(trial_summary["dir"]) / "result.json"
-    for line in d.read_text().splitlines() if d.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+    rows = trial_summary["rows"]
     return {t: [[r["step"], r[f"{t}/score"]] for r in rows if f"{t}/score" in r] for t in tasks}
 
 
 def _switches(trial_summary: dict) -> dict:
-    d = Path(trial_summary["dir"]) / "result.json"
     out = {}
-    for line in d.read_text().splitlines() if d.exists() else []:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            break
+    for r in trial_summary["rows"]:
         for t in filter(None, (r.get("switched_now") or "").split(",")):
             out.setdefault(t, r["step"])
     return out
