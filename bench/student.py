@@ -1,9 +1,11 @@
 """The student step inside a Ray Train worker against the same loop run directly in this process.
 
 Same recipe (model, tasks, data, steps, threads), measured in one run: examples/s of training (evaluation
-excluded), the ratio Ray/in-process, and each worker's peak RSS.
+excluded), the ratio Ray/in-process, and each worker's peak RSS. The two sides alternate for ``--rounds``
+rounds (in-process, Ray, in-process, Ray, ...) and the ratio is the median of the rounds' ratios, so a change
+of load on the machine part-way does not land on one side only.
 
-    python bench/student.py --glue-dir ../shared/data/glue --model minilm --steps 60
+    python bench/student.py --glue-dir ../shared/data/glue --model minilm --steps 60 --rounds 3
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import time
 
 def recipe(args) -> dict:
     return {"tasks": args.tasks.split(","), "model": args.model, "evals": 2, "teacher": {"use": False},
-            "anneal": {"schedule": "none"}, "precision": "fp32",
+            "anneal": {"schedule": "none"}, "precision": args.precision,
             "optim": {"steps": args.steps, "batch_size": 32, "lr": 5e-5},
-            "data": {"glue_dir": args.glue_dir, "max_train_examples": 2000, "max_dev_examples": 64,
+            "data": {"glue_dir": os.path.abspath(args.glue_dir), "max_train_examples": 2000, "max_dev_examples": 64,
                      "max_length": 128}}
 
 
@@ -36,20 +38,16 @@ def in_process(args, storage: str) -> dict:
     return out[-1]
 
 
-def in_ray(args, storage: str) -> dict:
-    import ray
+def in_ray(args, storage: str, *, name: str) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from search.ray_env import init_ray
     from trainables.driver import train_fn_per_worker
-    init_ray(address=None)
     cfg = {"recipe": recipe(args), "job": "student", "storage": storage, "cache_dir": args.cache_dir,
-           "artifacts_dir": os.path.join(storage, "art-ray"), "wandb": None}
+           "artifacts_dir": os.path.join(storage, f"art-{name}"), "wandb": None}
     result = TorchTrainer(train_fn_per_worker, train_loop_config=cfg,
                           scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.threads}),
-                          run_config=RunConfig(name="bench", storage_path=os.path.join(storage, "ray"))).fit()
-    ray.shutdown()
+                          run_config=RunConfig(name=name, storage_path=os.path.join(storage, "ray"))).fit()
     return result.metrics
 
 
@@ -60,15 +58,32 @@ def main() -> None:
     ap.add_argument("--tasks", default="cola,sst2,mrpc,stsb,rte")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="auto", help="auto (bf16 where the CPU runs it natively) | bf16 | fp32")
     ap.add_argument("--cache-dir", default=os.environ.get("BAM_CACHE_DIR"))
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    import ray
+
+    from search.ray_env import init_ray
+    init_ray(address=None)
+    rounds = []
     with tempfile.TemporaryDirectory() as storage:
-        local = in_process(args, storage)
-        remote = in_ray(args, storage)
-    out = {"in_process_examples_per_s": local["examples_per_s"], "ray_worker_examples_per_s": remote["examples_per_s"],
-           "ratio": remote["examples_per_s"] / local["examples_per_s"],
-           "in_process_peak_rss_mb": local["peak_rss_mb"], "ray_worker_peak_rss_mb": remote["peak_rss_mb"],
-           "steps": args.steps, "threads": args.threads, "model": args.model, "tasks": args.tasks,
+        for i in range(args.rounds):
+            local = in_process(args, storage)
+            remote = in_ray(args, storage, name=f"bench-{i}")
+            rounds.append({"in_process_examples_per_s": local["examples_per_s"],
+                           "ray_worker_examples_per_s": remote["examples_per_s"],
+                           "ratio": remote["examples_per_s"] / local["examples_per_s"],
+                           "in_process_peak_rss_mb": local["peak_rss_mb"], "ray_worker_peak_rss_mb": remote["peak_rss_mb"]})
+            print(json.dumps(rounds[-1]), flush=True)
+    ray.shutdown()
+    import statistics
+    out = {"ratio": statistics.median(r["ratio"] for r in rounds), "rounds": rounds,
+           "in_process_examples_per_s": statistics.median(r["in_process_examples_per_s"] for r in rounds),
+           "ray_worker_examples_per_s": statistics.median(r["ray_worker_examples_per_s"] for r in rounds),
+           "in_process_peak_rss_mb": max(r["in_process_peak_rss_mb"] for r in rounds),
+           "ray_worker_peak_rss_mb": max(r["ray_worker_peak_rss_mb"] for r in rounds),
+           "steps": args.steps, "threads": args.threads, "precision": args.precision, "model": args.model, "tasks": args.tasks,
            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d %H:%M")}
     print(json.dumps(out, indent=1))
 

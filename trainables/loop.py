@@ -16,6 +16,7 @@ import math
 import os
 import resource
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,7 +32,7 @@ from .losses import hidden_mse, pcgrad, task_loss, uncertainty_weighted, dwa_wei
 from .metrics import compute_metrics, glue_average
 from .model import MultiTaskModel, layer_depths
 from .recipe import Recipe
-from .store import atomic_save_npy, load_checked_npy
+from .store import StoreError, atomic_save_npy, atomic_write_bytes, load_checked_npy
 from .switch import TaskSwitch
 from .tasks import Task
 
@@ -141,7 +142,7 @@ class Run:
             groups.setdefault((scale, no_decay), []).append(p)
         self.opt = torch.optim.AdamW(
             [{"params": ps, "lr": o.lr * s, "base_lr": o.lr * s, "weight_decay": 0.0 if nd else o.weight_decay}
-             for (s, nd), ps in groups.items()], lr=o.lr)
+             for (s, nd), ps in groups.items()], lr=o.lr, fused=device.type in ("cpu", "cuda"))
         self.step = 0
         self.streams = {t: ExampleStream(data[t].train.lengths, batch_size=o.batch_size,
                                          seed=recipe.seed * 1000 + i) for i, t in enumerate(self.tasks)}
@@ -158,6 +159,7 @@ class Run:
         self._soft_cache: dict[str, np.ndarray] = {}
         self.snapshots: dict[int, dict] = {}                    # eval step -> CPU state dict (best of some task)
         self.snapshot_files: dict[int, str] = {}
+        self.snapshot_sha: dict[int, str] = {}                 # eval step -> sha256 of its snapshot file
         self.loss_history: list[dict[str, float]] = []          # DWA: mean loss per task per eval window
         self._window: dict[str, list[float]] = {t: [] for t in self.tasks}
         self.evals: list[dict] = []
@@ -366,6 +368,7 @@ class Run:
             if s not in live:                        # the file stays: an older checkpoint may refer to it
                 self.snapshots.pop(s)
                 self.snapshot_files.pop(s, None)
+                self.snapshot_sha.pop(s, None)
         if self.r.switch.mode == "sequential":
             for t in self.order:
                 if t not in self.active and all(self.switch[a].switched for a in self.active):
@@ -393,14 +396,10 @@ class Run:
         """Everything but tensors is JSON; tensors go to torch files; soft labels by reference."""
         if self.world.rank == 0:
             for s, sd in self.snapshots.items():
-                if s not in self.snapshot_files:
-                    path = self.artifacts / "snapshots" / f"step{s}.pt"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp")
-                    torch.save(sd, tmp)
-                    os.replace(tmp, path)
-                    self.snapshot_files[s] = str(path)
-        self.snapshot_files = self.world.broadcast(self.snapshot_files)
+                if s not in self.snapshot_files:             # atomic, checksummed, named by content
+                    path, sha = _atomic_torch_save(sd, self.artifacts / "snapshots" / f"step{s}.pt", content_name=True)
+                    self.snapshot_files[s], self.snapshot_sha[s] = str(path), sha
+        self.snapshot_files, self.snapshot_sha = self.world.broadcast((self.snapshot_files, self.snapshot_sha))
         return {
             "step": self.step, "total": self.total,
             "streams": {t: s.state() for t, s in self.streams.items()},
@@ -408,29 +407,39 @@ class Run:
             "switch": {t: s.to_dict() for t, s in self.switch.items()},
             "active": self.active, "soft_labels": self.soft_labels,
             "snapshot_files": {str(k): v for k, v in self.snapshot_files.items()},
+            "snapshot_sha256": {str(k): v for k, v in self.snapshot_sha.items()},
             "loss_history": self.loss_history, "evals": self.evals,
             "examples_seen": self.examples_seen, "tokens_seen": self.tokens_seen,
             "last_metrics": self.last_metrics,
         }
 
-    def save_rng(self, directory: Path) -> None:
-        """Each rank's own torch RNG (dropout): resuming is exact on every worker, not only rank 0."""
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save(torch.get_rng_state(), directory / f"rng-rank{self.world.rank}.pt")
+    def save_rng(self, directory: Path) -> str:
+        """Each rank's own torch RNG (dropout): resuming is exact on every worker, not only rank 0.
+
+        Ranks other than 0 also write ``checksums-rank<r>.json`` (rank 0's sum is in ``checksums.json``)."""
+        name = f"rng-rank{self.world.rank}.pt"
+        _, sha = _atomic_torch_save(torch.get_rng_state(), directory / name)
+        if self.world.rank != 0:
+            atomic_write_bytes(directory / f"checksums-rank{self.world.rank}.json", json.dumps({name: sha}).encode())
+        return sha
 
     def save_checkpoint(self, directory: Path) -> None:
+        """Every file written atomically (temporary file + rename); ``checksums.json`` last, so a checkpoint
+        cut short is either complete or detected as incomplete."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.save_rng(directory)
-        torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                    "scaler": self.scaler.state_dict() if self.scaler else None,
-                    "torch_rng": torch.get_rng_state()}, directory / "model.pt")
-        state = self.state()
-        (directory / "state.json").write_text(json.dumps(state))
-        sums = {n: _sha256_file(directory / n) for n in ("model.pt", "state.json")}
-        (directory / "checksums.json").write_text(json.dumps(sums))
+        sums = {f"rng-rank{self.world.rank}.pt": self.save_rng(directory)}
+        _, sums["model.pt"] = _atomic_torch_save(
+            {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+             "scaler": self.scaler.state_dict() if self.scaler else None,
+             "torch_rng": torch.get_rng_state()}, directory / "model.pt")
+        state = json.dumps(self.state()).encode()
+        atomic_write_bytes(directory / "state.json", state)
+        sums["state.json"] = _sha256_bytes(state)
+        atomic_write_bytes(directory / "checksums.json", json.dumps(sums).encode())
 
     def load_checkpoint(self, directory: Path) -> None:
-        verify_checkpoint(directory)
+        """Load a checkpoint after checking it and every file it refers to; nothing is changed on error."""
+        verify_checkpoint(directory, references=True)
         blob = torch.load(directory / "model.pt", map_location=self.device, weights_only=True)
         self.model.load_state_dict(blob["model"])
         self.opt.load_state_dict(blob["optimizer"])
@@ -448,6 +457,7 @@ class Run:
         self.soft_labels = st["soft_labels"]
         self._soft_cache = {}
         self.snapshot_files = {int(k): v for k, v in st["snapshot_files"].items()}
+        self.snapshot_sha = {int(k): v for k, v in (st.get("snapshot_sha256") or {}).items()}
         self.snapshots = {k: torch.load(v, map_location="cpu", weights_only=True)
                           for k, v in self.snapshot_files.items()}
         self.loss_history, self.evals = st["loss_history"], st["evals"]
@@ -464,16 +474,102 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_checkpoint(directory: Path) -> None:
-    """Raise UserError naming the file if a checkpoint is incomplete or corrupt (checksums)."""
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def _atomic_torch_save(obj, path: Path, *, content_name: bool = False) -> tuple[Path, str]:
+    """``torch.save`` to a temporary file, fsync, rename; returns (final path, sha256).
+
+    ``content_name``: the final name carries the first 12 hex digits of the checksum (``step4-<sha>.pt``), so a
+    rewrite never replaces a file that an older checkpoint refers to."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        sha = _sha256_file(tmp)
+        if content_name:
+            path = path.with_name(f"{path.stem}-{sha[:12]}{path.suffix}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path, sha
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path}: {what} is truncated or corrupt (not valid JSON)") from None
+
+
+def verify_checkpoint(directory: Path, *, references: bool = False) -> None:
+    """Raise UserError naming the file if a checkpoint is incomplete or corrupt (checksums).
+
+    ``references``: also check the files the checkpoint refers to outside its folder (best-weights snapshots,
+    KD-switch soft labels) against the checksums recorded in its ``state.json``."""
     sums_path = directory / "checksums.json"
     if not sums_path.is_file():
         raise UserError(f"{directory}: checkpoint has no checksums.json (incomplete)")
-    sums = json.loads(sums_path.read_text())
-    for name, sha in sums.items():
-        p = directory / name
-        if not p.is_file() or _sha256_file(p) != sha:
-            raise UserError(f"{p}: checkpoint file is truncated or corrupt (checksum mismatch)")
+    for sums_file in [sums_path, *sorted(directory.glob("checksums-rank*.json"))]:
+        sums = _read_json(sums_file, "checkpoint checksum file")
+        for name, sha in sums.items():
+            p = directory / name
+            if not p.is_file() or _sha256_file(p) != sha:
+                raise UserError(f"{p}: checkpoint file is truncated or corrupt (checksum mismatch)")
+    if not references:
+        return
+    st = _read_json(directory / "state.json", "checkpoint state")
+    snap_sums = st.get("snapshot_sha256") or {}
+    for step, path in (st.get("snapshot_files") or {}).items():
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: best-weights snapshot of checkpoint {directory} is missing")
+        if step in snap_sums and _sha256_file(p) != snap_sums[step]:
+            raise UserError(f"{p}: best-weights snapshot is truncated or corrupt (checksum mismatch)")
+    for task, ref in (st.get("soft_labels") or {}).items():
+        try:
+            load_checked_npy(Path(ref["path"]), ref["sha256"])
+        except StoreError as e:
+            raise UserError(f"{e} (soft labels of task {task}, checkpoint {directory})") from None
+
+
+def restore_latest_good(run: "Run", candidates: list[Path], *, warn: Callable[[str], None] | None = None) -> Path:
+    """Load the first intact checkpoint of ``candidates`` (newest first) into ``run``; returns its folder.
+
+    A corrupt or incomplete newer checkpoint is skipped with a warning naming the file; if none is intact,
+    the error of the newest one is raised (it names the file)."""
+    errors = []
+    for d in candidates:
+        try:
+            run.load_checkpoint(Path(d))
+        except UserError as e:
+            errors.append(e)
+            continue
+        if errors:
+            (warn or _stderr)(f"bam-search: warning: {errors[0]}; resumed from the previous good checkpoint {d}")
+        return Path(d)
+    if not errors:
+        raise UserError("no checkpoint to resume from")
+    raise UserError(f"{errors[0]}; no earlier intact checkpoint to fall back to") from None
+
+
+def _stderr(msg: str) -> None:
+    import sys
+    print(msg, file=sys.stderr, flush=True)
+
+
+def checkpoint_siblings(latest: Path) -> list[Path]:
+    """``latest`` and the older ``checkpoint-step*`` folders beside it (newest first): the fallback chain."""
+    latest = Path(latest)
+    if not latest.name.startswith("checkpoint-step"):     # a downloaded copy (URI storage): no siblings here
+        return [latest]
+    older = [p for p in latest.parent.glob("checkpoint-step*") if p.is_dir() and p.name < latest.name]
+    return [latest, *sorted(older, key=lambda p: p.name, reverse=True)]
 
 
 # --------------------------------------------------------------------------------------------- driving

@@ -1,0 +1,177 @@
+"""Throughput: the student's loop against a plain fine-tuning loop, same model, data and batch size (issue 9).
+
+    python bench/throughput.py --glue-dir ../shared/data/glue            # MiniLM, SST-2 + MRPC, 2,000 each
+
+In one run, side by side:
+1. this machine's matrix-multiply peak (MiniLM's feed-forward shape) in fp32 and bf16;
+2. per task (SST-2, MRPC): the reference loop (``bench/reference.py``: fp32, tokenises every batch, random
+   batches padded to their longest, AdamW) against the product's loop (``trainables.loop``, precision
+   ``auto``: bf16 where the CPU runs it natively, length-grouped pre-tokenised batches, fused AdamW), and the
+   product's loop in fp32, each for the same number of epochs from the same initial weights; real
+   (non-padding) tokens per second of training and the dev metric after those epochs;
+3. the five-task mixture (CoLA, SST-2, MRPC, STS-B, RTE): the product's loop against the reference run on
+   each task in turn for the same number of steps;
+4. model FLOP/s (6 x the encoder's and heads' matrix parameters x real tokens; attention scores, ~3% at
+   these lengths, are left out) against the measured peak of the dtype used: the utilisation.
+Prints one JSON document; ``--out`` also writes it to a file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def matmul_peak(dtype, *, seconds: float = 2.0) -> float:
+    """FLOP/s of (4096 x 384) @ (384 x 1536) and back: MiniLM's feed-forward at 32 x 128 tokens."""
+    import torch
+    a = torch.randn(4096, 384).to(dtype)
+    w1 = torch.randn(384, 1536).to(dtype)
+    w2 = torch.randn(1536, 384).to(dtype)
+    for _ in range(3):
+        (a @ w1) @ w2
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        (a @ w1) @ w2
+        n += 1
+    return n * 2 * 2 * 4096 * 384 * 1536 / (time.perf_counter() - t0)
+
+
+def matrix_params(model) -> int:
+    """Parameters that take part in matrix multiplies per token (not embeddings, norms or biases)."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "embeddings" not in n)
+
+
+def student_recipe(args, *, tasks, precision: str, epochs: float | None = None, steps: int | None = None) -> dict:
+    optim = {"batch_size": args.batch_size, "lr": args.lr}
+    optim.update({"steps": steps} if steps else {"epochs": epochs})
+    return {"tasks": list(tasks), "model": args.model, "seed": 0, "evals": 1, "precision": precision, "optim": optim,
+            "teacher": {"use": False}, "anneal": {"schedule": "none"},
+            "data": {"glue_dir": os.path.abspath(args.glue_dir), "max_train_examples": args.examples,
+                     "max_length": args.max_length}}
+
+
+def run_student(args, *, tasks, precision: str, storage: str, epochs=None, steps=None) -> dict:
+    from trainables.driver import setup_run
+    from trainables.loop import run_training
+    recipe = student_recipe(args, tasks=tasks, precision=precision, epochs=epochs, steps=steps)
+    run = setup_run({"recipe": recipe, "job": "student", "storage": storage, "cache_dir": args.cache_dir,
+                     "artifacts_dir": os.path.join(storage, f"art-{'-'.join(tasks)}-{precision}")})
+    reports: list[dict] = []
+    run_training(run, report=lambda m, r: reports.append(m))
+    last = reports[-1]
+    return {"tokens_per_s": last["tokens_per_s"], "examples_per_s": last["examples_per_s"],
+            "train_s": last["train_s"], "steps": run.step, "real_tokens": run.tokens_seen,
+            "dtype": str(run.amp).replace("torch.", "") if run.amp else "float32",
+            "score": {t: last[f"{t}/score"] for t in tasks}, "matrix_params": matrix_params(run.model)}
+
+
+def run_reference(args, *, task_name: str, epochs: int | None = None, max_steps: int | None = None) -> dict:
+    from reference import predict_reference, train_reference
+    from trainables.data import load_examples
+    from trainables.driver import build_model
+    from trainables.metrics import compute_metrics
+    from trainables.model import load_tokenizer
+    from trainables.recipe import recipe_from_dict
+    from trainables.tasks import get_task
+    task = get_task(task_name)
+    recipe = recipe_from_dict(student_recipe(args, tasks=[task_name], precision="fp32", epochs=1))
+    tokenizer = load_tokenizer(args.model, cache_dir=args.cache_dir)
+    model = build_model(recipe, tokenizer=tokenizer, tasks={task_name: task})   # same init as the student
+    glue = os.path.abspath(args.glue_dir)
+    train = load_examples(task=task_name, split="train", glue_dir=glue).subsample(
+        max_examples=args.examples, seed=recipe.data.data_seed)
+    out = train_reference(model=model, tokenizer=tokenizer, train=train, task=task, epochs=epochs or 10 ** 6,
+                          batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, max_steps=max_steps)
+    out["tokens_per_s"] = out["real_tokens"] / out["train_s"]
+    out["matrix_params"] = matrix_params(model)
+    if epochs:
+        dev = load_examples(task=task_name, split=task.dev_splits[0], glue_dir=glue)
+        preds = predict_reference(model=model, tokenizer=tokenizer, examples=dev, task=task,
+                                  max_length=args.max_length)
+        out["score"] = {task_name: compute_metrics(metrics=task.metrics, predictions=preds,
+                                                   labels=dev.labels)["score"]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--glue-dir", default=os.environ.get("BAM_GLUE_DIR", "../shared/data/glue"))
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--tasks", default="sst2,mrpc", help="single-task comparisons")
+    ap.add_argument("--mixture", default="cola,sst2,mrpc,stsb,rte")
+    ap.add_argument("--examples", type=int, default=2000, help="training examples per task")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--mixture-steps", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache-dir", default=os.environ.get("BAM_CACHE_DIR"))
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args()
+
+    import torch
+    torch.set_num_threads(args.threads)
+    from trainables.driver import quiet_libraries
+    quiet_libraries()
+    t_start = time.perf_counter()
+    peak = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
+    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": args.threads,
+              "model": args.model, "examples": args.examples, "epochs": args.epochs,
+              "batch_size": args.batch_size, "lr": args.lr, "matmul_peak_tflops": {k: v / 1e12 for k, v in peak.items()},
+              "tasks": {}}
+
+    def utilisation(r: dict) -> float:
+        dtype = r.get("dtype", "float32")
+        return 6 * r["matrix_params"] * r["tokens_per_s"] / peak[dtype]
+
+    with tempfile.TemporaryDirectory() as storage:
+        for t in args.tasks.split(","):
+            print(f"[{time.perf_counter() - t_start:6.0f}s] {t}: reference", file=sys.stderr, flush=True)
+            ref = run_reference(args, task_name=t, epochs=args.epochs)
+            print(f"[{time.perf_counter() - t_start:6.0f}s] {t}: student (auto)", file=sys.stderr, flush=True)
+            fast = run_student(args, tasks=[t], precision="auto", storage=storage, epochs=args.epochs)
+            print(f"[{time.perf_counter() - t_start:6.0f}s] {t}: student (fp32)", file=sys.stderr, flush=True)
+            fp32 = run_student(args, tasks=[t], precision="fp32", storage=storage, epochs=args.epochs)
+            for r in (ref, fast, fp32):
+                r["utilisation"] = utilisation(r)
+            result["tasks"][t] = {
+                "reference": ref, "student": fast, "student_fp32": fp32,
+                "speedup": fast["tokens_per_s"] / ref["tokens_per_s"],
+                "speedup_fp32_student": fp32["tokens_per_s"] / ref["tokens_per_s"],
+                "score_delta_vs_reference": 100 * (fast["score"][t] - ref["score"][t]),
+                "score_delta_vs_fp32_student": 100 * (fast["score"][t] - fp32["score"][t])}
+            print(json.dumps({t: {k: v for k, v in result["tasks"][t].items() if not isinstance(v, dict)}}),
+                  file=sys.stderr, flush=True)
+
+        mix = args.mixture.split(",")
+        print(f"[{time.perf_counter() - t_start:6.0f}s] mixture: reference", file=sys.stderr, flush=True)
+        per_task = [run_reference(args, task_name=t, max_steps=max(1, args.mixture_steps // len(mix))) for t in mix]
+        ref_mix = {"real_tokens": sum(r["real_tokens"] for r in per_task),
+                   "train_s": sum(r["train_s"] for r in per_task), "matrix_params": per_task[0]["matrix_params"]}
+        ref_mix["tokens_per_s"] = ref_mix["real_tokens"] / ref_mix["train_s"]
+        print(f"[{time.perf_counter() - t_start:6.0f}s] mixture: student", file=sys.stderr, flush=True)
+        stu_mix = run_student(args, tasks=mix, precision="auto", storage=storage, steps=args.mixture_steps)
+        for r in (ref_mix, stu_mix):
+            r["utilisation"] = utilisation(r)
+        result["mixture"] = {"tasks": mix, "reference": ref_mix, "student": stu_mix,
+                             "speedup": stu_mix["tokens_per_s"] / ref_mix["tokens_per_s"]}
+    result["wall_s"] = time.perf_counter() - t_start
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The loop's speed levers keep its behaviour (issue 9): length-grouped batches see every example exactly once
+per epoch and pad only to the batch's longest; evaluation covers every example once; the fused AdamW step is
+AdamW's update; bf16 training from the same start stays close to fp32."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.data import TokenizedSplit
+from trainables.loop import autocast_dtype
+
+from test_model_loop import _cpu, _one_thread, make_run, recipe  # noqa: F401 (fixtures)
+
+
+def _record_collates(monkeypatch):
+    seen: list[tuple[str, np.ndarray, int]] = []
+    original = TokenizedSplit.collate
+
+    def spy(self, indices, **kw):
+        batch = original(self, indices, **kw)
+        seen.append((self.split, np.asarray(indices).copy(), batch["input_ids"].shape[1]))
+        return batch
+
+    monkeypatch.setattr(TokenizedSplit, "collate", spy)
+    return seen
+
+
+@pytest.mark.parametrize("batches", ["single", "mixed"])
+def test_one_epoch_of_grouped_batches_sees_every_example_once(tmp_path, monkeypatch, batches):
+    # 60 examples of one task, batch 8: exactly 7.5 batches per epoch, so 15 steps are two whole epochs
+    run = make_run(tmp_path, recipe(["syn_noisy"], optim={"steps": 15, "batch_size": 8},
+                                    sampling={"batches": batches}, data={"max_train_examples": 60}))
+    train = run.data["syn_noisy"].train
+    assert len(train) == 60
+    seen = _record_collates(monkeypatch)
+    for _ in range(15):
+        run.train_step()
+    train_batches = [(idx, width) for split, idx, width in seen if split == "train"]
+    order = np.concatenate([idx for idx, _ in train_batches])
+    assert len(order) == 120
+    for epoch in (order[:60], order[60:]):
+        assert np.array_equal(np.sort(epoch), np.arange(60))            # each example exactly once per epoch
+    for idx, width in train_batches:
+        assert width == int(train.lengths[idx].max())                   # padded to the batch's longest only
+    # grouping pads far less than random batches of the same size would
+    wasted = sum(int(train.lengths[i].max()) * len(i) - int(train.lengths[i].sum()) for i, _ in train_batches)
+    rng = np.random.default_rng(0)
+    perm = np.concatenate([rng.permutation(60), rng.permutation(60)])
+    random_waste = sum(int(train.lengths[perm[s:s + 8]].max()) * len(perm[s:s + 8]) - int(train.lengths[perm[s:s + 8]].sum())
+                       for s in range(0, 120, 8))
+    assert wasted < 0.6 * random_waste, (wasted, random_waste)
+
+
+def test_evaluation_sees_every_dev_example_once_grouped_by_length(tmp_path, monkeypatch):
+    run = make_run(tmp_path, recipe(["syn_noisy"], data={"max_dev_examples": 100}))
+    dev = run.data["syn_noisy"].dev["dev"]
+    seen = _record_collates(monkeypatch)
+    preds = run.predict("syn_noisy", dev, batch_size=16)
+    batches = [(idx, width) for split, idx, width in seen if split == "dev"]
+    order = np.concatenate([idx for idx, _ in batches])
+    assert np.array_equal(np.sort(order), np.arange(len(dev)))
+    assert all(width == int(dev.lengths[idx].max()) for idx, width in batches)
+    widths = [w for _, w in batches]
+    assert widths == sorted(widths, reverse=True)                      # longest first, no mixing of lengths
+    assert preds.shape[0] == len(dev) and np.isfinite(preds).all()
+
+
+def test_optimizer_is_fused_and_steps_like_adamw(tmp_path):
+    run = make_run(tmp_path, recipe(["syn_noisy"]))
+    assert all(g.get("fused") for g in run.opt.param_groups)
+    # the same parameters and gradients through the plain for-loop AdamW give the same update
+    plain_params = [p.detach().clone().requires_grad_(True) for p in run.params]
+    groups = []
+    k = 0
+    for g in run.opt.param_groups:
+        n = len(g["params"])
+        groups.append({"params": plain_params[k:k + n], "lr": g["lr"], "weight_decay": g["weight_decay"]})
+        k += n
+    assert k == len(plain_params)
+    start = [p.detach().clone() for p in plain_params]
+    plain = torch.optim.AdamW(groups, foreach=False)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(run.params, plain_params):
+            g = torch.randn(p.shape, generator=gen) * 1e-2
+            p.grad, q.grad = g.clone(), g.clone()
+        run.opt.step()
+        plain.step()
+    gap = max(float((p.detach() - q.detach()).abs().max()) for p, q in zip(run.params, plain_params))
+    update = max(float((q.detach() - s).abs().max()) for q, s in zip(plain_params, start))
+    assert update > 1e-4                                                # the step really moved the weights
+    assert gap < 1e-2 * update, (gap, update)                          # fused: same rule, float-order noise only
+
+
+def test_bf16_training_tracks_fp32(tmp_path):
+    if autocast_dtype("auto", torch.device("cpu")) is None:
+        pytest.skip("this CPU has no native bf16 (precision auto stays fp32 here)")
+    common = dict(optim={"steps": 30, "lr": 3e-3, "batch_size": 16}, data={"max_dev_examples": 200})
+    runs = {}
+    for prec in ("fp32", "auto"):
+        run = make_run(tmp_path / prec, recipe(["syn_sentiment"], precision=prec, **common))
+        losses = [run.train_step()["syn_sentiment"] for _ in range(30)]
+        runs[prec] = (run, losses)
+    fp32, bf16 = runs["fp32"], runs["auto"]
+    assert bf16[0].amp == torch.bfloat16 and fp32[0].amp is None
+    # same start, same batches: the first loss agrees to bf16 precision, and both runs learn about as much
+    assert bf16[1][0] == pytest.approx(fp32[1][0], rel=2e-2)
+    assert np.mean(bf16[1][-5:]) < 0.9 * bf16[1][0] and np.mean(fp32[1][-5:]) < 0.9 * fp32[1][0]
+    dev = fp32[0].data["syn_sentiment"].dev["dev"]
+    a, b = fp32[0].predict("syn_sentiment", dev), bf16[0].predict("syn_sentiment", dev)
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.85
