@@ -6,20 +6,29 @@
 key = hash(task, data fingerprint, model, teacher recipe, seed): every trial of every sweep finds the
 predictions, and a changed data file changes the key, so stale predictions are never read by mistake.
 All writes are atomic (temporary file or folder + rename).
+
+The root is a local path or a URI (``s3://``, ``gs://``, ...; see ``storage.py``). A local root keeps the
+plain-file layout above. On a URI root a folder rename does not exist and an object cannot be appended to,
+so: a teacher's ``meta.json`` is written last (it is what ``has`` and ``load`` look for, so a half-written
+folder is never read), and each registry record is its own object, ``baselines/<time>-<id>.json``, holding
+the same checksummed line (listing them in name order gives the append order).
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
+from .storage import Storage, atomic_write_bytes
 
 
 class StoreError(UserError):
@@ -38,16 +47,6 @@ def teacher_key(*, task: str, fingerprint: str, model: str, teacher_config: dict
     blob = json.dumps({"task": task, "data": fingerprint, "model": model, "config": teacher_config,
                        "seed": seed}, sort_keys=True)
     return f"{task}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> str:
@@ -70,18 +69,47 @@ def load_checked_npy(path: Path, sha256: str) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-class TeacherStore:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
 
-    def dir(self, key: str) -> Path:
-        return self.root / "teachers" / key
+
+def _checked_npy_bytes(data: bytes, sha256: str, *, where: str) -> np.ndarray:
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StoreError(f"{where}: checksum mismatch (truncated or corrupt file)")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class TeacherStore:
+    def __init__(self, root: str | Path | Storage):
+        self.storage = Storage.resolve(root)
+        self.root = self.storage.local if self.storage.is_local else self.storage.uri
+
+    def dir(self, key: str) -> Path | str:
+        """The key's folder: a Path on a local root, a URI otherwise."""
+        if self.storage.is_local:
+            return self.root / "teachers" / key
+        return self.storage.join("teachers", key)
 
     def has(self, key: str) -> bool:
+        if not self.storage.is_local:
+            return self.storage.is_file("teachers", key, "meta.json")
         return (self.dir(key) / "meta.json").is_file()
 
-    def save(self, *, key: str, predictions: np.ndarray, ids: np.ndarray, meta: dict) -> Path:
-        """Write a teacher's train-set predictions as one atomic folder rename."""
+    def save(self, *, key: str, predictions: np.ndarray, ids: np.ndarray, meta: dict) -> Path | str:
+        """Write a teacher's train-set predictions as one atomic folder rename (on a URI: meta.json last)."""
+        if not self.storage.is_local:
+            if not self.has(key):                 # same key = same content: keep the first
+                sums = {}
+                for name, arr in (("predictions.npy", np.asarray(predictions, np.float32)),
+                                  ("ids.npy", np.asarray(ids, np.int64))):
+                    data = _npy_bytes(arr)
+                    self.storage.write_bytes("teachers", key, name, data=data)
+                    sums[name] = hashlib.sha256(data).hexdigest()
+                self.storage.write_bytes("teachers", key, "meta.json",
+                                         data=json.dumps({**meta, "key": key, "sha256": sums}, indent=1).encode())
+            return self.dir(key)
         final = self.dir(key)
         tmp = final.with_name(f".{key}.{uuid.uuid4().hex}")
         tmp.mkdir(parents=True)
@@ -97,12 +125,34 @@ class TeacherStore:
                 shutil.rmtree(tmp, ignore_errors=True)
         return final
 
-    def meta(self, key: str) -> dict:
-        path = self.dir(key) / "meta.json"
-        if not path.is_file():
-            raise StoreError(f"{path}: no teacher predictions under this key")
+    def has_file(self, key: str, name: str) -> bool:
+        return self.storage.is_file("teachers", key, name)
+
+    def write_file(self, key: str, name: str, data: bytes) -> None:
+        """Add a file (e.g. the teacher's weights, model.pt) to a saved key, atomically, unless it is there."""
+        if not self.has_file(key, name):
+            self.storage.write_bytes("teachers", key, name, data=data)
+
+    def read_file(self, key: str, name: str) -> bytes:
         try:
-            return json.loads(path.read_text())
+            return self.storage.read_bytes("teachers", key, name)
+        except FileNotFoundError:
+            raise StoreError(f"{self.storage.join('teachers', key, name)}: missing") from None
+
+    def meta(self, key: str) -> dict:
+        if self.storage.is_local:
+            path = self.dir(key) / "meta.json"
+            if not path.is_file():
+                raise StoreError(f"{path}: no teacher predictions under this key")
+            text = path.read_text()
+        else:
+            path = self.storage.join("teachers", key, "meta.json")
+            try:
+                text = self.storage.read_bytes("teachers", key, "meta.json").decode()
+            except FileNotFoundError:
+                raise StoreError(f"{path}: no teacher predictions under this key") from None
+        try:
+            return json.loads(text)
         except json.JSONDecodeError:
             raise StoreError(f"{path}: corrupt meta.json") from None
 
@@ -110,8 +160,13 @@ class TeacherStore:
         """Predictions aligned with the current data, or a clear error naming the task."""
         meta = self.meta(key)
         d = self.dir(key)
-        preds = load_checked_npy(d / "predictions.npy", meta["sha256"]["predictions.npy"])
-        ids = load_checked_npy(d / "ids.npy", meta["sha256"]["ids.npy"])
+        if self.storage.is_local:
+            preds = load_checked_npy(d / "predictions.npy", meta["sha256"]["predictions.npy"])
+            ids = load_checked_npy(d / "ids.npy", meta["sha256"]["ids.npy"])
+        else:
+            preds, ids = (_checked_npy_bytes(self.read_file(key, name), meta["sha256"][name],
+                                             where=self.storage.join("teachers", key, name))
+                          for name in ("predictions.npy", "ids.npy"))
         check_alignment(task=task, stored_ids=ids, stored_fingerprint=meta.get("fingerprint"),
                         expect_ids=expect_ids, fingerprint=fingerprint, where=str(d))
         return preds
@@ -131,15 +186,38 @@ def check_alignment(*, task: str, stored_ids: np.ndarray, stored_fingerprint: st
 
 
 class BaselineRegistry:
-    """Append-only JSONL of teacher runs; each line holds a sha256 of its own content."""
+    """Append-only JSONL of teacher runs; each line holds a sha256 of its own content.
 
-    def __init__(self, root: str | Path):
-        self.path = Path(root) / "baselines.jsonl"
+    On a URI root each record is its own object under ``baselines/`` (no append, no lock on object stores).
+    """
+
+    def __init__(self, root: str | Path | Storage):
+        self.storage = Storage.resolve(root)
+        self.path = self.storage.local / "baselines.jsonl" if self.storage.is_local else None
+        self.location = str(self.path) if self.path is not None else self.storage.join("baselines")
+
+    @staticmethod
+    def _line(record: dict) -> str:
+        body = json.dumps(record, sort_keys=True)
+        return json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "record": record},
+                          sort_keys=True) + "\n"
+
+    @staticmethod
+    def _parse(line: str) -> dict | None:
+        try:
+            obj = json.loads(line)
+            body = json.dumps(obj["record"], sort_keys=True)
+            ok = hashlib.sha256(body.encode()).hexdigest() == obj["sha256"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            ok = False
+        return obj["record"] if ok else None
 
     def append(self, record: dict) -> None:
-        body = json.dumps(record, sort_keys=True)
-        line = json.dumps({"sha256": hashlib.sha256(body.encode()).hexdigest(), "record": record},
-                          sort_keys=True) + "\n"
+        line = self._line(record)
+        if self.path is None:
+            name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.json"
+            self.storage.write_bytes("baselines", name, data=line.encode())
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -155,21 +233,31 @@ class BaselineRegistry:
 
     def records(self, *, strict: bool = False) -> list[dict]:
         """Every intact record; a corrupt line is skipped (or, strict, an error naming the line)."""
+        if self.path is None:
+            out = []
+            for name in self.storage.listdir("baselines"):
+                if name.startswith(".") or not name.endswith(".json"):
+                    continue                              # a temporary file of a write in progress
+                try:
+                    rec = self._parse(self.storage.read_bytes("baselines", name).decode())
+                except (FileNotFoundError, UnicodeDecodeError):
+                    rec = None
+                if rec is None:
+                    if strict:
+                        raise StoreError(f"{self.storage.join('baselines', name)}: corrupt registry record")
+                    continue
+                out.append(rec)
+            return out
         if not self.path.is_file():
             return []
         out = []
         for lineno, line in enumerate(self.path.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-                body = json.dumps(obj["record"], sort_keys=True)
-                ok = hashlib.sha256(body.encode()).hexdigest() == obj["sha256"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                ok = False
-            if not ok:
+            rec = self._parse(line)
+            if rec is None:
                 if strict:
                     raise StoreError(f"{self.path}:{lineno}: corrupt registry line")
                 continue
-            out.append(obj["record"])
+            out.append(rec)
         return out

@@ -1,0 +1,231 @@
+"""Where ``--storage`` points: a local path (an NFS mount is one too) or a URI (``s3://``, ``gs://``, ...).
+
+``Storage.resolve(spec)`` gives one object for both, with the few operations the teacher store, the baseline
+registry, the experiment files and the reports need: read and write bytes (writes are atomic: a reader
+sees the old file or the whole new one, never a torn one), exists, list. A local path (or ``file://``
+URI) keeps the plain-file behaviour (``Path``, ``os.replace``, ``flock``); anything else goes through the
+pyarrow filesystem that Ray Tune and Ray Train use for the same URI, so the string handed to Ray and the
+files read here are the same place. The filesystem is opened lazily: an ``s3://`` URI without
+``?region=`` asks AWS for the bucket's region, and that should happen where the storage is first used.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from .errors import UserError
+
+# URI schemes pyarrow.fs.FileSystem.from_uri understands (the ones Ray Tune/Train accept as storage_path)
+SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
+# object stores: a PUT is atomic (the object appears whole when the stream closes); elsewhere tmp + move
+_ATOMIC_PUT = ("s3", "gcs")
+
+
+class StorageError(UserError):
+    """A --storage location that cannot be used (unknown scheme, unreachable, no permission)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a local file atomically: a temporary file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def is_uri(spec: str | os.PathLike) -> bool:
+    return "://" in str(spec)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class Storage:
+    """One storage root. ``uri`` is what configs and Ray get: an absolute local path, or the URI as given."""
+
+    def __init__(self, *, uri: str, local: Path | None, filesystem=None, root: str | None = None):
+        self.uri, self.local = uri, local
+        self._fs, self._root = filesystem, root
+
+    # --------------------------------------------------------------------------------------- resolving
+
+    @classmethod
+    def resolve(cls, spec: str | os.PathLike | Storage) -> Storage:
+        if isinstance(spec, Storage):
+            return spec
+        text = str(spec).strip()
+        if not text:
+            raise StorageError("--storage is empty: give a local path or a URI such as s3://BUCKET/PATH")
+        if not is_uri(text):
+            path = Path(text).expanduser().resolve()
+            return cls(uri=str(path), local=path)
+        scheme = text.split("://", 1)[0].lower()
+        if scheme not in SCHEMES:
+            raise StorageError(f"--storage {text}: unknown scheme {scheme!r}; use a local path or one of "
+                               + ", ".join(f"{s}://" for s in SCHEMES))
+        if scheme == "file":
+            import pyarrow.fs
+            try:
+                _, path = pyarrow.fs.FileSystem.from_uri(text)
+            except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid/OSError
+                raise StorageError(f"--storage {text}: {_first_line(e)}") from None
+            path = Path(path).resolve()
+            return cls(uri=str(path), local=path)
+        base, sep, query = text.partition("?")
+        return cls(uri=base.rstrip("/") + (sep + query if sep else ""), local=None)
+
+    @property
+    def is_local(self) -> bool:
+        """On this machine's filesystem (a plain path, ``file://``, or an NFS mount, which looks the same)."""
+        return self.local is not None
+
+    def _open(self) -> None:
+        if self._fs is not None:
+            return
+        import pyarrow.fs
+        try:
+            self._fs, self._root = pyarrow.fs.FileSystem.from_uri(self.uri)
+        except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError (network, credentials, region)
+            raise StorageError(f"--storage {self.uri}: cannot open it: {_first_line(e)}") from None
+        self._root = self._root.rstrip("/")
+
+    @property
+    def filesystem(self):
+        self._open()
+        return self._fs
+
+    # --------------------------------------------------------------------------------------- naming
+
+    def join(self, *parts: str) -> str:
+        """The location of ``parts`` under the root as a path or URI (for Ray's storage_path, for messages)."""
+        if self.local is not None:
+            return str(self.local.joinpath(*parts))
+        base, sep, query = self.uri.partition("?")
+        return "/".join([base.rstrip("/"), *parts]) + (sep + query if sep else "")
+
+    def _path(self, *parts: str) -> str:
+        self._open()
+        return "/".join([self._root, *parts])
+
+    def _error(self, parts: tuple[str, ...], e: Exception) -> StorageError:
+        return StorageError(f"{self.join(*parts)}: {_first_line(e)}")
+
+    # --------------------------------------------------------------------------------------- operations
+
+    def exists(self, *parts: str) -> bool:
+        if self.local is not None:
+            return self.local.joinpath(*parts).exists()
+        import pyarrow.fs
+        try:
+            return self.filesystem.get_file_info(self._path(*parts)).type != pyarrow.fs.FileType.NotFound
+        except OSError as e:
+            raise self._error(parts, e) from None
+
+    def is_file(self, *parts: str) -> bool:
+        if self.local is not None:
+            return self.local.joinpath(*parts).is_file()
+        import pyarrow.fs
+        try:
+            return self.filesystem.get_file_info(self._path(*parts)).type == pyarrow.fs.FileType.File
+        except OSError as e:
+            raise self._error(parts, e) from None
+
+    def read_bytes(self, *parts: str) -> bytes:
+        """The file's bytes; FileNotFoundError (naming the location) when it is not there."""
+        if self.local is not None:
+            return self.local.joinpath(*parts).read_bytes()
+        try:
+            with self.filesystem.open_input_stream(self._path(*parts)) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(self.join(*parts)) from None
+        except OSError as e:
+            if not self.exists(*parts):
+                raise FileNotFoundError(self.join(*parts)) from None
+            raise self._error(parts, e) from None
+
+    def write_bytes(self, *parts: str, data: bytes) -> None:
+        """Atomic: readers see no file, the previous one, or all of ``data``."""
+        if self.local is not None:
+            atomic_write_bytes(self.local.joinpath(*parts), data)
+            return
+        fs = self.filesystem
+        final = self._path(*parts)
+        try:
+            if fs.type_name not in _ATOMIC_PUT:
+                fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+                tmp = final.rsplit("/", 1)
+                tmp = f"{tmp[0]}/.{tmp[1]}.{uuid.uuid4().hex}.tmp"
+                with fs.open_output_stream(tmp) as f:
+                    f.write(data)
+                fs.move(tmp, final)
+            else:
+                with fs.open_output_stream(final) as f:
+                    f.write(data)
+        except OSError as e:
+            raise self._error(parts, e) from None
+
+    def listdir(self, *parts: str) -> list[str]:
+        """Names directly under ``parts`` (files and folders), sorted; [] when it does not exist."""
+        if self.local is not None:
+            d = self.local.joinpath(*parts)
+            return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+        import pyarrow.fs
+        try:
+            infos = self.filesystem.get_file_info(pyarrow.fs.FileSelector(self._path(*parts), allow_not_found=True))
+        except OSError as e:
+            raise self._error(parts, e) from None
+        return sorted(i.base_name for i in infos)
+
+    def is_dir(self, *parts: str) -> bool:
+        if self.local is not None:
+            return self.local.joinpath(*parts).is_dir()
+        import pyarrow.fs
+        try:
+            return self.filesystem.get_file_info(self._path(*parts)).type == pyarrow.fs.FileType.Directory
+        except OSError as e:
+            raise self._error(parts, e) from None
+
+    def upload(self, local_dir: Path, *parts: str) -> None:
+        """Copy the files of a local folder (not recursive) to ``parts``: for reports written locally first."""
+        for p in sorted(local_dir.iterdir()):
+            if p.is_file():
+                self.write_bytes(*parts, p.name, data=p.read_bytes())
+
+    def check_writable(self) -> None:
+        """Create the root and write, read back and delete a probe file: a bad location fails here, early."""
+        probe = f".bam-probe-{uuid.uuid4().hex}"
+        if self.local is not None:
+            try:
+                self.local.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(self.local / probe, b"ok")
+                (self.local / probe).unlink()
+            except OSError as e:
+                raise StorageError(f"--storage {self.uri}: not writable: {_first_line(e)}") from None
+            return
+        fs, path = self.filesystem, self._path(probe)          # an unreachable store fails in here already
+        try:
+            fs.create_dir(self._root, recursive=True)
+            with fs.open_output_stream(path) as f:
+                f.write(b"ok")
+            with fs.open_input_stream(path) as f:
+                ok = f.read() == b"ok"
+            fs.delete_file(path)
+        except OSError as e:
+            raise StorageError(f"--storage {self.uri}: not writable: {_first_line(e)}") from None
+        if not ok:
+            raise StorageError(f"--storage {self.uri}: a probe file read back different bytes")
+
+    def __repr__(self) -> str:
+        return f"Storage({self.uri!r})"
+
+
+def storage_uri(spec: str | os.PathLike) -> str:
+    """The canonical form of a --storage value: an absolute local path, or the URI."""
+    return Storage.resolve(spec).uri
