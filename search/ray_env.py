@@ -12,7 +12,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from trainables.errors import UserError
+
 DRIVER_CPU = 0.25
+# Ray Train knobs that shorten every trial (measured by bench/startup.py; bench/RESULTS.md "Trial start-up").
+# A value set in the environment wins. Train's controller learns of a report, and of the end of training, only
+# when it polls its workers: every 2 s by default, i.e. ~1 s lost on the first report and ~2 s before a
+# finished trial frees its CPUs. A poll is one tiny actor call; a missed one is no error (a worker is declared
+# dead only after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 600 s), so 0.5 s costs nothing measurable.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# The embedded Ray only: one local node, which no autoscaler or cloud provider drains, so Train's
+# PreemptionWatcher (one more Python process per trial, polling the node's drain state) has nothing to see.
+EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 @dataclass(frozen=True)
@@ -32,14 +43,18 @@ def init_ray(*, address: str | None, quiet: bool = True) -> dict:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     env = {"env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false",
                         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "WANDB_SILENT": "true"}}
+    knobs = {**TRAIN_ENV, **({} if address else EMBEDDED_TRAIN_ENV)}
     for k in ("BAM_CACHE_DIR", "BAM_GLUE_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE",
-              "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"):
+              "BAM_STARTUP_LOG", "RAY_TRAIN_CALLBACKS", *knobs):
         if k in os.environ:
             env["env_vars"][k] = os.environ[k]
     if ray.is_initialized():
         return ray.cluster_resources()
+    for k, v in knobs.items():                     # here too: a TorchTrainer fitted from this process
+        os.environ.setdefault(k, v)
+        env["env_vars"].setdefault(k, v)
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=not quiet, logging_level="WARNING")
+        _join(address, runtime_env=env, quiet=quiet)
         return ray.cluster_resources()
     # The embedded Ray: on loopback, at a GCS port chosen here, so that every process of this cluster
     # is told its address (RAY_ADDRESS). Without it, Ray Train's placement-group cleaner cannot find
@@ -49,7 +64,8 @@ def init_ray(*, address: str | None, quiet: bool = True) -> dict:
     previous = os.environ.get("RAY_GCS_SERVER_PORT")
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": a private Ray even when `ray start` runs on this machine (ray.init() would join that)
+        ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=True, dashboard_host="127.0.0.1",
                  runtime_env=env,
                  _node_ip_address="127.0.0.1", log_to_driver=not quiet, logging_level="WARNING",
                  configure_logging=True)
@@ -60,6 +76,85 @@ def init_ray(*, address: str | None, quiet: bool = True) -> dict:
             os.environ["RAY_GCS_SERVER_PORT"] = previous
     _private_token()
     return ray.cluster_resources()
+
+
+def _join(address: str, *, runtime_env: dict, quiet: bool) -> None:
+    """Join a running cluster. With an explicit address Ray 2.60 sends a token only under RAY_AUTH_MODE=token
+    (it never offers this machine's token to an address it was merely given), so a cluster with token
+    authentication refuses a driver without it: say so in one line instead of Ray's 20 s of retry logs."""
+    import ray
+    from ray.exceptions import AuthenticationError
+    token_mode = (os.environ.get("RAY_AUTH_MODE") or "").lower() == "token"
+    where = "RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token"
+    _probe(address)
+    try:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet, logging_level="WARNING")
+    except AuthenticationError:
+        raise UserError(f"--address {address}: RAY_AUTH_MODE=token but no token found: put the cluster's token "
+                        f"in {where}") from None
+    except ConnectionError as e:
+        refused = "InvalidAuthToken" in f"{e} {e.__cause__}"
+        if refused and not token_mode:
+            raise UserError(f"--address {address}: the cluster uses token authentication: export RAY_AUTH_MODE=token "
+                            f"and give it the cluster's token ({where}); see docs/cluster.md") from None
+        if refused:
+            raise UserError(f"--address {address}: the cluster refused this token: use the cluster's token ({where})"
+                            ) from None
+        raise UserError(f"--address {address}: no Ray cluster answers there ({str(e).splitlines()[0]}); start one "
+                        "with `ray start --head` or check the address") from None
+
+
+def _probe(address: str, *, timeout_s: float = 10.0) -> None:
+    """Fail in one line when nothing listens at ``address``: ray.init() would retry for minutes.
+
+    Probes the host Ray itself connects to (it replaces 127.0.0.1/localhost by this machine's IP)."""
+    import socket
+
+    from ray._private.services import canonicalize_bootstrap_address
+    try:
+        target = canonicalize_bootstrap_address(address)
+    except (ValueError, ConnectionError) as e:
+        raise UserError(f"--address {address}: {e}") from None
+    if target is None:                                # "local"/"auto" without a cluster: Ray says what it does
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        shown = address if target == address else f"{address} (Ray connects to {target})"
+        raise UserError(f"--address {shown}: no Ray cluster answers there ({e.strerror or type(e).__name__}); "
+                        "start one with `ray start --head` or check the address") from None
+
+
+def shared_storage_problem(*, storage: str, shared: bool, nodes: list[dict], here: str | None) -> str | None:
+    """Why ``storage`` cannot serve this cluster, or None. A path on this machine's disk works only when every
+    trial runs on this machine: refuse it when the cluster has other alive nodes, or when this node offers no
+    CPU (trials then run on workers an autoscaler starts). An NFS mount looks like a local path: ``shared``."""
+    from trainables.storage import Storage
+    st = Storage.resolve(storage)
+    if not st.is_local or shared:
+        return None
+    alive = [n for n in nodes if n.get("Alive", n.get("alive", True))]
+    mine = next((n for n in alive if n.get("NodeID") == here), None)
+    if len(alive) > 1:
+        why = f"the Ray cluster has {len(alive)} nodes"
+    elif mine is not None and not (mine.get("Resources") or {}).get("CPU"):
+        why = "this Ray node offers no CPU to trials (they run on worker nodes)"
+    else:
+        return None
+    return (f"--storage {st.uri} is a path on this machine, but {why}: give a location every node reads and "
+            "writes (--storage s3://BUCKET/PATH or gs://BUCKET/PATH), or, if the path is a shared mount (NFS) "
+            "at the same place on every node, add --storage-is-shared")
+
+
+def check_shared_storage(*, storage: str, shared: bool) -> None:
+    """Before any trial starts: raise UserError if the connected cluster cannot share ``storage``."""
+    import ray
+    problem = shared_storage_problem(storage=storage, shared=shared, nodes=ray.nodes(),
+                                     here=ray.get_runtime_context().get_node_id())
+    if problem:
+        raise UserError(problem)
 
 
 def _private_token() -> None:

@@ -18,6 +18,9 @@ def run_cli(*args, env=None, cwd=None):
     (["train", "{tmp}/norecipe.yaml", "--storage", "{tmp}"], "norecipe.yaml"),
     (["status", "nothing-here", "--storage", "{tmp}"], "nothing-here"),
     (["teachers", "--tasks", "rte", "--glue-dir", "{tmp}/glue", "--storage", "{tmp}"], "RTE/train.tsv:3"),
+    # nothing listens there: one line at once, not minutes of Ray's GCS retries
+    (["sweep", "smoke", "--tasks", "syn_noisy", "--model", "tiny", "--set", "teacher.use=false",
+      "--address", "127.0.0.1:1", "--storage", "{tmp}"], "no Ray cluster answers there"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, args, needle):
     glue = tmp_path / "glue" / "RTE"

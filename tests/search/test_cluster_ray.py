@@ -1,0 +1,298 @@
+"""Multi-node sweeps and joining a running cluster, on this machine.
+
+* A ``ray.cluster_utils.Cluster`` (a head and two worker nodes): a local --storage is refused before any trial
+  starts; with --storage-is-shared a smoke sweep's trials train on two different nodes, all reading the teacher
+  predictions from the one store, and every trial completes.
+* ``ray start --head`` with token authentication: a driver without RAY_AUTH_MODE is refused with one line that
+  says what to export; with it (and the token) a smoke sweep runs there with --address and a file:// storage.
+
+Each cluster runs in its own process group under its own --temp-dir with its own ports: it never writes
+/tmp/ray/ray_current_cluster (other people's ``ray.init()`` would join it) and is killed by PID, never with a
+machine-wide ``ray stop``. Ray 2.60's GCS listens on all interfaces whatever --node-ip-address says; a random
+token per test guards it (and ~/.ray is not touched).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+TASKS = ["syn_noisy", "syn_pairmatch"]
+DATA = ["--max-train-examples", "64", "--max-dev-examples", "64"]
+EVALS = 4                                                    # spaces/smoke.yaml base.evals
+
+
+# ------------------------------------------------------------------------------------------- no Ray
+
+def _node(node_id: str, cpus: float, alive: bool = True) -> dict:
+    return {"NodeID": node_id, "Alive": alive, "Resources": {"CPU": cpus} if cpus else {}}
+
+
+@pytest.mark.parametrize("nodes, here, shared, storage, refused", [
+    ([_node("a", 2)], "a", False, "/tmp/x", None),                             # one node with CPUs: fine
+    ([_node("a", 2), _node("b", 4)], "a", False, "/tmp/x", "2 nodes"),
+    ([_node("a", 2), _node("b", 4, alive=False)], "a", False, "/tmp/x", None),  # a dead node does not count
+    ([_node("a", 0)], "a", False, "/tmp/x", "no CPU"),                          # a head that only schedules
+    ([_node("a", 2), _node("b", 4)], "a", True, "/tmp/x", None),                # --storage-is-shared (NFS)
+    ([_node("a", 2), _node("b", 4)], "a", False, "s3://bucket/bam", None),     # a URI is shared
+    ([_node("a", 2), _node("b", 4)], "a", False, "file:///tmp/x", "2 nodes"),  # file:// is this machine's disk
+])
+def test_shared_storage_rule(nodes, here, shared, storage, refused):
+    from search.ray_env import shared_storage_problem
+    problem = shared_storage_problem(storage=storage, shared=shared, nodes=nodes, here=here)
+    if refused is None:
+        assert problem is None
+    else:
+        assert refused in problem and "--storage-is-shared" in problem and "s3://" in problem
+        assert "--storage /tmp/x " in problem and "\n" not in problem
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_temp_dir() -> str:
+    return tempfile.mkdtemp(prefix="bamrt", dir="/tmp")      # Ray's socket paths must stay short
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line), from /proc."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+            out[int(d.name)] = (ppid, cmd)
+    return out
+
+
+def kill_group(proc: subprocess.Popen, temp_dir: str) -> None:
+    """Kill what this test started: the process, everything under it, its process group, and whatever names
+    its own --temp-dir; nothing else (never `ray stop`, which stops every Ray on the machine)."""
+    procs = _processes()
+    mine, todo = set(), [proc.pid]
+    while todo:
+        pid = todo.pop()
+        mine.add(pid)
+        todo += [p for p, (pp, _) in procs.items() if pp == pid and p not in mine]
+    mine |= {p for p, (_, cmd) in procs.items() if temp_dir in cmd}
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for pid in mine:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(p in mine for p in _processes()):
+        time.sleep(0.5)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# a loaded 2-core machine can take longer than Ray's defaults to start a node's agents
+SLOW_START = {"RAY_agent_register_timeout_ms": "180000"}
+
+
+def cli_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    return {**env, **extra}
+
+
+def cli(*args, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def make_teachers(storage: Path) -> list[dict]:
+    """The teachers of TASKS written to the store in this process (a few steps each, no Ray): what the
+    sweep's trials must find and read, wherever they run."""
+    from trainables import driver
+    from trainables.loop import run_training
+    records = []
+    for t in TASKS:
+        recipe = {"tasks": [t], "model": "tiny", "precision": "fp32", "evals": 1, "seed": 0,
+                  "teacher": {"use": False}, "anneal": {"schedule": "none"}, "switch": {"criterion": "never"},
+                  "optim": {"steps": 2, "batch_size": 16}, "data": {"max_train_examples": 64, "max_dev_examples": 64}}
+        cfg = {"job": "teacher", "storage": str(storage), "artifacts_dir": str(storage / "teacher-artifacts"),
+               "cache_dir": os.environ["BAM_CACHE_DIR"], "recipe": recipe}
+        run = driver.setup_run(cfg)
+        run_training(run, report=lambda m, r: None)
+        records.append(driver.finish_teacher(run, config=cfg))
+    return records
+
+
+def trial_rows(exp: Path) -> dict[str, list[dict]]:
+    out = {}
+    for d in sorted(p for p in exp.iterdir() if (p / "params.json").exists()):
+        out[d.name] = [json.loads(l) for l in (d / "result.json").read_text().splitlines()]
+    return out
+
+
+def sweep_args(*, storage: str, name: str, address: str, extra=()) -> list[str]:
+    return ["sweep", "smoke", "--tasks", ",".join(TASKS), "--model", "tiny", *DATA, "--num-samples", "2",
+            "--scheduler", "none", "--searcher", "random", "--storage", storage, "--name", name,
+            "--address", address, "--quiet", "--no-wandb", *extra]
+
+
+def assert_complete(rows: dict[str, list[dict]]) -> None:
+    assert len(rows) == 2
+    for trial, rs in rows.items():
+        assert len(rs) == EVALS and rs[-1]["progress"] == pytest.approx(1.0), trial
+        assert {"glue_avg", "syn_noisy/score", "syn_pairmatch/score", "lambda", "node_id"} <= set(rs[-1])
+        assert len({r["node_id"] for r in rs}) == 1                  # one Train worker per trial, one node
+
+
+# ------------------------------------------------------------------------------------------- Cluster
+
+CLUSTER = textwrap.dedent("""
+    import json, sys, time
+    import ray, ray._common.utils, ray._private.utils, ray.util
+    # never point other people's ray.init() at this cluster, nor delete their /tmp/ray/ray_current_cluster
+    ray._private.utils.write_ray_address = lambda *a, **k: None
+    ray._common.utils.reset_ray_address = lambda *a, **k: None
+    from ray.cluster_utils import Cluster
+
+    temp, dashboard, agent = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    # the nodes on this machine's IP: a driver given 127.0.0.1:PORT connects to that IP (Ray replaces
+    # loopback addresses), and a Cluster's GCS listens only on its node IP
+    ip = ray.util.get_node_ip_address()
+    cluster = Cluster(initialize_head=True, head_node_args=dict(
+        num_cpus=1, temp_dir=temp, node_ip_address=ip, include_dashboard=True,
+        dashboard_host="127.0.0.1", dashboard_port=dashboard, dashboard_agent_listen_port=agent))
+    workers = [cluster.add_node(num_cpus=2, temp_dir=temp, node_ip_address=ip) for _ in range(2)]
+    cluster.wait_for_nodes()
+    print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id,
+                      "workers": [w.node_id for w in workers]}), flush=True)
+    time.sleep(3600)
+""")
+
+
+@pytest.fixture
+def ray_cluster():
+    """A head (1 CPU: trial drivers only) and two worker nodes (2 CPUs: one 1.5-CPU Train worker each)."""
+    temp = short_temp_dir()
+    token = secrets.token_hex(32)
+    env = {**cli_env(), **SLOW_START, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    log = open(Path(temp) / "cluster.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER, temp, str(free_port()), str(free_port())],
+                            stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"cluster did not start:\n{(Path(temp) / 'cluster.log').read_text()[-3000:]}")
+        yield {**json.loads(line), "token": token}
+    finally:
+        log.close()
+        kill_group(proc, temp)
+
+
+@pytest.mark.slow
+def test_multi_node_sweep_reads_the_shared_store(ray_cluster, tmp_path, cache_dir):
+    storage = tmp_path / "shared"
+    records = make_teachers(storage)
+    env = cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_cluster["token"])
+    address = ray_cluster["address"]
+
+    # a local path on a 3-node cluster: refused in one line before any trial starts
+    r = cli(*sweep_args(storage=str(storage), name="refused", address=address), env=env)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = [l for l in r.stderr.splitlines() if l.startswith("bam-search: error:")]
+    assert len(lines) == 1 and "3 nodes" in lines[0] and "--storage-is-shared" in lines[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and not (storage / "experiments" / "refused").exists()
+
+    # the same path declared shared (it is: every node is this machine)
+    r = cli(*sweep_args(storage=str(storage), name="multi", address=address,
+                        extra=["--storage-is-shared", "--cpus-per-worker", "1.5", "--max-concurrent", "2"]), env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = trial_rows(storage / "experiments" / "multi")
+    assert_complete(rows)
+    nodes = {rs[0]["node_id"] for rs in rows.values()}
+    assert nodes <= set(ray_cluster["workers"]) and len(nodes) == 2, (nodes, ray_cluster)
+    # every trial distilled from the stored teachers: the sampled recipes use them, and a trial that could not
+    # find them would have failed (find_teachers raises); the store still holds exactly those teachers
+    for rs in rows.values():
+        assert rs[0]["config"]["loop"]["recipe"].get("teacher", {}).get("use", True) is True   # the default
+    from trainables.store import BaselineRegistry
+    assert [x["key"] for x in BaselineRegistry(storage).records(strict=True)] == [x["key"] for x in records]
+    assert sorted(p.name for p in (storage / "teachers").iterdir()) == sorted(x["key"] for x in records)
+
+
+# ------------------------------------------------------------------------------------------- ray start
+
+@pytest.fixture
+def ray_start_head():
+    """`ray start --head --block` with token authentication, as a user would, scoped to this test."""
+    temp = short_temp_dir()
+    token = secrets.token_hex(32)
+    port = free_port()
+    env = {**cli_env(), **SLOW_START, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    ray = str(Path(sys.executable).parent / "ray")
+    log = open(Path(temp) / "start.log", "w")
+    proc = subprocess.Popen([ray, "start", "--head", "--block", "--temp-dir", temp, "--port", str(port),
+                             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+                             "--dashboard-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+                             "--ray-client-server-port", str(free_port()), "--num-cpus", "3",
+                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    try:
+        ready = Path(temp) / "ray_current_cluster"            # ray start writes it into --temp-dir when up
+        deadline = time.time() + 300
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        if not ready.exists():
+            raise AssertionError(f"ray start failed:\n{(Path(temp) / 'start.log').read_text()[-3000:]}")
+        yield {"address": f"127.0.0.1:{port}", "token": token, "temp": temp}
+    finally:
+        log.close()
+        kill_group(proc, temp)
+
+
+@pytest.mark.slow
+def test_sweep_joins_ray_start_with_address(ray_start_head, tmp_path, cache_dir):
+    storage = tmp_path / "s"
+    make_teachers(storage)
+    address = ray_start_head["address"]
+
+    # forgot RAY_AUTH_MODE: one line that says what to export (Ray's own connect retries cut to ~3 s)
+    r = cli(*sweep_args(storage=f"file://{storage}", name="noauth", address=address),
+            env=cli_env(RAY_gcs_server_port_wait_time_s="3"), timeout=180)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = [l for l in r.stderr.splitlines() if l.startswith("bam-search: error:")]
+    assert len(lines) == 1 and "token authentication" in lines[0] and "RAY_AUTH_MODE=token" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+    # as documented: RAY_AUTH_MODE=token and the cluster's token
+    env = cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_start_head["token"])
+    r = cli(*sweep_args(storage=f"file://{storage}", name="joined", address=address), env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = trial_rows(storage / "experiments" / "joined")
+    assert_complete(rows)
+    # the trials ran in the cluster that `ray start` made, not in a Ray of the CLI's own
+    node = {rs[0]["node_id"] for rs in rows.values()}
+    assert len(node) == 1
+    raylet_logs = "".join(p.read_text(errors="replace") for p in
+                          Path(ray_start_head["temp"]).glob("session_*/logs/raylet.out"))
+    assert node.pop() in raylet_logs
+    assert r.stdout.count("DONE") == 2, r.stdout             # bam-search status, printed at the end
