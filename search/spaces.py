@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainables.errors import UserError
-from trainables.recipe import load_yaml, recipe_from_dict
+from trainables.recipe import error_key, load_yaml, recipe_from_dict, yaml_key_lines
 from trainables.driver import with_params
 
 DISTRIBUTIONS = ("constant", "categorical", "uniform", "log_uniform_values", "int_uniform", "q_uniform",
@@ -25,19 +25,30 @@ PARAM_KEYS = {"value", "values", "distribution", "min", "max", "q", "mu", "sigma
 SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
 
 
-def flatten_parameters(params: dict, *, prefix: str = "", where: str) -> dict[str, dict]:
+def parameter_lines(path: str | Path) -> dict[str, int]:
+    """Line of each parameter of a space file by its flattened name (``anneal.p0`` for nested ones)."""
+    out = {}
+    for keys, line in yaml_key_lines(path).items():
+        if keys[0] == "parameters" and len(keys) > 1:
+            out.setdefault(".".join(k for k in keys[1:] if k != "parameters"), line)
+    return out
+
+
+def flatten_parameters(params: dict, *, prefix: str = "", where: str,
+                       lines: dict[str, int] | None = None) -> dict[str, dict]:
     out = {}
     if not isinstance(params, dict):
         raise UserError(f"{where}: parameters{'.' + prefix if prefix else ''} must be a mapping")
     for key, spec in params.items():
         name = f"{prefix}.{key}" if prefix else str(key)
+        at = f"{where}:{lines[name]}" if lines and name in lines else where
         if not isinstance(spec, dict):
-            raise UserError(f"{where}: parameter {name}: expected a mapping such as {{values: [...]}}")
+            raise UserError(f"{at}: parameter {name}: expected a mapping such as {{values: [...]}}")
         unknown = set(spec) - PARAM_KEYS
         if unknown:
-            raise UserError(f"{where}: parameter {name}: unknown key {sorted(unknown)[0]!r}")
+            raise UserError(f"{at}: parameter {name}: unknown key {sorted(unknown)[0]!r}")
         if "parameters" in spec:
-            out.update(flatten_parameters(spec["parameters"], prefix=name, where=where))
+            out.update(flatten_parameters(spec["parameters"], prefix=name, where=where, lines=lines))
         else:
             out[name] = spec
     return out
@@ -101,25 +112,57 @@ def load_space(path: str | Path, *, base_recipe: dict) -> dict:
         path = SPACES_DIR / f"{path}.yaml"
     data = load_yaml(path)
     where = str(path)
+    keys = yaml_key_lines(path)                      # errors name the file and the line of the key at fault
+    lines = parameter_lines(path)
+
+    def at(name: str) -> str:
+        return f"{where}:{lines[name]}" if name in lines else where
+
     unknown = set(data) - SPACE_KEYS
     if unknown:
-        raise UserError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(SPACE_KEYS))})")
-    params = flatten_parameters(data.get("parameters") or {}, where=where)
+        bad = sorted(unknown)[0]
+        line = keys.get((str(bad),))
+        raise UserError(f"{where}{f':{line}' if line else ''}: unknown key {bad!r} "
+                        f"(known: {', '.join(sorted(SPACE_KEYS))})")
+    params = flatten_parameters(data.get("parameters") or {}, where=where, lines=lines)
     if not params:
         raise UserError(f"{where}: no parameters")
     base = with_params(base_recipe, {})
+    if not isinstance(data.get("base") or {}, dict):
+        line = keys.get(("base",))
+        raise UserError(f"{where}{f':{line}' if line else ''}: base must be a mapping of recipe keys")
     for k, v in (data.get("base") or {}).items():
         base = with_params(base, {k: v}) if "." in k else {**base, k: _merge(base.get(k), v)}
     kinds = {}
     for name, spec in params.items():
-        kinds[name] = check_param(name, spec, where)
-    # every value on its own, then the first value of each together
+        kinds[name] = check_param(name, spec, at(name))
+    # the first value of each together (a mistake of the command line, the base or a parameter), then every
+    # value on its own
+    try:
+        recipe_from_dict(with_params(base, {n: examples_of(s, kinds[n])[0] for n, s in params.items()}), source=where)
+    except UserError as e:
+        raise UserError(_attribute(str(e), where=where, keys=keys, params=list(params), at=at)) from None
     for name, spec in params.items():
         for value in examples_of(spec, kinds[name]):
-            recipe_from_dict(with_params(base, {name: value}), source=f"{where}: parameter {name}={value!r}")
-    recipe_from_dict(with_params(base, {n: examples_of(s, kinds[n])[0] for n, s in params.items()}), source=where)
+            recipe_from_dict(with_params(base, {name: value}), source=f"{at(name)}: parameter {name}={value!r}")
     return {"path": str(path), "description": data.get("description", ""), "base": base, "parameters": params,
             "kinds": kinds, "metric": data.get("metric")}
+
+
+def _attribute(message: str, *, where: str, keys: dict, params: list[str], at) -> str:
+    """Name the origin of a recipe error found while loading a space: one of its parameters (file:line),
+    its ``base`` section (file:line), or else the command line (--tasks, --set, ...)."""
+    inner = message[len(where) + 2:] if message.startswith(f"{where}: ") else message
+    key = error_key(inner)
+    if key is None:
+        return message
+    for p in params:
+        if key == p or key.startswith(p + ".") or p.startswith(key + "."):
+            return f"{at(p)}: parameter {p}: {inner}"
+    line = keys.get(("base", *key.split(".")))
+    if line:
+        return f"{where}:{line}: {inner}"
+    return f"command line (--tasks, --set, ...): {inner}"
 
 
 def _merge(a, b):
@@ -129,6 +172,16 @@ def _merge(a, b):
             out[k] = _merge(a.get(k), v)
         return out
     return b
+
+
+def trial_count(space: dict, *, searcher: str, num_samples: int) -> int:
+    """Trials a sweep runs: ``num_samples``, times every combination of the categorical values under grid."""
+    n = num_samples
+    if searcher == "grid":
+        for name, spec in space["parameters"].items():
+            if space["kinds"][name] == "categorical":
+                n *= len(spec["values"])
+    return n
 
 
 def to_tune(space: dict, *, searcher: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -74,9 +75,12 @@ def _label_value(task: Task, raw: str, where: str) -> int | float:
     raw = raw.strip()
     if task.labels is None:
         try:
-            return float(raw)
+            value = float(raw)
         except ValueError:
             raise UserError(f"{where}: score {raw!r} is not a number") from None
+        if not math.isfinite(value):                  # a "nan" score would turn the loss into NaN mid-training
+            raise UserError(f"{where}: score {raw!r} is not a finite number")
+        return value
     if raw not in task.labels:
         raise UserError(f"{where}: label {raw!r} is not one of {', '.join(task.labels)}")
     return task.labels.index(raw)
@@ -89,6 +93,30 @@ def read_glue_tsv(path: str | Path, *, task: Task, split: str) -> Examples:
         raise UserError(f"{path}: no such file (expected the classic glue_data layout <dir>/{task.dir_name}/{split}.tsv)")
     lay = task.tsv
     ids, a, b, labels = [], [], [], []
+    try:
+        _read_rows(path, task=task, lay=lay, out=(ids, a, b, labels))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}:{_first_undecodable_line(path)}: not UTF-8 text") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    if not ids:
+        raise UserError(f"{path}: no data rows")
+    dtype = np.float32 if task.is_regression else np.int64
+    return Examples(task=task.name, split=split, ids=np.asarray(ids, dtype=np.int64), text_a=a,
+                    text_b=b if task.is_pair else None, labels=np.asarray(labels, dtype=dtype))
+
+
+def _first_undecodable_line(path: Path) -> int:
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return lineno
+    return 1
+
+
+def _read_rows(path: Path, *, task: Task, lay, out: tuple[list, list, list, list]) -> None:
+    ids, a, b, labels = out
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         for lineno, row in enumerate(reader, start=1):
@@ -108,11 +136,6 @@ def read_glue_tsv(path: str | Path, *, task: Task, split: str) -> Examples:
             a.append(row[lay.text_columns[0]])
             if task.is_pair:
                 b.append(row[lay.text_columns[1]])
-    if not ids:
-        raise UserError(f"{path}: no data rows")
-    dtype = np.float32 if task.is_regression else np.int64
-    return Examples(task=task.name, split=split, ids=np.asarray(ids, dtype=np.int64), text_a=a,
-                    text_b=b if task.is_pair else None, labels=np.asarray(labels, dtype=dtype))
 
 
 def load_hub(*, task: Task, split: str) -> Examples:  # pragma: no cover - needs the network

@@ -6,6 +6,7 @@ All defaults live here. ``apply_overrides`` takes dotted ``key=value`` strings (
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -164,6 +165,8 @@ def _check_type(value, tp, path: str):
         raise UserError(f"{path}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):                 # .nan passes every `<= 0` check below: refuse it here
+                raise UserError(f"{path}: expected a finite number, got {value!r}")
             return float(value)
         raise UserError(f"{path}: expected a number, got {value!r}")
     if tp is str:
@@ -374,6 +377,11 @@ def load_yaml(path: str | Path) -> dict:
         raise UserError(f"{path}: no such file")
     try:
         data = safe_load(path.read_text())
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -386,7 +394,76 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def load_recipe(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    return recipe_from_dict(apply_overrides(load_yaml(path), overrides), source=str(path))
+    try:
+        return recipe_from_dict(apply_overrides(load_yaml(path), overrides), source=str(path))
+    except UserError as e:
+        raise UserError(with_key_line(str(e), path=path, overrides=overrides)) from None
+
+
+# ------------------------------------------------------------------------------------------------ line numbers
+
+def yaml_key_lines(path: str | Path) -> dict[tuple[str, ...], int]:
+    """The 1-based line of every mapping key of a YAML file, by its path of keys ({} if it does not parse).
+
+    Composing builds nodes only (no Python objects), so this is as safe as ``safe_load``."""
+    try:
+        root = yaml.compose(Path(path).read_text(), Loader=_Loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    out: dict[tuple[str, ...], int] = {}
+
+    def walk(node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    key = prefix + (str(k.value),)
+                    out.setdefault(key, k.start_mark.line + 1)
+                    walk(v, key)
+
+    walk(root, ())
+    return out
+
+
+_ERROR_KEY = (re.compile(r"^unknown key '([^']+)'"), re.compile(r"^([A-Za-z_][\w.]*):"))
+
+
+def error_key(message: str) -> str | None:
+    """The dotted recipe key a schema error names at its start (``optim.lrr``), if any."""
+    for rx in _ERROR_KEY:
+        m = rx.match(message)
+        if m:
+            return m.group(1)
+    return None
+
+
+def key_line(lines: dict[tuple[str, ...], int], dotted: str | None, *, prefix: tuple[str, ...] = ()) -> int | None:
+    """Line of ``dotted`` (or of its nearest enclosing section) in a file's ``yaml_key_lines``."""
+    if not dotted:
+        return None
+    parts = tuple(dotted.split("."))
+    while parts:
+        if prefix + parts in lines:
+            return lines[prefix + parts]
+        parts = parts[:-1]
+    return None
+
+
+def with_key_line(message: str, *, path: str | Path, overrides=(), prefix: tuple[str, ...] = ()) -> str:
+    """``<path>: <key>: ...`` -> ``<path>:<line>: <key>: ...`` when the key is in the file and not set by
+    an override (an override's mistake has no line in the file)."""
+    head = f"{path}: "
+    if not message.startswith(head):
+        return message
+    inner = message[len(head):]
+    key = error_key(inner)
+    if key is None:
+        return message
+    for text in overrides or ():
+        okey = text.split("=", 1)[0].strip()
+        if key == okey or key.startswith(okey + ".") or okey.startswith(key + "."):
+            return message
+    line = key_line(yaml_key_lines(path), key, prefix=prefix)
+    return f"{path}:{line}: {inner}" if line else message
 
 
 def dump_recipe(recipe: Recipe, *, command: str) -> str:
