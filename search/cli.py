@@ -27,11 +27,16 @@ EPILOG = """examples:
 
 
 def _storage(args) -> str:
-    return str(Path(args.storage or os.environ.get("BAM_STORAGE") or "bam-storage").resolve())
+    """An absolute local path, or a URI (s3://, gs://, ...): see trainables/storage.py."""
+    from trainables.storage import storage_uri
+    return storage_uri(args.storage or os.environ.get("BAM_STORAGE") or "bam-storage")
 
 
 def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
-    p.add_argument("--storage", help="storage root: local path (default ./bam-storage or $BAM_STORAGE)")
+    p.add_argument("--storage", help="storage root: a local path or a URI such as s3://BUCKET/PATH, gs://BUCKET/PATH "
+                                     "(default ./bam-storage or $BAM_STORAGE)")
+    p.add_argument("--storage-is-shared", action="store_true",
+                   help="the local --storage path is a shared mount (NFS) at the same place on every node")
     p.add_argument("--address", help="a running Ray cluster (default: $RAY_ADDRESS, else a local Ray started here)")
     if data:
         p.add_argument("--glue-dir", help="classic glue_data folder (default $BAM_GLUE_DIR; else the hub)")
@@ -40,6 +45,9 @@ def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (default 1)")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per Train worker (default 1)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what the cluster holds)")
+    p.add_argument("--use-gpu", action="store_true", default=None,
+                   help="one GPU per Train worker even if the cluster has none yet (an autoscaler adds GPU nodes); "
+                        "default: GPUs when the cluster has them")
     p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
 
 
@@ -110,20 +118,74 @@ def _check_teachers(args, recipe) -> None:
                + f" --storage {_storage(args)}")
         raise UserError(f"teacher predictions missing for {', '.join(f'{t} seed {s}' for t, s in missing)}; "
                         f"train them first: {cmd}")
+    _check_teacher_predictions(args, recipe)
+
+
+def _check_teacher_predictions(args, recipe) -> None:
+    """Load every teacher prediction file the recipe distils from and check it against the data now: a
+    truncated file (checksum), other rows or ids, other data, or NaN values fail before Ray starts."""
+    import numpy as np
+
+    from trainables.data import load_examples
+    from trainables.model import model_identity
+    from trainables.store import BaselineRegistry, StoreError, TeacherStore
+    if not recipe.teacher.use:
+        return
+    storage = _storage(args)
+    model = model_identity(recipe.teacher.model or recipe.model)
+    records = BaselineRegistry(storage).records()
+    store = TeacherStore(storage)
+    for t in recipe.tasks:
+        ex = load_examples(task=t, split="train", glue_dir=recipe.data.glue_dir)
+        ex = ex.subsample(max_examples=recipe.data.max_train_examples, seed=recipe.data.data_seed)
+        fp = ex.fingerprint()
+        for seed in recipe.teacher.seeds:
+            rec = [r for r in records if r["task"] == t and r["seed"] == seed and r["fingerprint"] == fp
+                   and r["model"] == model][-1]
+            preds = store.load(rec["key"], task=t, expect_ids=ex.ids, fingerprint=fp)
+            bad = int(np.size(preds) - np.isfinite(preds).sum())
+            if bad:
+                raise StoreError(f"teacher predictions for task {t} seed {seed} ({store.dir(rec['key'])}) hold "
+                                 f"{bad} non-finite values: re-run bam-search teachers")
+
+
+def _check_metric(metric: str, recipe) -> None:
+    """--metric must be something every trial reports, or Tune would compare trials on nothing."""
+    allowed = ["glue_avg", "glue_avg_best", "delta_vs_teachers",
+               *(f"{t}/{k}" for t in recipe.tasks for k in ("score", "best", "delta_vs_teachers"))]
+    if metric not in allowed:
+        raise UserError(f"--metric {metric!r}: not reported by these trials; use one of {', '.join(allowed)}")
+
+
+def _check_flags(args) -> None:
+    """Counts that must be positive, checked before anything runs (argparse only checks the type)."""
+    for name, flag in (("num_samples", "--num-samples"), ("seeds", "--seeds"), ("trials", "--trials"),
+                       ("workers_per_trial", "--workers-per-trial"), ("max_concurrent", "--max-concurrent")):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    cpw = getattr(args, "cpus_per_worker", None)
+    if cpw is not None and not cpw > 0:
+        raise UserError(f"--cpus-per-worker {cpw}: must be more than 0")
 
 
 def _start(args, *, trials: int | None = None):
-    from .ray_env import choose_resources, init_ray
+    from trainables.storage import Storage
+    from .ray_env import check_shared_storage, choose_resources, init_ray
+    Storage.resolve(_storage(args)).check_writable()          # a bad --storage fails before Ray starts
     cluster = init_ray(address=args.address)
+    check_shared_storage(storage=_storage(args), shared=getattr(args, "storage_is_shared", False))
     return choose_resources(cluster, workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-                            max_concurrent=args.max_concurrent, trials=trials)
+                            use_gpu=getattr(args, "use_gpu", None), max_concurrent=args.max_concurrent, trials=trials)
 
 
 def _loop(args, recipe: dict, *, job: str) -> dict:
+    from trainables.storage import Storage
     from .sweep import wandb_settings
     storage = _storage(args)
+    local = Storage.resolve(storage).local            # a URI: each node tokenises into its own default cache
     return {"recipe": recipe, "job": job, "storage": storage,
-            "cache_dir": os.environ.get("BAM_CACHE_DIR") or str(Path(storage) / "cache"),
+            "cache_dir": os.environ.get("BAM_CACHE_DIR") or (str(local / "cache") if local else None),
             "wandb": None if args.no_wandb else wandb_settings(storage)}
 
 
@@ -162,11 +224,12 @@ def cmd_teachers(args) -> int:
 
 def _print_baselines(args, recipe) -> int:
     from trainables.store import BaselineRegistry
-    recs = [r for r in BaselineRegistry(_storage(args)).records() if r["task"] in recipe.tasks]
+    registry = BaselineRegistry(_storage(args))
+    recs = [r for r in registry.records() if r["task"] in recipe.tasks]
     print(f"{'task':<16}{'seed':>5}{'dev score':>11}  key")
     for r in recs[-len(recipe.tasks) * 20:]:
         print(f"{r['task']:<16}{r['seed']:>5}{r['score']:>11.2f}  {r['key']}")
-    print(f"baseline registry: {Path(_storage(args)) / 'baselines.jsonl'}")
+    print(f"baseline registry: {registry.location}")
     return 0
 
 
@@ -191,31 +254,83 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     from trainables.recipe import recipe_from_dict
-    from .spaces import load_space, to_tune
+    from .spaces import load_space, to_tune, trial_count
     from .sweep import run_experiment
     base = _base_recipe(args)
     space = load_space(args.space, base_recipe=base)
     recipe = recipe_from_dict(space["base"], source=space["path"])
+    _check_metric(args.metric, recipe)
     _check_data(recipe)
     _check_teachers(args, recipe)
+    _check_delta_baselines(args, recipe)
+    budget = _check_disk_budget(args, recipe)
+    searcher, pbt = _scheduler_settings(args, space)
     name = args.name or f"sweep-{Path(space['path']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    resources = _start(args, trials=args.num_samples)
+    params = to_tune(space, searcher=searcher)                  # a space the searcher cannot take fails here
+    resources = _start(args, trials=trial_count(space, searcher=searcher, num_samples=args.num_samples))
     print(f"experiment: {name}   (resume with: bam-search resume {name} --storage {args.storage or 'bam-storage'})")
     run_experiment(name=name, storage=_storage(args), loop=_loop(args, space["base"], job="student"),
-                   params=to_tune(space, searcher=args.searcher), resources=resources,
-                   num_samples=args.num_samples, searcher=args.searcher, scheduler=args.scheduler,
-                   metric=args.metric, seed=args.seed, progress=not args.quiet)
+                   params=params, resources=resources,
+                   num_samples=args.num_samples, searcher=searcher, scheduler=args.scheduler,
+                   metric=args.metric, seed=args.seed, progress=not args.quiet, disk_budget=budget, pbt=pbt)
     return cmd_status(argparse.Namespace(name=name, storage=args.storage))
 
 
+def _check_delta_baselines(args, recipe) -> None:
+    """--metric delta_vs_teachers needs every task's teacher dev score in the baseline registry."""
+    import dataclasses
+    from trainables.driver import missing_teachers
+    if "delta_vs_teachers" in args.metric:
+        with_teachers = dataclasses.replace(recipe, teacher=dataclasses.replace(recipe.teacher, use=True))
+        missing = missing_teachers(with_teachers, storage=_storage(args))
+        if missing:
+            raise UserError(f"--metric {args.metric}: no teacher dev score for "
+                            f"{', '.join(f'{t} seed {s}' for t, s in missing)} in the baseline registry; "
+                            f"run bam-search teachers for these tasks first")
+
+
+def _check_disk_budget(args, recipe) -> int | None:
+    """--disk-budget as bytes; refused before Ray starts when the sweep's best checkpoints alone exceed it."""
+    from trainables.storage import Storage
+    from .budget import DEFAULT_BUDGET, check_budget, parse_size
+    budget = parse_size(DEFAULT_BUDGET if args.disk_budget is None else args.disk_budget)
+    if Storage.resolve(_storage(args)).is_local:
+        at_once = args.max_concurrent or max(1, (os.cpu_count() or 1) // max(1, args.workers_per_trial))
+        check_budget(budget, recipe=recipe, trials=args.num_samples, concurrent=at_once)
+    return budget
+
+
+def _scheduler_settings(args, space) -> tuple[str, dict | None]:
+    """(searcher, PBT settings): PBT samples its population at random (or from a grid) and then mutates it."""
+    if args.scheduler != "pbt":
+        return args.searcher or "optuna", None
+    if args.searcher == "optuna":
+        raise UserError("--scheduler pbt: PBT samples and mutates its own population; use --searcher random or grid")
+    from .pbt import pbt_mutations
+    mutations, bounds = pbt_mutations(space)
+    if args.perturbation_interval is not None and args.perturbation_interval < 1:
+        raise UserError("--perturbation-interval: must be >= 1 (evaluations)")
+    return args.searcher or "random", {"mutations": mutations, "bounds": bounds, "interval": args.perturbation_interval}
+
+
+def _experiment_metric(storage: str, name: str) -> str:
+    """The metric an experiment was run with (glue_avg for older ones)."""
+    from trainables.storage import Storage
+    st = Storage.resolve(storage)
+    try:
+        return json.loads(st.read_bytes("experiments", name, "bam_experiment.json")).get("metric") or "glue_avg"
+    except Exception:  # noqa: BLE001 - no or unreadable metadata: the default
+        return "glue_avg"
+
+
 def cmd_resume(args) -> int:
-    from .sweep import experiment_dir, run_experiment
+    from trainables.storage import Storage
+    from .sweep import run_experiment
     from .ray_env import Resources
-    exp = experiment_dir(_storage(args), args.name)
-    meta_path = exp / "bam_experiment.json"
-    if not meta_path.exists():
-        raise UserError(f"no experiment {args.name!r} under {exp.parent}")
-    meta = json.loads(meta_path.read_text())
+    st = Storage.resolve(_storage(args))
+    if not st.is_file("experiments", args.name, "bam_experiment.json"):
+        raise UserError(f"no experiment {args.name!r} under {st.join('experiments')}")
+    meta = json.loads(st.read_bytes("experiments", args.name, "bam_experiment.json"))
     _start(args)
     r = meta["resources"]
     run_experiment(name=args.name, storage=_storage(args), loop=meta["loop"], params={},
@@ -239,8 +354,9 @@ def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
 
 def cmd_status(args) -> int:
     from .sweep import trial_results
-    rows = summarize(trial_results(_storage(args), args.name))
-    print(f"{'trial':<14}{'state':<9}{'evals':>6}{'best glue_avg':>15}  params")
+    metric = _experiment_metric(_storage(args), args.name)
+    rows = summarize(trial_results(_storage(args), args.name), metric=metric)
+    print(f"{'trial':<14}{'state':<9}{'evals':>6}{'best ' + metric:>15}  params")
     for r in rows:
         best = f"{r['best']:.2f}" if r["best"] is not None else "-"
         print(f"{r['trial_id']:<14}{r['state']:<9}{r['iterations']:>6}{best:>15}  {json.dumps(r['params'], default=str)}")
@@ -255,7 +371,7 @@ def best_recipe(storage: str, name: str) -> tuple[dict, dict]:
     from trainables.driver import with_params
     from .sweep import trial_results
     trials = trial_results(storage, name)
-    ranked = [s for s in summarize(trials) if s["best"] is not None]
+    ranked = [s for s in summarize(trials, metric=_experiment_metric(storage, name)) if s["best"] is not None]
     if not ranked:
         raise UserError(f"experiment {name!r} has no finished evaluation yet")
     top = max(ranked, key=lambda s: s["best"])
@@ -268,7 +384,8 @@ def cmd_best(args) -> int:
     from trainables.store import atomic_write_bytes
     recipe, top = best_recipe(_storage(args), args.name)
     r = recipe_from_dict(recipe, source=f"best trial of {args.name}")
-    print(f"best trial {top['trial_id']}: glue_avg {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
+    metric = _experiment_metric(_storage(args), args.name)
+    print(f"best trial {top['trial_id']}: {metric} {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
     if args.export:
         text = dump_recipe(r, command=f"bam-search train {args.export} --seeds 3")
         atomic_write_bytes(Path(args.export), text.encode())
@@ -277,6 +394,9 @@ def cmd_best(args) -> int:
 
 
 def cmd_report(args) -> int:
+    import tempfile
+
+    from trainables.storage import Storage
     from trainables.store import BaselineRegistry
     from .report import write_report
     from .sweep import trial_results
@@ -305,14 +425,18 @@ def cmd_report(args) -> int:
             records.append({"group": "multitask", "seed": i,
                             "scores": {k: t["best_row"][f"{k}/best"] for k in recipe["tasks"]}})
     if not any(r["group"] == "teachers" for r in records):
-        raise UserError(f"no teacher baselines for tasks {','.join(recipe['tasks'])} in {storage}/baselines.jsonl")
-    out = Path(storage) / "reports" / args.name
-    try:
-        paths = write_report(runs=records, out_dir=out, title=f"bam-search report: {args.name}", recipe=recipe,
-                             baseline="teachers", candidate="student")
-    except ValueError as e:
-        raise UserError(f"report {args.name}: {e}") from None
-    print(f"report: {paths['html']}")
+        raise UserError(f"no teacher baselines for tasks {','.join(recipe['tasks'])} in {BaselineRegistry(storage).location}")
+    st = Storage.resolve(storage)
+    with tempfile.TemporaryDirectory() as tmp:         # a URI: written here first, then copied up
+        out = st.local / "reports" / args.name if st.is_local else Path(tmp)
+        try:
+            paths = write_report(runs=records, out_dir=out, title=f"bam-search report: {args.name}", recipe=recipe,
+                                 baseline="teachers", candidate="student")
+        except ValueError as e:
+            raise UserError(f"report {args.name}: {e}") from None
+        if not st.is_local:
+            st.upload(out, "reports", args.name)
+    print(f"report: {paths['html'] if st.is_local else st.join('reports', args.name, Path(paths['html']).name)}")
     return 0
 
 
@@ -369,6 +493,9 @@ def cmd_demo(args) -> int:
     if glue:
         base.setdefault("data", {})["glue_dir"] = glue
     storage = _storage(args)
+    if "://" in storage:
+        raise UserError(f"--storage {storage}: the demo keeps its files on this machine; give a local path "
+                        "(teachers, sweep, best and report take URIs)")
     console.print(f"[bold]bam-search demo[/]: {len(tasks)} {'GLUE' if glue else 'synthetic'} tasks "
                   f"({', '.join(tasks)}), model {model}, storage {storage}")
     recipe = recipe_from_dict(base, source="demo")
@@ -422,8 +549,15 @@ def cmd_spaces(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ main
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line too (no usage block): ``bam-search: error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"bam-search: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bam-search", description=__doc__.splitlines()[0], epilog=EPILOG,
+    p = _Parser(prog="bam-search", description=__doc__.splitlines()[0], epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"bam-search {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -449,9 +583,19 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sw.add_argument("space"); _recipe_args(sw); _common(sw)
     sw.add_argument("--name"); sw.add_argument("--num-samples", type=int, default=8)
-    sw.add_argument("--searcher", default="optuna", choices=["optuna", "random", "grid"])
-    sw.add_argument("--scheduler", default="asha", choices=["asha", "median", "none"])
-    sw.add_argument("--metric", default="glue_avg", help="glue_avg (default) or TASK/score")
+    sw.add_argument("--searcher", default=None, choices=["optuna", "random", "grid"],
+                    help="default optuna (random with --scheduler pbt)")
+    sw.add_argument("--scheduler", default="asha", choices=["asha", "median", "pbt", "none"],
+                    help="asha (default), median, pbt (population-based training: mutates optim.lr, anneal.*, "
+                         "sampling.* ... during the run), none")
+    sw.add_argument("--perturbation-interval", type=int, default=None,
+                    help="pbt: evaluations between exploit/explore steps (default evals/4)")
+    sw.add_argument("--metric", default="glue_avg",
+                    help="glue_avg (default), delta_vs_teachers (mean over tasks of student minus single-task "
+                         "teacher dev score), or TASK/score")
+    sw.add_argument("--disk-budget", default=None, metavar="SIZE",
+                    help="bytes the experiment may hold on disk, e.g. 2GB (default 20GB; none for no limit); "
+                         "ended trials keep only their best checkpoint")
     sw.add_argument("--seed", type=int, default=0, help="searcher seed")
     sw.add_argument("--quiet", action="store_true")
     sw.set_defaults(func=cmd_sweep)
@@ -463,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("name"); s.add_argument("--storage"); s.set_defaults(func=fn)
         if cmd == "resume":
             s.add_argument("--address"); s.add_argument("--quiet", action="store_true")
+            s.add_argument("--storage-is-shared", action="store_true")
             s.add_argument("--workers-per-trial", type=int, default=1); s.add_argument("--cpus-per-worker", type=float)
             s.add_argument("--max-concurrent", type=int)
     b = sub.add_parser("best", help="the best trial; --export writes it as a runnable recipe",
@@ -495,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_flags(args)
         return args.func(args) or 0
     except UserError as e:
         print(f"bam-search: error: {e}", file=sys.stderr)

@@ -10,19 +10,25 @@ import os
 from pathlib import Path
 
 from trainables.errors import UserError
+from trainables.storage import Storage
 
 from .ray_env import DRIVER_CPU, Resources
 
 
-def experiment_dir(storage: str, name: str) -> Path:
-    return Path(storage).resolve() / "experiments" / name
+def experiment_dir(storage: str, name: str) -> Path | str:
+    """The experiment's folder: a Path on local storage, a URI on s3://, gs://, ..."""
+    st = Storage.resolve(storage)
+    return st.local / "experiments" / name if st.is_local else st.join("experiments", name)
 
 
 def wandb_settings(storage: str, *, enabled: bool = True, project: str = "bam-search") -> dict:
-    return {"enabled": enabled, "dir": str(Path(storage).resolve() / "wandb"), "project": project}
+    # W&B writes to a local folder: under local storage, else ./bam-wandb where the driver runs
+    st = Storage.resolve(storage)
+    folder = st.local / "wandb" if st.is_local else Path("bam-wandb").resolve()
+    return {"enabled": enabled, "dir": str(folder), "project": project}
 
 
-def make_scheduler(kind: str, *, max_t: int, metric: str):
+def make_scheduler(kind: str, *, max_t: int, metric: str, pbt: dict | None = None, experiment_dir=None):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
     if kind == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
@@ -31,7 +37,16 @@ def make_scheduler(kind: str, *, max_t: int, metric: str):
         return MedianStoppingRule(time_attr="training_iteration", grace_period=max(1, max_t // 4))
     if kind == "none":
         return FIFOScheduler()
-    raise UserError(f"--scheduler {kind!r}: one of asha, median, none (pbt is not supported yet)")
+    if kind == "pbt":                                # see search/pbt.py
+        from .pbt import BamPBT, ClipToSpace
+        if not (pbt or {}).get("mutations"):
+            raise UserError("--scheduler pbt: needs a search space with parameters PBT can change during a run")
+        return BamPBT(experiment_dir=experiment_dir, time_attr="training_iteration",
+                      perturbation_interval=pbt.get("interval") or max(1, max_t // 4),
+                      hyperparam_mutations={"params": pbt["mutations"]},
+                      custom_explore_fn=ClipToSpace(pbt.get("bounds") or {}),
+                      quantile_fraction=pbt.get("quantile_fraction", 0.25), resample_probability=0.25)
+    raise UserError(f"--scheduler {kind!r}: one of asha, median, pbt, none")
 
 
 def make_searcher(kind: str, *, metric: str, seed: int, max_concurrent: int):
@@ -48,15 +63,29 @@ def make_searcher(kind: str, *, metric: str, seed: int, max_concurrent: int):
 
 def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resources: Resources, num_samples: int,
                    searcher: str = "random", scheduler: str = "none", metric: str = "glue_avg", seed: int = 0,
-                   progress: bool = True, live_title: str | None = None, total_trials: int | None = None):
-    """Run (or continue) one Tune experiment; returns the ResultGrid."""
+                   progress: bool = True, live_title: str | None = None, total_trials: int | None = None,
+                   disk_budget: int | str | None = "20GB", pbt: dict | None = None):
+    """Run (or continue) one Tune experiment; returns the ResultGrid.
+
+    ``disk_budget``: bytes (or a size such as ``2GB``; None: no limit) the experiment's folder may hold;
+    ended trials keep only their best checkpoint either way (``search/budget.py``).
+    ``pbt``: with ``scheduler="pbt"``, ``{"mutations", "bounds", "interval"}`` (``search/pbt.py``)."""
     from ray import tune
 
     from trainables.driver import train_driver_fn
 
-    exp = experiment_dir(storage, name)
+    from .budget import DiskBudget, parse_size
+    budget = parse_size(disk_budget)
+
+    st = Storage.resolve(storage)
+    exp = st.join("experiments", name)
     trainable = tune.with_resources(train_driver_fn, {"CPU": DRIVER_CPU})
-    space = {"loop": loop, "resources": resources.as_dict(), "experiment": name, "params": params}
+    space = {"loop": loop, "resources": resources.as_dict(), "experiment": name, "params": params,
+             "metric": metric,                       # Train keeps each trial's best checkpoint by it
+             "tune_checkpoints": scheduler == "pbt"}  # PBT exploits Tune checkpoints: trainables/tune_bridge.py
+    if scheduler == "pbt" and (searcher not in ("random", "grid") or not st.is_local):
+        raise UserError("--scheduler pbt samples its own population: use --searcher random or grid, and a local "
+                        "--storage (the receiving trial links the donor's checkpoint files)")
     max_t = int(loop["recipe"].get("evals", 10))
     callbacks = []
     if loop.get("wandb"):
@@ -66,11 +95,13 @@ def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resourc
         from .progress import LiveTable
         callbacks.append(LiveTable(title=live_title, total_trials=total_trials or num_samples,
                                    concurrency=resources.max_concurrent, metric=metric))
-    run_config = tune.RunConfig(name=name, storage_path=str(exp.parent),
+    if st.is_local:                                  # ended trials keep their best checkpoint; bytes sampled
+        callbacks.append(DiskBudget(experiment_dir=st.local / "experiments" / name, metric=metric, budget=budget))
+    run_config = tune.RunConfig(name=name, storage_path=st.join("experiments"),
                                 verbose=0 if (live_title or not progress) else 1, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=0))
-    if tune.Tuner.can_restore(str(exp)):
-        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=False, restart_errored=False)
+    if tune.Tuner.can_restore(exp):
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=False, restart_errored=False)
     else:
         tuner = tune.Tuner(trainable, param_space=space, run_config=run_config,
                            tune_config=tune.TuneConfig(
@@ -78,12 +109,14 @@ def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resourc
                                max_concurrent_trials=resources.max_concurrent,
                                search_alg=make_searcher(searcher, metric=metric, seed=seed,
                                                         max_concurrent=resources.max_concurrent),
-                               scheduler=make_scheduler(scheduler, max_t=max_t, metric=metric)))
-        exp.mkdir(parents=True, exist_ok=True)
-        (exp / "bam_experiment.json").write_text(json.dumps(
+                               scheduler=make_scheduler(scheduler, max_t=max_t, metric=metric, pbt=pbt,
+                                                        experiment_dir=st.local / "experiments" / name
+                                                        if st.is_local else None)))
+        st.write_bytes("experiments", name, "bam_experiment.json", data=json.dumps(  # what `resume` reads: atomic
             {"name": name, "loop": loop, "params": _describe(params), "num_samples": num_samples,
-             "searcher": searcher, "scheduler": scheduler, "metric": metric, "resources": resources.as_dict()},
-            indent=1, default=str))
+             "searcher": searcher, "scheduler": scheduler, "metric": metric, "resources": resources.as_dict(),
+             "disk_budget": budget, "pbt": pbt},
+            indent=1, default=str).encode())
     return tuner.fit()
 
 
@@ -93,22 +126,25 @@ def _describe(params: dict) -> dict:
 
 def trial_results(storage: str, name: str) -> list[dict]:
     """Every trial of an experiment from Tune's own files: params, every reported row, state."""
-    exp = experiment_dir(storage, name)
-    if not exp.is_dir():
-        raise UserError(f"no experiment {name!r} under {Path(storage) / 'experiments'}")
+    st = Storage.resolve(storage)
+    if not st.is_dir("experiments", name):
+        raise UserError(f"no experiment {name!r} under {st.join('experiments')}")
     trials = []
-    for d in sorted(p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()):
+    for d in st.listdir("experiments", name):
+        if not st.is_file("experiments", name, d, "params.json"):
+            continue
         try:
-            params = json.loads((d / "params.json").read_text())
+            params = json.loads(st.read_bytes("experiments", name, d, "params.json"))
         except json.JSONDecodeError:
             continue
         rows = []
-        if (d / "result.json").exists():
-            for line in (d / "result.json").read_text().splitlines():
+        files = set(st.listdir("experiments", name, d))
+        if "result.json" in files:
+            for line in st.read_bytes("experiments", name, d, "result.json").decode().splitlines():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     break                                 # a torn last line after a crash
-        trials.append({"dir": str(d), "trial_id": rows[-1]["trial_id"] if rows else d.name, "params": params,
-                       "rows": rows, "error": (d / "error.txt").exists() or (d / "error.pkl").exists()})
+        trials.append({"dir": st.join("experiments", name, d), "trial_id": rows[-1]["trial_id"] if rows else d,
+                       "params": params, "rows": rows, "error": bool({"error.txt", "error.pkl"} & files)})
     return trials

@@ -1,7 +1,9 @@
 """Inside a trial: ``train_fn_per_worker`` (one Ray Train worker) and ``train_driver_fn`` (the Tune
-function trainable that launches a ``TorchTrainer`` with ``TuneReportCallback``, Train V2 API)."""
+function trainable that launches a ``TorchTrainer`` and forwards its reports to Tune, ``tune_bridge.py``;
+Train V2 API)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -13,11 +15,28 @@ import torch
 
 from .data import load_examples, tokenize_split
 from .errors import UserError
-from .loop import NonFiniteLoss, Run, TaskData, World, run_training, verify_checkpoint
+from .loop import (NonFiniteLoss, Run, TaskData, World, checkpoint_siblings, restore_latest_good, run_training,
+                   verify_checkpoint)
 from .model import MultiTaskModel, build_encoder, load_tokenizer, model_identity
 from .recipe import Recipe, recipe_from_dict
+from .storage import Storage
 from .store import BaselineRegistry, StoreError, TeacherStore, teacher_key
 from .tasks import get_task
+
+
+def startup_mark(event: str, *, trial: str | None, **extra) -> None:
+    """Start-up timing for ``bench/startup.py``: a no-op unless ``BAM_STARTUP_LOG`` is set."""
+    if os.environ.get("BAM_STARTUP_LOG"):
+        from .startup_log import mark
+        mark(event, trial=trial, **extra)
+
+
+def _process_created() -> float | None:
+    try:
+        import psutil
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def quiet_libraries() -> None:
@@ -104,6 +123,30 @@ def attach_teacher_predictions(recipe: Recipe, data: dict[str, TaskData], *, sto
     return found
 
 
+def teacher_baselines(found: dict[str, list[dict]]) -> dict[str, float]:
+    """Each task's single-task teacher dev score: the mean over its teacher seeds' registry records."""
+    return {t: float(np.mean([r["score"] for r in recs])) for t, recs in found.items() if recs}
+
+
+def delta_vs_teachers(scores: dict[str, float], baselines: dict[str, float]) -> dict[str, float]:
+    """``delta_vs_teachers``: mean over the run's tasks of (student dev score - the task's teacher dev score,
+    mean over teacher seeds), in metric points; plus ``TASK/delta_vs_teachers`` for each task."""
+    missing = sorted(set(scores) - set(baselines))
+    if missing:
+        raise KeyError(f"no teacher baseline for task(s) {', '.join(missing)}")
+    out = {f"{t}/delta_vs_teachers": float(scores[t]) - baselines[t] for t in scores}
+    out["delta_vs_teachers"] = float(np.mean(list(out.values()))) if out else float("nan")
+    return out
+
+
+def student_baselines(run: Run, *, storage: str) -> dict[str, float] | None:
+    """The teachers' dev scores for this student's tasks and data (None when the registry lacks any)."""
+    try:
+        return teacher_baselines(find_teachers(run.r, run.data, storage=storage))
+    except StoreError:
+        return None
+
+
 def build_model(recipe: Recipe, *, tokenizer, tasks) -> MultiTaskModel:
     torch.manual_seed(recipe.seed)
     st = recipe.student
@@ -140,12 +183,14 @@ def load_teacher_encoders(recipe, found, *, storage, tokenizer) -> dict:
     out = {}
     tname = recipe.teacher.model or recipe.model
     for t, recs in found.items():
-        path = TeacherStore(storage).dir(recs[0]["key"]) / "model.pt"
-        if not path.is_file():
-            raise StoreError(f"{path}: teacher weights missing (student.hidden_distill needs them)")
+        store = TeacherStore(storage)
+        if not store.has_file(recs[0]["key"], "model.pt"):
+            raise StoreError(f"{store.dir(recs[0]['key'])}/model.pt: teacher weights missing "
+                             "(student.hidden_distill needs them)")
         enc = build_encoder(tname, vocab_size=len(tokenizer))
         m = MultiTaskModel(enc, {t: get_task(t)})
-        m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        m.load_state_dict(torch.load(io.BytesIO(store.read_file(recs[0]["key"], "model.pt")), map_location="cpu",
+                                     weights_only=True))
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
@@ -167,13 +212,13 @@ def finish_teacher(run: Run, *, config: dict) -> dict:
         key = teacher_key(task=task, fingerprint=td.train.fingerprint, model=model_identity(recipe.model),
                           teacher_config=teacher_config(recipe), seed=recipe.seed)
         store = TeacherStore(config["storage"])
-        folder = store.save(key=key, predictions=preds, ids=td.train.ids,
-                            meta={"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
-                                  "model": model_identity(recipe.model), "n": len(td.train)})
-        if not (folder / "model.pt").exists():
-            tmp = folder / ".model.pt.tmp"
-            torch.save(run.model.state_dict(), tmp)
-            os.replace(tmp, folder / "model.pt")
+        store.save(key=key, predictions=preds, ids=td.train.ids,
+                   meta={"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
+                         "model": model_identity(recipe.model), "n": len(td.train)})
+        if not store.has_file(key, "model.pt"):          # atomic, local path or URI
+            buf = io.BytesIO()
+            torch.save(run.model.state_dict(), buf)
+            store.write_file(key, "model.pt", buf.getvalue())
         record = {"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
                   "model": model_identity(recipe.model), "model_name": recipe.model, "key": key,
                   "score": sw.best, "best_step": sw.best_step, "dev": run.evals[-1]["scores"] if run.evals else {},
@@ -188,23 +233,45 @@ def train_fn_per_worker(config: dict) -> None:
     import ray.train
 
     t0 = time.perf_counter()
+    timing = bool(os.environ.get("BAM_STARTUP_LOG"))
+    if timing:
+        startup_mark("worker_entered", trial=config.get("run_id"), process_created=_process_created())
     run = setup_run(config)
+    if timing:
+        startup_mark("setup_done", trial=config.get("run_id"))
+        first_step = run.train_step
+
+        def timed_first_step():
+            out = first_step()
+            startup_mark("first_step", trial=config.get("run_id"))
+            run.train_step = first_step
+            return out
+        run.train_step = timed_first_step
     job = config.get("job", "student")
+    baselines = student_baselines(run, storage=config["storage"]) if job == "student" else None
     if job == "teacher":                           # keep best-dev weights to predict with at the end
         sw = run.switch[run.tasks[0]]
         sw.criterion = "never"
         run._keep_best = True
     ckpt = ray.train.get_checkpoint()              # this run's own latest (a restarted worker or trial)
     if ckpt:
-        with ckpt.as_directory() as d:
-            run.load_checkpoint(Path(d))
-    elif config.get("resume_from"):                # start from another run's checkpoint folder
+        with ckpt.as_directory() as d:             # a corrupt latest one: the previous good one, with a warning
+            restore_latest_good(run, checkpoint_siblings(Path(d)))
+    elif config.get("resume_from"):                # start from another run's checkpoint folder (a PBT exploit):
+        mine = [(g["base_lr"], g["weight_decay"]) for g in run.opt.param_groups]
         run.load_checkpoint(Path(config["resume_from"]))
+        for g, (lr, wd) in zip(run.opt.param_groups, mine):   # its state, this run's (mutated) optimiser settings
+            g["base_lr"], g["weight_decay"] = lr, wd
 
     def report(metrics: dict, r: Run) -> None:
         if job == "teacher" and r.switch[r.tasks[0]].best_step == r.step:
             r.snapshots = {r.step: {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}}
-        metrics = {**metrics, "job": job}
+        metrics = {**metrics, "job": job, "node_id": ray.get_runtime_context().get_node_id()}   # which machine
+        if baselines:
+            metrics.update(delta_vs_teachers({t: metrics[f"{t}/score"] for t in r.tasks}, baselines))
+            r.last_metrics = metrics               # the checkpoint carries the sweep metric (best-checkpoint choice)
+        if timing and len(r.evals) <= 1 and r.world.rank == 0:
+            startup_mark("first_report", trial=config.get("run_id"), train_s=metrics.get("train_s"))
         with tempfile.TemporaryDirectory() as tmp:
             if r.world.rank == 0:
                 r.save_checkpoint(Path(tmp))
@@ -223,6 +290,8 @@ def train_fn_per_worker(config: dict) -> None:
     if job == "teacher":
         config = {**config, "_wall_s": time.perf_counter() - t0}
         finish_teacher(run, config=config)
+    if timing:
+        startup_mark("worker_fn_returned", trial=config.get("run_id"))
 
 
 def with_params(recipe: dict, params: dict) -> dict:
@@ -239,12 +308,21 @@ def train_driver_fn(config: dict) -> None:
     """The Tune function trainable: one ``TorchTrainer`` per trial, results forwarded to Tune.
 
     The Train run is named after the Tune trial, so a restarted trial (Tune resume or FailureConfig)
-    finds its own checkpoints in storage and continues from the latest one.
+    finds its own checkpoints in storage and continues from the latest one. Reports reach Tune through Ray's
+    ``TuneReportCallback`` (metrics and the Train checkpoint's path). Under PBT (``config["tune_checkpoints"]``)
+    they go through ``tune_bridge.ToTune`` instead, which adds the small Tune checkpoint PBT needs to exploit a
+    trial (``TuneReportCallback`` hands Tune none); a trial restarted from another trial's checkpoint starts a
+    new Train run from it. Train keeps each run's best checkpoint (by the sweep metric) and its latest;
+    ``search/budget.py`` prunes further when the trial ends.
     """
     import ray.tune
+    startup_mark("driver_entered", trial=ray.tune.get_context().get_trial_id(), process_created=_process_created())
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Queue
+
+    from .tune_bridge import ToTune, fit_reporting_to_tune, pointer_of, train_run_for
 
     from .recipe import recipe_from_dict
     res = config["resources"]
@@ -253,10 +331,19 @@ def train_driver_fn(config: dict) -> None:
     recipe = recipe_from_dict(with_params(loop_config["recipe"], config.get("params") or {}),
                               source="sampled config")           # a sampled config that breaks a rule fails here
     loop_config["recipe"] = recipe.to_dict()
-    storage = loop_config["storage"]
-    loop_config["artifacts_dir"] = str(Path(storage) / "experiments" / config["experiment"] / "artifacts" / trial_id)
+    storage = Storage.resolve(loop_config["storage"])
+    # soft labels and switch snapshots: under the experiment on local storage; on a URI, on this node's disk
+    # (the checkpoints refer to them by path, so a trial resumed on another node loses them: see docs/cluster.md)
+    loop_config["artifacts_dir"] = (storage.join("experiments", config["experiment"], "artifacts", trial_id)
+                                    if storage.is_local else
+                                    str(Path(tempfile.gettempdir()) / "bam-artifacts" / config["experiment"] / trial_id))
     loop_config["run_id"] = trial_id
     loop_config["experiment"] = config["experiment"]
+    run_name, resume_from = train_run_for(trial_id, pointer_of(ray.tune.get_checkpoint()))
+    if resume_from:                                  # another trial's checkpoint: PBT exploited it
+        loop_config["resume_from"] = resume_from
+    bridge = bool(config.get("tune_checkpoints"))   # PBT: Tune needs a checkpoint to hand to another trial
+    queue = Queue(maxsize=1, actor_options={"num_cpus": 0}) if bridge else None
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,
@@ -265,11 +352,17 @@ def train_driver_fn(config: dict) -> None:
                                      resources_per_worker={"CPU": res["cpus_per_worker"],
                                                            **({"GPU": 1} if res["use_gpu"] else {})}),
         run_config=RunConfig(
-            name=f"train-{trial_id}",
-            storage_path=str(Path(storage) / "experiments" / config["experiment"] / "train"),
-            checkpoint_config=CheckpointConfig(num_to_keep=res.get("keep_checkpoints", 2)),
+            name=run_name,
+            storage_path=storage.join("experiments", config["experiment"], "train"),
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=config.get("metric", "glue_avg"),
+                                               checkpoint_score_order="max"),   # the best, and always the latest
             failure_config=FailureConfig(max_failures=res.get("max_failures", 1)),
-            callbacks=[TuneReportCallback()],
+            callbacks=[ToTune(queue) if bridge else TuneReportCallback()],
         ),
     )
-    trainer.fit()
+    startup_mark("driver_fit", trial=trial_id)
+    if bridge:
+        fit_reporting_to_tune(trainer, queue, trial_id=trial_id, run_name=run_name)
+    else:
+        trainer.fit()
+    startup_mark("driver_fit_returned", trial=trial_id)
