@@ -149,8 +149,8 @@ def main() -> None:
                 "reference": ref, "student": fast, "student_fp32": fp32,
                 "speedup": fast["tokens_per_s"] / ref["tokens_per_s"],
                 "speedup_fp32_student": fp32["tokens_per_s"] / ref["tokens_per_s"],
-                "score_delta_vs_reference": 100 * (fast["score"][t] - ref["score"][t]),
-                "score_delta_vs_fp32_student": 100 * (fast["score"][t] - fp32["score"][t])}
+                "score_delta_vs_reference": fast["score"][t] - ref["score"][t],   # scores are in [0, 100]
+                "score_delta_vs_fp32_student": fast["score"][t] - fp32["score"][t]}
             print(json.dumps({t: {k: v for k, v in result["tasks"][t].items() if not isinstance(v, dict)}}),
                   file=sys.stderr, flush=True)
 

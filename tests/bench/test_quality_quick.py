@@ -1,0 +1,109 @@
+"""`bench/quality.py --quick` end to end (real Ray, tiny model), then a second run that resumes without
+redoing any phase, then a changed budget in the same storage refused before any compute.
+
+Two tasks and two seeds keep it to the fewest Ray rounds that still give every group a paired test.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+GROUPS = ["teachers", "multitask", "bam_linear", "kd_switch", "searched"]
+LABELS = ["single-task teachers", "plain multi-task (no KD)", "BAM, linear annealing",
+          "BAM + per-task KD switch (joint)", "searched recipe (bam_full sweep, retrained)"]
+
+
+def tasks() -> list[str]:
+    return ["rte", "stsb"] if os.environ.get("BAM_GLUE_DIR") else ["syn_noisy", "syn_similarity"]
+
+
+def quality(storage: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / "quality.py"), "--quick", "--tasks", ",".join(tasks()),
+                           "--no-wandb", "--storage", str(storage), *extra],
+                          capture_output=True, text=True, timeout=1500, cwd=REPO, env=os.environ.copy())
+
+
+def snapshot(storage: Path) -> dict:
+    """Every file of the experiments and the registry, with its size and mtime."""
+    files = [p for p in (storage / "experiments").rglob("*") if p.is_file()] + [storage / "baselines.jsonl"]
+    return {str(p.relative_to(storage)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, cache_dir):
+    storage = tmp_path_factory.mktemp("quality")
+    r = quality(storage)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return storage, r.stdout
+
+
+def test_table_has_every_group_and_task(first):
+    from trainables.tasks import get_task
+    storage, out = first
+    result = json.loads((storage / "quality.json").read_text())
+    assert list(result["table"]) == GROUPS
+    for g in GROUPS:
+        entry = result["table"][g]
+        assert entry["n"] == 2 and entry["seeds"] == [0, 1]
+        assert set(entry["tasks"]) == set(tasks())
+        for t in tasks():
+            cell = entry["tasks"][t]
+            assert len(cell["scores"]) == 2 and all(math.isfinite(s) for s in cell["scores"])
+            assert math.isfinite(cell["mean"]) and math.isfinite(cell["sd"]) and cell["sd"] >= 0
+            assert cell["mean"] == pytest.approx(sum(cell["scores"]) / 2)
+            if g != "teachers":
+                teachers = result["table"]["teachers"]["tasks"][t]["mean"]
+                assert cell["delta"] == pytest.approx(cell["mean"] - teachers)
+                assert cell["test"] == "paired_t"
+                assert cell["p_holm"] is None or 0 <= cell["p"] <= cell["p_holm"] <= 1
+        avg = entry["glue_avg"]
+        assert avg["mean"] == pytest.approx(sum(entry["tasks"][t]["mean"] for t in tasks()) / len(tasks()))
+    assert set(result["targets"]) == {"searched_gain", "searched_significant_tasks", "bam_vs_multitask"}
+
+    md = (storage / "quality.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| group")]
+    assert [r.split(" | ")[0][2:] for r in rows] == LABELS
+    header = next(line for line in md.splitlines() if line.startswith("| group"))
+    assert [c.strip() for c in header.strip("|").split("|")] == \
+        ["group", "n", *[get_task(t).dir_name for t in tasks()], "GLUE avg"]
+    assert all(r.count("|") == len(tasks()) + 4 and "nan" not in r for r in rows)
+
+    report = storage / "reports" / "quality"
+    html = (report / "report.html").read_text()
+    assert all(g in html for g in GROUPS)
+    for png in ("bars.png", "curves.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (storage / "reports" / "quality-kd_switch" / "curves.png").is_file()
+    assert "phase 7/7" in out
+
+
+def test_second_run_resumes_without_redoing(first):
+    storage, _ = first
+    before = snapshot(storage)
+    state_before = json.loads((storage / "quality-state.json").read_text())
+    r = quality(storage)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    for key in ("teachers", "multitask", "bam_linear", "kd_switch", "sweep", "searched"):
+        assert f"{key}: complete in" in r.stdout and "skipped" in r.stdout, r.stdout[-3000:]
+    assert snapshot(storage) == before                        # no trial ran, no teacher was added
+    state = json.loads((storage / "quality-state.json").read_text())
+    assert {k: v["runs"] for k, v in state["phases"].items() if k != "report"} == \
+        {k: v["runs"] for k, v in state_before["phases"].items() if k != "report"}
+    assert state["phases"]["report"]["runs"] == state_before["phases"]["report"]["runs"] + 1
+    assert json.loads((storage / "quality.json").read_text())["table"].keys() == set(GROUPS)
+
+
+def test_changed_budget_refused_before_compute(first):
+    storage, _ = first
+    before = snapshot(storage)
+    r = quality(storage, "--seeds", "3")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "quality-budget.json" in r.stderr and "seeds=2" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert snapshot(storage) == before
