@@ -238,7 +238,10 @@ def cmd_train(args) -> int:
 
     from trainables.recipe import load_recipe
     from .sweep import run_experiment
-    recipe = load_recipe(args.recipe, overrides=args.set)
+    overrides = list(args.set)
+    if args.glue_dir:                                  # the flag beats the recipe file; an explicit --set beats both
+        overrides.insert(0, f"data.glue_dir={_glue_dir(args)}")
+    recipe = load_recipe(args.recipe, overrides=overrides)
     _check_data(recipe)
     _check_teachers(args, recipe)
     seeds = list(range(args.seeds))

@@ -1,6 +1,7 @@
 """User mistakes: one line on stderr, exit code 2, no traceback, before Ray starts."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,9 @@ def run_cli(*args, env=None, cwd=None):
     (["train", "{tmp}/norecipe.yaml", "--storage", "{tmp}"], "norecipe.yaml"),
     (["status", "nothing-here", "--storage", "{tmp}"], "nothing-here"),
     (["teachers", "--tasks", "rte", "--glue-dir", "{tmp}/glue", "--storage", "{tmp}"], "RTE/train.tsv:3"),
+    # train's --glue-dir is used (it was once ignored in favour of BAM_GLUE_DIR)
+    (["train", "{repo}/recipes/multitask.yaml", "--set", "tasks=[rte]", "--glue-dir", "{tmp}/missing", "--storage", "{tmp}"],
+     "missing"),
     # nothing listens there: one line at once, not minutes of Ray's GCS retries
     (["sweep", "smoke", "--tasks", "syn_noisy", "--model", "tiny", "--set", "teacher.use=false",
       "--address", "127.0.0.1:1", "--storage", "{tmp}"], "no Ray cluster answers there"),
@@ -27,7 +31,8 @@ def test_user_errors_are_one_line_exit_2(tmp_path, args, needle):
     glue.mkdir(parents=True)
     (glue / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tonly three\tentailment\n")
     (glue / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    repo = str(Path(__file__).resolve().parents[2])
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{repo}", repo) for a in args]
     r = run_cli(*args)
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.splitlines() if l.strip() and "Warning" not in l and "warn(" not in l]
