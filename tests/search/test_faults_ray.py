@@ -1,0 +1,137 @@
+"""Faults injected into real runs (Ray Tune + Train V2, tiny model):
+
+* a Ray Train worker process SIGKILLed mid-trial: Train restarts it from the trial's last checkpoint
+  (FailureConfig), the trial finishes with the KD-switch state it had, and ends where an uninterrupted run ends;
+* a trial whose loss turns non-finite: it ends as errored with the reason, and the sweep's other trial finishes.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+TASKS = ["syn_noisy", "syn_pairmatch"]
+# 1,500 examples x 4 epochs / batch 32 = 188 steps, 4 evaluations; syn_noisy switches to KD at the first one,
+# syn_pairmatch keeps learning from gold labels
+RECIPE = {"tasks": TASKS, "model": "tiny", "evals": 4, "teacher": {"use": False}, "precision": "fp32",
+          "optim": {"epochs": 4, "lr": 2e-3},
+          "switch": {"criterion": "never", "per_task": {"syn_noisy": {"criterion": "fixed_step", "at_step": 40}}}}
+SWITCHED = "syn_noisy"
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+            out[int(d.name)] = (ppid, cmd)
+    return out
+
+
+def descendants(root: int) -> dict[int, str]:
+    procs, mine, todo = processes(), {}, [root]
+    while todo:
+        pid = todo.pop()
+        for child, (ppid, cmd) in procs.items():
+            if ppid == pid and child not in mine:
+                mine[child] = cmd
+                todo.append(child)
+    return mine
+
+
+def result_rows(exp: Path) -> list[dict]:
+    files = list(exp.glob("train_driver_fn_*/result.json"))
+    if not files:
+        return []
+    rows = []
+    for line in files[0].read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def train(tmp_path: Path, name: str) -> subprocess.Popen:
+    recipe = tmp_path / f"{name}.yaml"
+    recipe.write_text(f"# bam-search train {recipe}\n" + yaml.safe_dump(RECIPE))
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "train", str(recipe), "--storage", str(tmp_path / "s"),
+                             "--name", name, "--no-wandb", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def test_killed_train_worker_restarts_from_its_checkpoint(tmp_path, cache_dir):
+    exp = tmp_path / "s" / "experiments" / "killed"
+    proc = train(tmp_path, "killed")
+    killed = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        rows = result_rows(exp)
+        if rows and rows[-1]["switched"] == SWITCHED:             # past a checkpoint with syn_noisy switched
+            workers = [pid for pid, cmd in descendants(proc.pid).items() if cmd.startswith("ray::RayTrainWorker")]
+            if workers:
+                before = rows
+                os.kill(workers[0], signal.SIGKILL)
+                killed = workers[0]
+                break
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=600)
+    assert killed, f"the run ended before a worker could be killed:\n{err[-2000:]}"
+    assert before[-1]["progress"] < 1.0
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+
+    rows = result_rows(exp)
+    assert rows[-1]["progress"] == pytest.approx(1.0)
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)) and len(steps) == RECIPE["evals"]     # no evaluation lost or repeated
+    assert all(r["switched"] == SWITCHED for r in rows[len(before) - 1:])
+    # the KD-switch state survived: syn_noisy still switched at the first evaluation, as before the kill
+    train_run = next(d for d in (exp / "train").iterdir() if d.is_dir())
+    state = json.loads(sorted(train_run.glob("checkpoint-*"))[-1].joinpath("state.json").read_text())
+    assert {t: s["switched_at"] for t, s in state["switch"].items()} == {"syn_noisy": rows[0]["step"], "syn_pairmatch": None}
+    assert set(state["soft_labels"]) == {SWITCHED} and Path(state["soft_labels"][SWITCHED]["path"]).is_file()
+
+    # and it ends where the same run without the fault ends (exact resume: same data order, same RNG)
+    clean = train(tmp_path, "clean")
+    out, err = clean.communicate(timeout=600)
+    assert clean.returncode == 0, err[-2000:]
+    ref = result_rows(tmp_path / "s" / "experiments" / "clean")
+    assert [r["step"] for r in ref] == steps
+    assert rows[-1]["glue_avg"] == pytest.approx(ref[-1]["glue_avg"], abs=1.0)
+
+
+def test_nan_trial_errors_with_its_reason_and_the_sweep_goes_on(tmp_path, cache_dir):
+    space = tmp_path / "nan.yaml"
+    space.write_text("# bam-search sweep nan.yaml --searcher grid\n" + yaml.safe_dump({
+        "description": "one sane learning rate, one that blows the loss up",
+        "base": {"evals": 2, "teacher": {"use": False}, "optim": {"epochs": 1}},
+        "parameters": {"optim.lr": {"values": [1.0e-3, 1.0e+12]}}}))
+    r = subprocess.run([sys.executable, "-m", "search.cli", "sweep", str(space), "--tasks", ",".join(TASKS),
+                        "--model", "tiny", "--searcher", "grid", "--scheduler", "none", "--num-samples", "1",
+                        "--storage", str(tmp_path / "s"), "--name", "nan", "--no-wandb", "--quiet"],
+                       capture_output=True, text=True, timeout=900)
+    exp = tmp_path / "s" / "experiments" / "nan"
+    trials = {json.loads((d / "params.json").read_text())["params"]["optim.lr"]: d
+              for d in exp.iterdir() if (d / "params.json").exists()}
+    assert set(trials) == {1.0e-3, 1.0e+12}, r.stderr[-2000:]
+    good, bad = trials[1.0e-3], trials[1.0e+12]
+    assert result_rows_of(good)[-1]["progress"] == pytest.approx(1.0)
+    assert result_rows_of(bad) == []                                    # nothing recorded as a result
+    reason = (bad / "error.txt").read_text()
+    assert "non-finite loss" in reason and "at step" in reason                # the loop's NonFiniteLoss
+    assert "ERROR" in r.stdout and "DONE" in r.stdout                     # bam-search status at the end
+
+
+def result_rows_of(trial: Path) -> list[dict]:
+    f = trial / "result.json"
+    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.exists() else []
