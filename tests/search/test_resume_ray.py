@@ -32,7 +32,7 @@ def trials(exp: Path) -> list[Path]:
 def test_killed_sweep_resumes_to_num_samples(tmp_path, cache_dir):
     base = [sys.executable, "-m", "search.cli"]
     args = ["sweep", "smoke", "--tasks", TASKS, "--model", "tiny", "--num-samples", "5", "--scheduler", "none",
-            "--searcher", "optuna", "--max-concurrent", "2", "--storage", str(tmp_path), "--name", "killed",
+            "--searcher", "optuna", "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "killed",
             "--set", "teacher.use=false", "--quiet", "--no-wandb"]          # no teachers: resuming is the point
     proc = subprocess.Popen(base + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = tmp_path / "experiments" / "killed"
