@@ -45,6 +45,25 @@ def test_regression_metrics_match_scipy(seed):
         assert out["score"] == pytest.approx(50 * (p + s), abs=1e-3)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_ties_and_degenerate_cases_match_the_libraries(seed):
+    """STS-B's gold scores repeat (ties share their mean rank); predictions may miss a class entirely."""
+    rng = np.random.default_rng(seed)
+    gold = rng.integers(0, 6, size=150) / 1.0                    # 6 distinct values: many ties
+    pred = np.round(gold + rng.normal(scale=1.5, size=150))      # ties on the predicted side too
+    out = compute_metrics(metrics=("pearson", "spearman"), predictions=pred, labels=gold)
+    assert out["spearman"] == pytest.approx(100 * spearmanr(pred, gold)[0], abs=1e-9)
+    assert out["pearson"] == pytest.approx(100 * pearsonr(pred, gold)[0], abs=1e-9)
+    labels = rng.integers(0, 3, size=60)
+    classes = np.where(labels == 2, 1, labels) if seed % 2 else rng.integers(0, 2, size=60)   # class 2 never predicted
+    out = compute_metrics(metrics=("mcc",), predictions=classes, labels=labels)
+    assert out["mcc"] == pytest.approx(100 * matthews_corrcoef(labels, classes), abs=1e-9)
+    neg = np.zeros(20, dtype=int)                                 # no positive anywhere: F1 0, MCC 0
+    out = compute_metrics(metrics=("f1", "mcc"), predictions=neg, labels=neg)
+    assert out["f1"] == 100 * f1_score(neg, neg, zero_division=0) == 0
+    assert out["mcc"] == 100 * matthews_corrcoef(neg, neg) == 0
+
+
 def test_logits_are_argmaxed_and_class_ids_accepted():
     labels = np.array([0, 1, 1, 0, 1])
     logits = np.array([[2.0, -1.0], [0.1, 0.2], [-3.0, 3.0], [0.5, 0.4], [1.0, 0.0]])   # argmax 0 1 1 0 0
