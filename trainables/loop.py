@@ -264,7 +264,8 @@ class Run:
     def train_step(self) -> dict[str, float]:
         self.model.train()
         self._set_frozen()
-        mult = schedules.lr_multiplier(self.step, total=self.total, warmup=self.r.optim.warmup)
+        mult = schedules.lr_multiplier(self.step, total=self.total, warmup=self.r.optim.warmup,
+                                       decay=self.r.optim.decay)
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * mult
         self.opt.zero_grad(set_to_none=True)

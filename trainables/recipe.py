@@ -21,6 +21,7 @@ from .tasks import UnknownTaskError, parse_tasks
 ANNEAL_SCHEDULES = ("none", "constant", "linear", "cosine", "exponential", "step", "delayed_linear", "sigmoid")
 SAMPLING_METHODS = ("proportional", "size_alpha", "temperature", "uniform", "weights")
 SWITCH_CRITERIA = ("never", "patience", "min_delta", "ema", "fixed_step")
+LR_DECAYS = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Optim:
     weight_decay: float = 0.01
     layer_decay: float = 0.9             # BAM: layer-wise LR decay
     warmup: float = 0.1                  # fraction of steps
-    clip: float = 1.0
+    decay: str = "linear"                # after warm-up: linear (to 0 at the end, BAM) | constant
+    clip: float = 1.0                    # max gradient norm; 0: no clipping
     batch_size: int = 32                 # global batch (split over the Train workers)
     epochs: float = 3.0                  # passes over the union of the tasks' train sets
     steps: int | None = None             # overrides epochs when set
@@ -244,6 +246,10 @@ def validate(r: Recipe) -> None:
         raise UserError("optim.layer_decay: must be in (0, 1]")
     if not 0 <= o.warmup < 1:
         raise UserError("optim.warmup: must be in [0, 1)")
+    if o.weight_decay < 0 or o.clip < 0:
+        raise UserError(f"optim.{'weight_decay' if o.weight_decay < 0 else 'clip'}: must be >= 0 (clip 0: no clipping)")
+    if o.decay not in LR_DECAYS:
+        raise UserError(f"optim.decay: {o.decay!r} is not one of {', '.join(LR_DECAYS)}")
     for key in ("max_train_examples", "max_dev_examples"):
         v = getattr(r.data, key)
         if v is not None and v < 1:

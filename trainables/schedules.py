@@ -79,11 +79,16 @@ def sampling_weights(sizes: dict[str, int], *, p: float = 0.0, method: str = "si
     return {t: float(v / total) for t, v in zip(names, raw)}
 
 
-def lr_multiplier(step: int, *, total: int, warmup: float) -> float:
-    """Linear warmup over the first ``warmup`` fraction of steps, then linear decay to 0 (BAM)."""
+def lr_multiplier(step: int, *, total: int, warmup: float, decay: str = "linear") -> float:
+    """Linear warmup over the first ``warmup`` fraction of steps, then linear decay to 0 (BAM) or, with
+    ``decay="constant"``, the full rate to the end (Hugging Face's ``constant_with_warmup``)."""
     w = int(total * warmup)
     if step < w:
         return (step + 1) / w
+    if decay == "constant":
+        return 1.0
+    if decay != "linear":
+        raise ValueError(f"decay {decay!r}: linear or constant")
     return max(0.0, (total - step) / max(1, total - w))
 
 

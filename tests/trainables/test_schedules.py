@@ -148,6 +148,17 @@ def test_lr_multiplier_warmup_then_linear_decay(total, warmup):
     assert lr_multiplier(total + 5, total=total, warmup=warmup) == 0.0
 
 
+@pytest.mark.parametrize("total,warmup", [(100, 0.1), (37, 0.25), (50, 0.0)])
+def test_lr_multiplier_constant_after_warmup(total, warmup):
+    w = int(total * warmup)
+    m = np.array([lr_multiplier(s, total=total, warmup=warmup, decay="constant") for s in range(total + 1)])
+    linear = np.array([lr_multiplier(s, total=total, warmup=warmup) for s in range(total + 1)])
+    assert np.array_equal(m[:w], linear[:w])                                  # the same warm-up
+    assert np.all(m[w:] == 1.0)                                               # then the full rate to the end
+    with pytest.raises(ValueError, match="cosine"):
+        lr_multiplier(0, total=10, warmup=0.0, decay="cosine")
+
+
 def test_layer_lr_scale():
     L, d = 6, 0.8
     scales = [layer_lr_scale(depth, num_layers=L, decay=d) for depth in range(L + 2)]
