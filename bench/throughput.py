@@ -7,7 +7,8 @@ In one run, side by side:
 2. per task (SST-2, MRPC): the reference loop (``bench/reference.py``: fp32, tokenises every batch, random
    batches padded to their longest, AdamW) against the product's loop (``trainables.loop``, precision
    ``auto``: bf16 where the CPU runs it natively, length-grouped pre-tokenised batches, fused AdamW), and the
-   product's loop in fp32, each for the same number of epochs from the same initial weights; real
+   product's loop in fp32, and the product's loop (``auto``) with the reference's optimiser (constant rate, no
+   warm-up, no layer-wise decay, no clipping), each for the same number of epochs from the same initial weights; real
    (non-padding) tokens per second of training and the dev metric after those epochs;
 3. the five-task mixture (CoLA, SST-2, MRPC, STS-B, RTE): the product's loop against the reference run on
    each task in turn for the same number of steps;
@@ -50,8 +51,15 @@ def matrix_params(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "embeddings" not in n)
 
 
-def student_recipe(args, *, tasks, precision: str, epochs: float | None = None, steps: int | None = None) -> dict:
-    optim = {"batch_size": args.batch_size, "lr": args.lr}
+# The reference loop's optimiser in the student's recipe terms: AdamW (torch's default weight decay 0.01) at a
+# constant rate, no warm-up, no layer-wise decay, no clipping; the student's default is BAM's (warm-up 10%,
+# linear decay, layer-wise decay 0.9, clipping at 1).
+REFERENCE_OPTIM = {"layer_decay": 1.0, "warmup": 0.0, "decay": "constant", "clip": 0.0, "weight_decay": 0.01}
+
+
+def student_recipe(args, *, tasks, precision: str, epochs: float | None = None, steps: int | None = None,
+                   optim_extra: dict | None = None) -> dict:
+    optim = {"batch_size": args.batch_size, "lr": args.lr, **(optim_extra or {})}
     optim.update({"steps": steps} if steps else {"epochs": epochs})
     return {"tasks": list(tasks), "model": args.model, "seed": 0, "evals": 1, "precision": precision, "optim": optim,
             "teacher": {"use": False}, "anneal": {"schedule": "none"},
@@ -59,12 +67,13 @@ def student_recipe(args, *, tasks, precision: str, epochs: float | None = None, 
                      "max_length": args.max_length}}
 
 
-def run_student(args, *, tasks, precision: str, storage: str, epochs=None, steps=None) -> dict:
+def run_student(args, *, tasks, precision: str, storage: str, epochs=None, steps=None, optim_extra=None) -> dict:
     from trainables.driver import setup_run
     from trainables.loop import run_training
-    recipe = student_recipe(args, tasks=tasks, precision=precision, epochs=epochs, steps=steps)
+    recipe = student_recipe(args, tasks=tasks, precision=precision, epochs=epochs, steps=steps, optim_extra=optim_extra)
+    tag = f"{'-'.join(tasks)}-{precision}{'-refopt' if optim_extra else ''}"
     run = setup_run({"recipe": recipe, "job": "student", "storage": storage, "cache_dir": args.cache_dir,
-                     "artifacts_dir": os.path.join(storage, f"art-{'-'.join(tasks)}-{precision}")})
+                     "artifacts_dir": os.path.join(storage, f"art-{tag}")})
     reports: list[dict] = []
     run_training(run, report=lambda m, r: reports.append(m))
     last = reports[-1]
@@ -143,10 +152,15 @@ def main() -> None:
             fast = run_student(args, tasks=[t], precision="auto", storage=storage, epochs=args.epochs)
             print(f"[{time.perf_counter() - t_start:6.0f}s] {t}: student (fp32)", file=sys.stderr, flush=True)
             fp32 = run_student(args, tasks=[t], precision="fp32", storage=storage, epochs=args.epochs)
-            for r in (ref, fast, fp32):
+            print(f"[{time.perf_counter() - t_start:6.0f}s] {t}: student (auto), the reference's optimiser",
+                  file=sys.stderr, flush=True)
+            refopt = run_student(args, tasks=[t], precision="auto", storage=storage, epochs=args.epochs,
+                                 optim_extra=REFERENCE_OPTIM)
+            for r in (ref, fast, fp32, refopt):
                 r["utilisation"] = utilisation(r)
             result["tasks"][t] = {
-                "reference": ref, "student": fast, "student_fp32": fp32,
+                "reference": ref, "student": fast, "student_fp32": fp32, "student_reference_optimiser": refopt,
+                "score_delta_same_optimiser": refopt["score"][t] - ref["score"][t],
                 "speedup": fast["tokens_per_s"] / ref["tokens_per_s"],
                 "speedup_fp32_student": fp32["tokens_per_s"] / ref["tokens_per_s"],
                 "score_delta_vs_reference": fast["score"][t] - ref["score"][t],   # scores are in [0, 100]

@@ -30,7 +30,7 @@ from .data import ExampleStream, TokenizedSplit, eval_batches
 from .errors import UserError
 from .losses import hidden_mse, pcgrad, task_loss, uncertainty_weighted, dwa_weights
 from .metrics import compute_metrics, glue_average
-from .model import MultiTaskModel, layer_depths
+from .model import MultiTaskModel, layer_depths, set_attention
 from .recipe import Recipe
 from .store import StoreError, atomic_save_npy, atomic_write_bytes, load_checked_npy
 from .switch import TaskSwitch
@@ -122,8 +122,11 @@ class Run:
         self.eval_steps = {max(1, round(self.total * i / recipe.evals)) for i in range(1, recipe.evals + 1)}
         self.local_batch = max(1, math.ceil(o.batch_size / world.size))
         self.amp = autocast_dtype(recipe.precision, device)
+        self.attention = set_attention(model, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
         self.hidden_teachers = hidden_teachers or {}
+        for enc in self.hidden_teachers.values():
+            set_attention(enc, device)
         if recipe.mtl.weighting == "uncertainty":
             model.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in self.tasks})
         if recipe.student.hidden_distill > 0:

@@ -110,3 +110,27 @@ def test_bf16_training_tracks_fp32(tmp_path):
     dev = fp32[0].data["syn_sentiment"].dev["dev"]
     a, b = fp32[0].predict("syn_sentiment", dev), bf16[0].predict("syn_sentiment", dev)
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.85
+
+
+def test_cpu_training_uses_eager_attention_with_the_same_outputs(tmp_path):
+    """On CPUs the loop swaps SDPA for the plain attention (its backward is much faster there); the model
+    computes the same function, padding masks included, with the same gradients."""
+    from trainables.model import attention_for
+    run = make_run(tmp_path, recipe(["syn_pairmatch"], precision="fp32"))
+    assert run.attention == "eager" and run.model.encoder.config._attn_implementation == "eager"
+    assert attention_for(torch.device("cuda")) == "sdpa"
+    dev = run.data["syn_pairmatch"].dev["dev"]
+    batch = dev.collate(np.arange(min(16, len(dev))))
+    assert (batch["attention_mask"] == 0).any()                        # some padding in the batch
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    run.model.eval()
+    outs = {}
+    for impl in ("eager", "sdpa"):
+        run.model.encoder.set_attn_implementation(impl)
+        run.model.zero_grad(set_to_none=True)
+        logits = run.model(task="syn_pairmatch", **kw)
+        logits.float().pow(2).sum().backward()
+        grad = run.model.encoder.encoder.layer[0].attention.self.query.weight.grad.clone()
+        outs[impl] = (logits.detach(), grad)
+    torch.testing.assert_close(outs["eager"][0], outs["sdpa"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outs["eager"][1], outs["sdpa"][1], rtol=1e-3, atol=1e-5)
