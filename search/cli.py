@@ -263,6 +263,7 @@ def cmd_sweep(args) -> int:
     space = load_space(args.space, base_recipe=base)
     recipe = recipe_from_dict(space["base"], source=space["path"])
     _check_metric(args.metric, recipe)
+    early = _early_stopping(args, recipe)
     _check_data(recipe)
     _check_teachers(args, recipe)
     _check_delta_baselines(args, recipe)
@@ -275,8 +276,25 @@ def cmd_sweep(args) -> int:
     run_experiment(name=name, storage=_storage(args), loop=_loop(args, space["base"], job="student"),
                    params=params, resources=resources,
                    num_samples=args.num_samples, searcher=searcher, scheduler=args.scheduler,
-                   metric=args.metric, seed=args.seed, progress=not args.quiet, disk_budget=budget, pbt=pbt)
+                   metric=args.metric, seed=args.seed, progress=not args.quiet, disk_budget=budget, pbt=pbt,
+                   early_stopping=early)
     return cmd_status(argparse.Namespace(name=name, storage=args.storage))
+
+
+def _early_stopping(args, recipe) -> dict | None:
+    """--grace-period / --reduction-factor, checked against the scheduler and the recipe's evaluations."""
+    grace, rf = args.grace_period, args.reduction_factor
+    if grace is None and rf is None:
+        return None
+    if args.scheduler not in ("asha", "median") or (rf is not None and args.scheduler != "asha"):
+        flag = "--reduction-factor" if rf is not None and args.scheduler != "asha" else "--grace-period"
+        raise UserError(f"{flag}: only with --scheduler {'asha' if flag == '--reduction-factor' else 'asha or median'} "
+                        f"(not {args.scheduler})")
+    if grace is not None and not 1 <= grace <= recipe.evals:
+        raise UserError(f"--grace-period {grace}: must be between 1 and the recipe's evals ({recipe.evals})")
+    if rf is not None and not rf > 1:
+        raise UserError(f"--reduction-factor {rf}: must be > 1 (ASHA keeps 1/reduction-factor of the trials per rung)")
+    return {k: v for k, v in (("grace_period", grace), ("reduction_factor", rf)) if v is not None}
 
 
 def _check_delta_baselines(args, recipe) -> None:
@@ -591,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--scheduler", default="asha", choices=["asha", "median", "pbt", "none"],
                     help="asha (default), median, pbt (population-based training: mutates optim.lr, anneal.*, "
                          "sampling.* ... during the run), none")
+    sw.add_argument("--grace-period", type=int, default=None, metavar="EVALS",
+                    help="asha/median: evaluations every trial runs before it may be stopped (default evals/4)")
+    sw.add_argument("--reduction-factor", type=float, default=None, metavar="F",
+                    help="asha: keep 1/F of the trials at each rung (default 2; Tune's own default is 4)")
     sw.add_argument("--perturbation-interval", type=int, default=None,
                     help="pbt: evaluations between exploit/explore steps (default evals/4)")
     sw.add_argument("--metric", default="glue_avg",

@@ -28,13 +28,17 @@ def wandb_settings(storage: str, *, enabled: bool = True, project: str = "bam-se
     return {"enabled": enabled, "dir": str(folder), "project": project}
 
 
-def make_scheduler(kind: str, *, max_t: int, metric: str, pbt: dict | None = None, experiment_dir=None):
+def make_scheduler(kind: str, *, max_t: int, metric: str, pbt: dict | None = None, experiment_dir=None,
+                   grace_period: int | None = None, reduction_factor: float | None = None):
+    """``grace_period``: evaluations before a trial may be stopped (default a quarter of them);
+    ``reduction_factor``: ASHA keeps 1/reduction_factor of the trials at each rung (default 2)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    grace = grace_period or max(1, max_t // 4)
     if kind == "asha":
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 4),
-                             reduction_factor=2)
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
+                             reduction_factor=reduction_factor or 2)
     if kind == "median":
-        return MedianStoppingRule(time_attr="training_iteration", grace_period=max(1, max_t // 4))
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=grace)
     if kind == "none":
         return FIFOScheduler()
     if kind == "pbt":                                # see search/pbt.py
@@ -64,12 +68,14 @@ def make_searcher(kind: str, *, metric: str, seed: int, max_concurrent: int):
 def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resources: Resources, num_samples: int,
                    searcher: str = "random", scheduler: str = "none", metric: str = "glue_avg", seed: int = 0,
                    progress: bool = True, live_title: str | None = None, total_trials: int | None = None,
-                   disk_budget: int | str | None = "20GB", pbt: dict | None = None):
+                   disk_budget: int | str | None = "20GB", pbt: dict | None = None,
+                   early_stopping: dict | None = None):
     """Run (or continue) one Tune experiment; returns the ResultGrid.
 
     ``disk_budget``: bytes (or a size such as ``2GB``; None: no limit) the experiment's folder may hold;
     ended trials keep only their best checkpoint either way (``search/budget.py``).
-    ``pbt``: with ``scheduler="pbt"``, ``{"mutations", "bounds", "interval"}`` (``search/pbt.py``)."""
+    ``pbt``: with ``scheduler="pbt"``, ``{"mutations", "bounds", "interval"}`` (``search/pbt.py``).
+    ``early_stopping``: with asha/median, ``{"grace_period", "reduction_factor"}`` (None: the defaults)."""
     from ray import tune
 
     from trainables.driver import train_driver_fn
@@ -111,11 +117,11 @@ def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resourc
                                                         max_concurrent=resources.max_concurrent),
                                scheduler=make_scheduler(scheduler, max_t=max_t, metric=metric, pbt=pbt,
                                                         experiment_dir=st.local / "experiments" / name
-                                                        if st.is_local else None)))
+                                                        if st.is_local else None, **(early_stopping or {}))))
         st.write_bytes("experiments", name, "bam_experiment.json", data=json.dumps(  # what `resume` reads: atomic
             {"name": name, "loop": loop, "params": _describe(params), "num_samples": num_samples,
              "searcher": searcher, "scheduler": scheduler, "metric": metric, "resources": resources.as_dict(),
-             "disk_budget": budget, "pbt": pbt},
+             "disk_budget": budget, "pbt": pbt, "early_stopping": early_stopping},
             indent=1, default=str).encode())
     return tuner.fit()
 
