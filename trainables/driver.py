@@ -54,9 +54,16 @@ def quiet_libraries() -> None:
         pass
 
 
+# Recipe options added after teacher keys were first written: left out of the key while at their default, so
+# that teachers already in a store keep their keys (and are not trained again).
+LATER_OPTIM_DEFAULTS = {"decay": "linear"}
+
+
 def teacher_config(recipe: Recipe) -> dict:
     """What makes two teachers of the same task, data, model and seed the same."""
-    return {"optim": recipe.to_dict()["optim"], "max_length": recipe.data.max_length,
+    optim = {k: v for k, v in recipe.to_dict()["optim"].items()
+             if not (k in LATER_OPTIM_DEFAULTS and v == LATER_OPTIM_DEFAULTS[k])}
+    return {"optim": optim, "max_length": recipe.data.max_length,
             "precision": recipe.precision, "evals": recipe.evals, "pooling": recipe.student.pooling}
 
 

@@ -165,3 +165,18 @@ def test_append_after_a_torn_last_line(tmp_path):
     got = reg.records()
     assert {"task": "rte", "seed": 0} in got
     assert {"task": "rte", "seed": 1} in got
+
+
+def test_teacher_keys_survive_options_added_later():
+    """optim.decay came after teacher stores existed: at its default it stays out of the key (teachers already
+    trained keep their keys); set to something else it changes the key."""
+    from trainables.driver import teacher_config
+    from trainables.recipe import recipe_from_dict
+    base = teacher_config(recipe_from_dict({"tasks": ["rte"], "model": "tiny"}))
+    assert base == {"optim": {"lr": 5e-5, "weight_decay": 0.01, "layer_decay": 0.9, "warmup": 0.1, "clip": 1.0,
+                              "batch_size": 32, "epochs": 3.0, "steps": None},
+                    "max_length": 128, "precision": "auto", "evals": 10, "pooling": "cls"}
+    const = teacher_config(recipe_from_dict({"tasks": ["rte"], "model": "tiny", "optim": {"decay": "constant"}}))
+    assert const["optim"]["decay"] == "constant"
+    key = lambda cfg: teacher_key(task="rte", fingerprint=FP, model="tiny", teacher_config=cfg, seed=0)  # noqa: E731
+    assert key(base) != key(const)
