@@ -1,11 +1,15 @@
 """End to end with real Ray (Tune + Train V2): teachers -> sweep (ASHA) -> status -> best -> train -> report.
 
-Each command runs as a user would run it (a subprocess with its own local Ray).
+Each command runs as a user would run it (a subprocess with its own local Ray). The sweep has 24 trials and a
+disk budget that the checkpoints written over the sweep would overflow without pruning: the test measures the
+experiment folder itself while the sweep runs (issue 8, item 4).
 """
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,8 @@ from search.wandb_file import read_run
 
 pytestmark = pytest.mark.slow
 TASKS = "syn_noisy,syn_pairmatch"
+TRIALS = 24
+BUDGET = 40 * 10**6                 # bytes; check_budget's minimum for this sweep is ~32 MB
 
 
 def cli(*args, check=True):
@@ -64,12 +70,38 @@ def test_missing_teachers_are_named_before_ray(storage):
     assert "syn_similarity seed 0" in r.stderr and "bam-search teachers --tasks syn_similarity" in r.stderr
 
 
+def sweep_measuring_disk(exp: Path, *args) -> list[int]:
+    """Run the sweep command while a thread measures the experiment folder every 0.1 s; the samples."""
+    from search.budget import disk_bytes
+    samples: list[int] = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            if exp.is_dir():
+                samples.append(disk_bytes(exp))
+            time.sleep(0.1)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        cli(*args)
+    finally:
+        done.set()
+        t.join()
+    samples.append(disk_bytes(exp))
+    return samples
+
+
 def test_sweep_asha_best_train_report(storage):
-    cli("sweep", "smoke", "--tasks", TASKS, "--model", "tiny", "--num-samples", "6", "--scheduler", "asha",
-        "--searcher", "optuna", "--storage", str(storage), "--name", "smoke")
+    from search.budget import disk_bytes
     exp = storage / "experiments" / "smoke"
+    samples = sweep_measuring_disk(
+        exp, "sweep", "smoke", "--tasks", TASKS, "--model", "tiny", "--num-samples", str(TRIALS),
+        "--scheduler", "asha", "--searcher", "optuna", "--storage", str(storage), "--name", "smoke",
+        "--disk-budget", str(BUDGET))
     trials = [d for d in exp.iterdir() if (d / "params.json").exists()]
-    assert len(trials) == 6
+    assert len(trials) == TRIALS
     rows = {d.name: [json.loads(l) for l in (d / "result.json").read_text().splitlines()] for d in trials}
     evals = 4                                                             # smoke.yaml base.evals
     assert all(1 <= len(v) <= evals for v in rows.values())
@@ -78,8 +110,19 @@ def test_sweep_asha_best_train_report(storage):
     for v in rows.values():
         assert {"glue_avg", "syn_noisy/score", "syn_pairmatch/best", "lambda", "syn_noisy/sampling_weight"} <= set(v[-1])
 
+    # the disk budget held over the whole sweep, by the test's own measurements and by the sweep's record
+    assert max(samples) <= BUDGET, f"peak {max(samples)} bytes > budget {BUDGET}"
+    record = json.loads((exp / "bam_disk.json").read_text())
+    assert record["budget_bytes"] == BUDGET and record["peak_bytes"] <= BUDGET and not record["warnings"]
+    # ... and it was binding: the checkpoints the trials wrote (one per report) would not have fit
+    kept = [c for c in (exp / "train").glob("*/checkpoint-*") if c.is_dir()]
+    assert len(kept) == TRIALS                                            # each ended trial keeps its best only
+    ckpt_bytes = sum(disk_bytes(c) for c in kept) / len(kept)
+    written = sum(len(v) for v in rows.values())
+    assert written * ckpt_bytes > BUDGET, (written, ckpt_bytes)
+
     status = cli("status", "smoke", "--storage", str(storage))
-    assert status.stdout.count("DONE") + status.stdout.count("STOPPED") == 6
+    assert status.stdout.count("DONE") + status.stdout.count("STOPPED") == TRIALS
 
     out = storage / "best.yaml"
     best = cli("best", "smoke", "--export", str(out), "--storage", str(storage))
@@ -104,7 +147,7 @@ def test_sweep_asha_best_train_report(storage):
     assert {k: v for k, v in cfg.items()} == {k: v for k, v in exported.items()}
 
     student_runs = [r for r in wandb_runs(storage) if r["run"]["job_type"] == "student"]
-    assert len(student_runs) == 7 and {r["run"]["group"] for r in student_runs} == {"smoke", "retrain"}
+    assert len(student_runs) == TRIALS + 1 and {r["run"]["group"] for r in student_runs} == {"smoke", "retrain"}
     assert all(r["history"] and "glue_avg" in r["history"][-1] for r in student_runs)
     # a trial that ASHA stopped is a complete W&B run too, with exactly the rows Tune received
     by_id = {r["run"]["id"]: r for r in student_runs}
