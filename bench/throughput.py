@@ -58,20 +58,22 @@ REFERENCE_OPTIM = {"layer_decay": 1.0, "warmup": 0.0, "decay": "constant", "clip
 
 
 def student_recipe(args, *, tasks, precision: str, epochs: float | None = None, steps: int | None = None,
-                   optim_extra: dict | None = None) -> dict:
+                   optim_extra: dict | None = None, seed: int = 0) -> dict:
     optim = {"batch_size": args.batch_size, "lr": args.lr, **(optim_extra or {})}
     optim.update({"steps": steps} if steps else {"epochs": epochs})
-    return {"tasks": list(tasks), "model": args.model, "seed": 0, "evals": 1, "precision": precision, "optim": optim,
+    return {"tasks": list(tasks), "model": args.model, "seed": seed, "evals": 1, "precision": precision, "optim": optim,
             "teacher": {"use": False}, "anneal": {"schedule": "none"},
             "data": {"glue_dir": os.path.abspath(args.glue_dir), "max_train_examples": args.examples,
                      "max_length": args.max_length}}
 
 
-def run_student(args, *, tasks, precision: str, storage: str, epochs=None, steps=None, optim_extra=None) -> dict:
+def run_student(args, *, tasks, precision: str, storage: str, epochs=None, steps=None, optim_extra=None,
+                seed: int = 0) -> dict:
     from trainables.driver import setup_run
     from trainables.loop import run_training
-    recipe = student_recipe(args, tasks=tasks, precision=precision, epochs=epochs, steps=steps, optim_extra=optim_extra)
-    tag = f"{'-'.join(tasks)}-{precision}{'-refopt' if optim_extra else ''}"
+    recipe = student_recipe(args, tasks=tasks, precision=precision, epochs=epochs, steps=steps, optim_extra=optim_extra,
+                            seed=seed)
+    tag = f"{'-'.join(tasks)}-{precision}{'-refopt' if optim_extra else ''}-s{seed}"
     run = setup_run({"recipe": recipe, "job": "student", "storage": storage, "cache_dir": args.cache_dir,
                      "artifacts_dir": os.path.join(storage, f"art-{tag}")})
     reports: list[dict] = []
@@ -83,7 +85,8 @@ def run_student(args, *, tasks, precision: str, storage: str, epochs=None, steps
             "score": {t: last[f"{t}/score"] for t in tasks}, "matrix_params": matrix_params(run.model)}
 
 
-def run_reference(args, *, task_name: str, epochs: int | None = None, max_steps: int | None = None) -> dict:
+def run_reference(args, *, task_name: str, epochs: int | None = None, max_steps: int | None = None,
+                  seed: int = 0) -> dict:
     from reference import predict_reference, train_reference
     from trainables.data import load_examples
     from trainables.driver import build_model
@@ -92,14 +95,15 @@ def run_reference(args, *, task_name: str, epochs: int | None = None, max_steps:
     from trainables.recipe import recipe_from_dict
     from trainables.tasks import get_task
     task = get_task(task_name)
-    recipe = recipe_from_dict(student_recipe(args, tasks=[task_name], precision="fp32", epochs=1))
+    recipe = recipe_from_dict(student_recipe(args, tasks=[task_name], precision="fp32", epochs=1, seed=seed))
     tokenizer = load_tokenizer(args.model, cache_dir=args.cache_dir)
     model = build_model(recipe, tokenizer=tokenizer, tasks={task_name: task})   # same init as the student
     glue = os.path.abspath(args.glue_dir)
     train = load_examples(task=task_name, split="train", glue_dir=glue).subsample(
         max_examples=args.examples, seed=recipe.data.data_seed)
     out = train_reference(model=model, tokenizer=tokenizer, train=train, task=task, epochs=epochs or 10 ** 6,
-                          batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, max_steps=max_steps)
+                          batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, max_steps=max_steps,
+                          seed=seed)
     out["tokens_per_s"] = out["real_tokens"] / out["train_s"]
     out["matrix_params"] = matrix_params(model)
     if epochs:
@@ -108,6 +112,30 @@ def run_reference(args, *, task_name: str, epochs: int | None = None, max_steps:
                                   max_length=args.max_length)
         out["score"] = {task_name: compute_metrics(metrics=task.metrics, predictions=preds,
                                                    labels=dev.labels)["score"]}
+    return out
+
+
+def seed_scores(args, *, task: str, storage: str, first: tuple, log) -> dict:
+    """Dev metric of the reference, the bf16 student and the bf16 student with the reference's optimiser over
+    ``--score-seeds`` seeds (seed 0 is ``first``); per loop the scores, mean and sd, and each student's mean
+    paired difference from the reference with its sd."""
+    import statistics
+    scores = {"reference": [first[0]["score"][task]], "student": [first[1]["score"][task]],
+              "student_reference_optimiser": [first[2]["score"][task]]}
+    for seed in range(1, args.score_seeds):
+        log(f"{task}: seed {seed}: reference")
+        scores["reference"].append(run_reference(args, task_name=task, epochs=args.epochs, seed=seed)["score"][task])
+        log(f"{task}: seed {seed}: students")
+        scores["student"].append(run_student(args, tasks=[task], precision="auto", storage=storage,
+                                             epochs=args.epochs, seed=seed)["score"][task])
+        scores["student_reference_optimiser"].append(run_student(
+            args, tasks=[task], precision="auto", storage=storage, epochs=args.epochs, optim_extra=REFERENCE_OPTIM,
+            seed=seed)["score"][task])
+    out = {k: {"scores": v, "mean": statistics.mean(v), "sd": statistics.stdev(v)} for k, v in scores.items()}
+    for k in ("student", "student_reference_optimiser"):
+        diffs = [a - b for a, b in zip(scores[k], scores["reference"])]
+        out[k]["paired_diff_mean"] = statistics.mean(diffs)
+        out[k]["paired_diff_sd"] = statistics.stdev(diffs)
     return out
 
 
@@ -125,6 +153,10 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache-dir", default=os.environ.get("BAM_CACHE_DIR"))
+    ap.add_argument("--score-seeds", type=int, default=1,
+                    help="dev metric of the reference and the bf16 students over this many seeds (initial weights of "
+                         "the heads and data order); speed is measured on seed 0")
+    ap.add_argument("--no-mixture", action="store_true")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
@@ -165,21 +197,28 @@ def main() -> None:
                 "speedup_fp32_student": fp32["tokens_per_s"] / ref["tokens_per_s"],
                 "score_delta_vs_reference": fast["score"][t] - ref["score"][t],   # scores are in [0, 100]
                 "score_delta_vs_fp32_student": fast["score"][t] - fp32["score"][t]}
+            if args.score_seeds > 1:
+                result["tasks"][t]["seeds"] = seed_scores(args, task=t, storage=storage, first=(ref, fast, refopt),
+                                                          log=lambda m: print(f"[{time.perf_counter() - t_start:6.0f}s] {m}",
+                                                                              file=sys.stderr, flush=True))
             print(json.dumps({t: {k: v for k, v in result["tasks"][t].items() if not isinstance(v, dict)}}),
                   file=sys.stderr, flush=True)
 
-        mix = args.mixture.split(",")
-        print(f"[{time.perf_counter() - t_start:6.0f}s] mixture: reference", file=sys.stderr, flush=True)
-        per_task = [run_reference(args, task_name=t, max_steps=max(1, args.mixture_steps // len(mix))) for t in mix]
-        ref_mix = {"real_tokens": sum(r["real_tokens"] for r in per_task),
-                   "train_s": sum(r["train_s"] for r in per_task), "matrix_params": per_task[0]["matrix_params"]}
-        ref_mix["tokens_per_s"] = ref_mix["real_tokens"] / ref_mix["train_s"]
-        print(f"[{time.perf_counter() - t_start:6.0f}s] mixture: student", file=sys.stderr, flush=True)
-        stu_mix = run_student(args, tasks=mix, precision="auto", storage=storage, steps=args.mixture_steps)
-        for r in (ref_mix, stu_mix):
-            r["utilisation"] = utilisation(r)
-        result["mixture"] = {"tasks": mix, "reference": ref_mix, "student": stu_mix,
-                             "speedup": stu_mix["tokens_per_s"] / ref_mix["tokens_per_s"]}
+        if args.no_mixture:
+            args.mixture = ""
+        mix = [m for m in args.mixture.split(",") if m]
+        if mix:
+            print(f"[{time.perf_counter() - t_start:6.0f}s] mixture: reference", file=sys.stderr, flush=True)
+            per_task = [run_reference(args, task_name=t, max_steps=max(1, args.mixture_steps // len(mix))) for t in mix]
+            ref_mix = {"real_tokens": sum(r["real_tokens"] for r in per_task),
+                       "train_s": sum(r["train_s"] for r in per_task), "matrix_params": per_task[0]["matrix_params"]}
+            ref_mix["tokens_per_s"] = ref_mix["real_tokens"] / ref_mix["train_s"]
+            print(f"[{time.perf_counter() - t_start:6.0f}s] mixture: student", file=sys.stderr, flush=True)
+            stu_mix = run_student(args, tasks=mix, precision="auto", storage=storage, steps=args.mixture_steps)
+            for r in (ref_mix, stu_mix):
+                r["utilisation"] = utilisation(r)
+            result["mixture"] = {"tasks": mix, "reference": ref_mix, "student": stu_mix,
+                                 "speedup": stu_mix["tokens_per_s"] / ref_mix["tokens_per_s"]}
     result["wall_s"] = time.perf_counter() - t_start
     text = json.dumps(result, indent=1)
     print(text)
