@@ -16,6 +16,8 @@ import platform
 import tempfile
 import time
 
+from startup import CpuSampler      # CPU seconds per kind of process (Ray's daemons, actors, this process)
+
 
 def recipe(args) -> dict:
     return {"tasks": args.tasks.split(","), "model": args.model, "evals": 2, "teacher": {"use": False},
@@ -69,9 +71,18 @@ def main() -> None:
     rounds = []
     with tempfile.TemporaryDirectory() as storage:
         for i in range(args.rounds):
-            local = in_process(args, storage)
-            remote = in_ray(args, storage, name=f"bench-{i}")
-            rounds.append({"in_process_examples_per_s": local["examples_per_s"],
+            with CpuSampler(every=0.5) as cpu_local:
+                t0 = time.perf_counter()
+                local = in_process(args, storage)
+                wall_local = time.perf_counter() - t0
+            with CpuSampler(every=0.5) as cpu_ray:
+                t0 = time.perf_counter()
+                remote = in_ray(args, storage, name=f"bench-{i}")
+                wall_ray = time.perf_counter() - t0
+            rounds.append({"wall_s": {"in_process": round(wall_local, 1), "ray": round(wall_ray, 1)},
+                           # "driver (Tune)" is this process: the training itself on the in-process side
+                           "cpu_s_by_process": {"in_process": cpu_local.by_kind(), "ray": cpu_ray.by_kind()},
+                           "train_s": {"in_process": local.get("train_s"), "ray": remote.get("train_s")},"in_process_examples_per_s": local["examples_per_s"],
                            "ray_worker_examples_per_s": remote["examples_per_s"],
                            "ratio": remote["examples_per_s"] / local["examples_per_s"],
                            "in_process_peak_rss_mb": local["peak_rss_mb"], "ray_worker_peak_rss_mb": remote["peak_rss_mb"]})

@@ -2,7 +2,8 @@
 
 Each command runs as a user would run it (a subprocess with its own local Ray). The sweep has 24 trials and a
 disk budget that the checkpoints written over the sweep would overflow without pruning: the test measures the
-experiment folder itself while the sweep runs (issue 8, item 4).
+experiment folder itself while the sweep runs (issue 8, item 4). Every command runs with a planted fake
+WANDB_API_KEY, and the last test greps everything the run wrote for it (issue 8, item 6).
 """
 import json
 import os
@@ -21,13 +22,16 @@ from search.wandb_file import read_run
 pytestmark = pytest.mark.slow
 TASKS = "syn_noisy,syn_pairmatch"
 TRIALS = 24
+KEY = "0123456789abcdef0123456789abcdefPLANTED1"      # a fake W&B API key in every command's environment
+OUTPUTS: list[str] = []                               # every command's stdout and stderr
 BUDGET = 40 * 10**6                 # bytes; check_budget's minimum for this sweep is ~32 MB
 
 
 def cli(*args, check=True):
     r = subprocess.run([sys.executable, "-m", "search.cli", *args, "--quiet"] if args[0] in ("teachers", "sweep", "train")
                        else [sys.executable, "-m", "search.cli", *args], capture_output=True, text=True, timeout=900,
-                       env=os.environ.copy())
+                       env={**os.environ, "WANDB_API_KEY": KEY, "WANDB_MODE": "offline"})
+    OUTPUTS.extend((r.stdout, r.stderr))
     if check and r.returncode != 0:
         raise AssertionError(f"bam-search {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
@@ -160,3 +164,16 @@ def test_sweep_asha_best_train_report(storage):
     html = (storage / "reports" / "smoke" / "report.html").read_text()
     assert "syn_noisy" in html and "syn_pairmatch" in html and "teachers" in html
     assert (storage / "reports" / "smoke" / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_planted_wandb_key_is_written_nowhere(storage):
+    """After the whole pipeline above (teachers, 24-trial sweep, best, train, report): the fake key is in no
+    file under the storage (configs, checkpoints, W&B records, reports), no output and no Ray log."""
+    started = time.time() - 3600
+    written = [p for p in storage.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in written) and any(p.name == "model.pt" for p in written)
+    assert any(p.name == "report.html" for p in written) and any(p.name == "state.json" for p in written)
+    assert [str(p) for p in written if KEY.encode() in p.read_bytes()] == []
+    assert not any(KEY in out for out in OUTPUTS) and OUTPUTS
+    logs = [p for p in Path("/tmp/ray").glob("session_*/logs/**/*") if p.is_file() and p.stat().st_mtime > started]
+    assert logs and [str(p) for p in logs if KEY.encode() in p.read_bytes()] == []

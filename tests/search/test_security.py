@@ -1,9 +1,10 @@
-"""Security of the embedded default: token auth stays on, Ray listens on loopback, no secret is written."""
+"""Security of the embedded default: token auth stays on, the dashboard listens on loopback.
+
+That no secret is written is checked over a full smoke run, in tests/search/test_pipeline_ray.py."""
 import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -57,18 +58,4 @@ def test_client_without_token_is_refused(tmp_path):
         server.wait()
 
 
-def test_planted_wandb_key_is_written_nowhere(tmp_path, cache_dir):
-    key = "0123456789abcdef0123456789abcdefPLANTED1"
-    env = {**os.environ, "WANDB_API_KEY": key, "WANDB_MODE": "offline"}
-    r = subprocess.run([sys.executable, "-m", "search.cli", "teachers", "--tasks", "syn_noisy", "--model", "tiny",
-                        "--epochs", "1", "--evals", "2", "--storage", str(tmp_path / "s"), "--quiet"],
-                       capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert key not in r.stdout and key not in r.stderr
-    written = [p for p in (tmp_path / "s").rglob("*") if p.is_file()]
-    assert any(p.suffix == ".wandb" for p in written) and any(p.name == "model.pt" for p in written)
-    leaks = [str(p) for p in written if key.encode() in p.read_bytes()]
-    assert leaks == []
-    # Ray's own logs of the sessions of this test
-    recent = [p for p in Path("/tmp/ray").glob("session_*/logs/*") if p.is_file() and p.stat().st_mtime > time.time() - 900]
-    assert [str(p) for p in recent if key.encode() in p.read_bytes()] == []
+# The planted-W&B-key check runs over the full smoke pipeline: tests/search/test_pipeline_ray.py
