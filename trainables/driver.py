@@ -15,8 +15,8 @@ import torch
 
 from .data import load_examples, tokenize_split
 from .errors import UserError
-from .loop import (NonFiniteLoss, Run, TaskData, World, checkpoint_siblings, restore_latest_good, run_training,
-                   verify_checkpoint)
+from .loop import (NonFiniteLoss, Run, TaskData, World, checkpoint_siblings, load_tensors, restore_latest_good,
+                   run_training, verify_checkpoint)
 from .model import MultiTaskModel, build_encoder, load_tokenizer, model_identity
 from .recipe import Recipe, recipe_from_dict
 from .storage import Storage
@@ -196,8 +196,8 @@ def load_teacher_encoders(recipe, found, *, storage, tokenizer) -> dict:
                              "(student.hidden_distill needs them)")
         enc = build_encoder(tname, vocab_size=len(tokenizer))
         m = MultiTaskModel(enc, {t: get_task(t)})
-        m.load_state_dict(torch.load(io.BytesIO(store.read_file(recs[0]["key"], "model.pt")), map_location="cpu",
-                                     weights_only=True))
+        m.load_state_dict(load_tensors(io.BytesIO(store.read_file(recs[0]["key"], "model.pt")), map_location="cpu",
+                                       name=f"{store.dir(recs[0]['key'])}/model.pt"))
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)

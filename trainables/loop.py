@@ -444,13 +444,13 @@ class Run:
     def load_checkpoint(self, directory: Path) -> None:
         """Load a checkpoint after checking it and every file it refers to; nothing is changed on error."""
         verify_checkpoint(directory, references=True)
-        blob = torch.load(directory / "model.pt", map_location=self.device, weights_only=True)
+        blob = load_tensors(directory / "model.pt", map_location=self.device)
         self.model.load_state_dict(blob["model"])
         self.opt.load_state_dict(blob["optimizer"])
         if self.scaler is not None and blob.get("scaler"):
             self.scaler.load_state_dict(blob["scaler"])
         own = directory / f"rng-rank{self.world.rank}.pt"
-        torch.set_rng_state(torch.load(own, weights_only=True) if own.is_file() else blob["torch_rng"])
+        torch.set_rng_state(load_tensors(own) if own.is_file() else blob["torch_rng"])
         st = json.loads((directory / "state.json").read_text())
         self.step = st["step"]
         for t, s in st["streams"].items():
@@ -462,11 +462,22 @@ class Run:
         self._soft_cache = {}
         self.snapshot_files = {int(k): v for k, v in st["snapshot_files"].items()}
         self.snapshot_sha = {int(k): v for k, v in (st.get("snapshot_sha256") or {}).items()}
-        self.snapshots = {k: torch.load(v, map_location="cpu", weights_only=True)
+        self.snapshots = {k: load_tensors(v, map_location="cpu")
                           for k, v in self.snapshot_files.items()}
         self.loss_history, self.evals = st["loss_history"], st["evals"]
         self.examples_seen, self.tokens_seen = st["examples_seen"], st["tokens_seen"]
         self.last_metrics = st.get("last_metrics")
+
+
+def load_tensors(path, *, map_location=None, name: str | None = None):
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only. A file whose pickle would
+    build anything else (run code) is refused with an error naming it, before anything is built."""
+    import pickle
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{name or path}: refused: not a plain tensor file (torch.load weights_only: "
+                        f"{str(e).splitlines()[0][:160]})") from None
 
 
 def _sha256_file(path: Path) -> str:

@@ -268,3 +268,44 @@ def test_old_format_checkpoint_without_snapshot_sums_still_loads(checkpoints):
     run = make_run(tmp)
     run.load_checkpoint(d)
     assert run.step == 2 and run.snapshots
+
+
+# ---------------------------------------------------------------------------------------------- loading is safe
+
+class _Planted:
+    """Unpickling this would run code: it creates the file named by ``path``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path):
+    """Someone with write access replaces model.pt and fixes checksums.json: loading refuses the file with an
+    error naming it (weights_only unpickling), runs nothing and changes nothing in the run."""
+    torch.manual_seed(0)
+    run = make_run(tmp_path)
+    d = tmp_path / "checkpoint-step0000000"
+    run.save_checkpoint(d)
+    marker = tmp_path / "code-ran"
+    torch.save({"model": _Planted(marker)}, d / "model.pt")
+    sums = json.loads((d / "checksums.json").read_text())
+    sums["model.pt"] = loop._sha256_file(d / "model.pt")
+    (d / "checksums.json").write_text(json.dumps(sums))
+    before = params(run)
+    with pytest.raises(UserError, match=r"model\.pt: refused: not a plain tensor file"):
+        run.load_checkpoint(d)
+    assert not marker.exists()
+    assert all(torch.equal(before[k], v) for k, v in params(run).items())
+
+
+def test_a_recipe_with_a_python_tag_is_refused(tmp_path):
+    from trainables.recipe import load_recipe
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"tasks: [syn_noisy]\nmodel: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(UserError, match=rf"{path}:2"):
+        load_recipe(path)
+    assert not marker.exists()
