@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import descendants, processes
 
 TASKS = ["syn_noisy", "syn_pairmatch"]
 DATA = ["--max-train-examples", "64", "--max-dev-examples", "64"]
@@ -70,29 +71,11 @@ def short_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="bamrt", dir="/tmp")      # Ray's socket paths must stay short
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line), from /proc."""
-    out = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                continue
-            out[int(d.name)] = (ppid, cmd)
-    return out
-
-
 def kill_group(proc: subprocess.Popen, temp_dir: str) -> None:
     """Kill what this test started: the process, everything under it, its process group, and whatever names
     its own --temp-dir; nothing else (never `ray stop`, which stops every Ray on the machine)."""
-    procs = _processes()
-    mine, todo = set(), [proc.pid]
-    while todo:
-        pid = todo.pop()
-        mine.add(pid)
-        todo += [p for p, (pp, _) in procs.items() if pp == pid and p not in mine]
+    procs = processes()
+    mine = {proc.pid, *descendants(proc.pid, procs)}
     mine |= {p for p, (_, cmd) in procs.items() if temp_dir in cmd}
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -105,7 +88,7 @@ def kill_group(proc: subprocess.Popen, temp_dir: str) -> None:
             pass
     proc.wait(timeout=30)
     deadline = time.time() + 30
-    while time.time() < deadline and any(p in mine for p in _processes()):
+    while time.time() < deadline and any(p in mine for p in processes()):
         time.sleep(0.5)
     shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from procs import descendants
 
 pytestmark = pytest.mark.slow
 TASKS = ["syn_noisy", "syn_pairmatch"]
@@ -25,30 +26,6 @@ RECIPE = {"tasks": TASKS, "model": "tiny", "evals": 8, "teacher": {"use": False}
           "optim": {"epochs": 12, "lr": 2e-3},
           "switch": {"criterion": "never", "per_task": {"syn_noisy": {"criterion": "fixed_step", "at_step": 60}}}}
 SWITCHED = "syn_noisy"
-
-
-def processes() -> dict[int, tuple[int, str]]:
-    out = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                continue
-            out[int(d.name)] = (ppid, cmd)
-    return out
-
-
-def descendants(root: int) -> dict[int, str]:
-    procs, mine, todo = processes(), {}, [root]
-    while todo:
-        pid = todo.pop()
-        for child, (ppid, cmd) in procs.items():
-            if ppid == pid and child not in mine:
-                mine[child] = cmd
-                todo.append(child)
-    return mine
 
 
 def result_rows(exp: Path) -> list[dict]:
