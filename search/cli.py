@@ -286,10 +286,10 @@ def _early_stopping(args, recipe) -> dict | None:
     grace, rf = args.grace_period, args.reduction_factor
     if grace is None and rf is None:
         return None
-    if args.scheduler not in ("asha", "median") or (rf is not None and args.scheduler != "asha"):
-        flag = "--reduction-factor" if rf is not None and args.scheduler != "asha" else "--grace-period"
-        raise UserError(f"{flag}: only with --scheduler {'asha' if flag == '--reduction-factor' else 'asha or median'} "
-                        f"(not {args.scheduler})")
+    if rf is not None and args.scheduler != "asha":
+        raise UserError(f"--reduction-factor: only with --scheduler asha (not {args.scheduler})")
+    if grace is not None and args.scheduler not in ("asha", "median"):
+        raise UserError(f"--grace-period: only with --scheduler asha or median (not {args.scheduler})")
     if grace is not None and not 1 <= grace <= recipe.evals:
         raise UserError(f"--grace-period {grace}: must be between 1 and the recipe's evals ({recipe.evals})")
     if rf is not None and not rf > 1:
