@@ -270,7 +270,8 @@ def train_fn_per_worker(config: dict) -> None:
         for g, (lr, wd) in zip(run.opt.param_groups, mine):   # its state, this run's (mutated) optimiser settings
             g["base_lr"], g["weight_decay"] = lr, wd
 
-    def report(metrics: dict, r: Run) -> None:
+    def report(metrics: dict, r: Run, *, checkpoint_path: str | None = None) -> None:
+        """Metrics and a new checkpoint; with ``checkpoint_path``, metrics only, naming that (existing) one."""
         if job == "teacher" and r.switch[r.tasks[0]].best_step == r.step:
             r.snapshots = {r.step: {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}}
         metrics = {**metrics, "job": job, "node_id": ray.get_runtime_context().get_node_id()}   # which machine
@@ -279,6 +280,9 @@ def train_fn_per_worker(config: dict) -> None:
             r.last_metrics = metrics               # the checkpoint carries the sweep metric (best-checkpoint choice)
         if timing and len(r.evals) <= 1 and r.world.rank == 0:
             startup_mark("first_report", trial=config.get("run_id"), train_s=metrics.get("train_s"))
+        if checkpoint_path:
+            ray.train.report({**metrics, "checkpoint_path": checkpoint_path})
+            return
         with tempfile.TemporaryDirectory() as tmp:
             if r.world.rank == 0:
                 r.save_checkpoint(Path(tmp))
@@ -290,6 +294,8 @@ def train_fn_per_worker(config: dict) -> None:
 
     if run.step >= run.total and run.last_metrics:   # resumed at the end: tell Tune the final result again
         report(run.last_metrics, run)
+    elif ckpt and run.last_metrics:    # resumed part-way: the checkpoint's row again, in case it never reached Tune
+        report(run.last_metrics, run, checkpoint_path=ckpt.path)   # (ReportHistory drops it if it did)
     try:
         run_training(run, report=report)
     except NonFiniteLoss as e:
@@ -316,20 +322,21 @@ def train_driver_fn(config: dict) -> None:
 
     The Train run is named after the Tune trial, so a restarted trial (Tune resume or FailureConfig)
     finds its own checkpoints in storage and continues from the latest one. Reports reach Tune through Ray's
-    ``TuneReportCallback`` (metrics and the Train checkpoint's path). Under PBT (``config["tune_checkpoints"]``)
+    ``TuneReportCallback`` (``RecordedTuneReport``: metrics and the Train checkpoint's path). Under PBT (``config["tune_checkpoints"]``)
     they go through ``tune_bridge.ToTune`` instead, which adds the small Tune checkpoint PBT needs to exploit a
     trial (``TuneReportCallback`` hands Tune none); a trial restarted from another trial's checkpoint starts a
-    new Train run from it. Train keeps each run's best checkpoint (by the sweep metric) and its latest;
+    new Train run from it. Either way every report is recorded first (``tune_bridge.ReportHistory``): a trial that
+    Tune restarts without a checkpoint (so with an empty result.json) replays its recorded rows to Tune before
+    training on. Train keeps each run's best checkpoint (by the sweep metric) and its latest;
     ``search/budget.py`` prunes further when the trial ends.
     """
     import ray.tune
     startup_mark("driver_entered", trial=ray.tune.get_context().get_trial_id(), process_created=_process_created())
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
     from ray.util.queue import Queue
 
-    from .tune_bridge import ToTune, fit_reporting_to_tune, pointer_of, train_run_for
+    from .tune_bridge import RecordedTuneReport, ReportHistory, ToTune, fit_reporting_to_tune, pointer_of, train_run_for
 
     from .recipe import recipe_from_dict
     res = config["resources"]
@@ -346,9 +353,15 @@ def train_driver_fn(config: dict) -> None:
                                     str(Path(tempfile.gettempdir()) / "bam-artifacts" / config["experiment"] / trial_id))
     loop_config["run_id"] = trial_id
     loop_config["experiment"] = config["experiment"]
-    run_name, resume_from = train_run_for(trial_id, pointer_of(ray.tune.get_checkpoint()))
+    pointer = pointer_of(ray.tune.get_checkpoint())
+    run_name, resume_from = train_run_for(trial_id, pointer)
     if resume_from:                                  # another trial's checkpoint: PBT exploited it
         loop_config["resume_from"] = resume_from
+    history = ReportHistory(loop_config["storage"], experiment=config["experiment"], trial_id=trial_id,
+                            run_name=run_name)
+    if pointer is None:          # restarted with no Tune checkpoint: Tune begins its result.json afresh
+        for row in history.replay():
+            ray.tune.report(row)
     bridge = bool(config.get("tune_checkpoints"))   # PBT: Tune needs a checkpoint to hand to another trial
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0}) if bridge else None
     trainer = TorchTrainer(
@@ -364,7 +377,7 @@ def train_driver_fn(config: dict) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=config.get("metric", "glue_avg"),
                                                checkpoint_score_order="max"),   # the best, and always the latest
             failure_config=FailureConfig(max_failures=res.get("max_failures", 1)),
-            callbacks=[ToTune(queue) if bridge else TuneReportCallback()],
+            callbacks=[ToTune(queue, history) if bridge else RecordedTuneReport(history)],
         ),
     )
     startup_mark("driver_fit", trial=trial_id)

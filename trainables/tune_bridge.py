@@ -7,6 +7,13 @@ has nothing to restore from. Here the Train controller puts each report on a que
 driver function runs ``trainer.fit()`` in a thread and reports every item to Tune itself, with a small Tune
 checkpoint: ``bam_checkpoint.json``, naming the trial, its Train run and the Train checkpoint folder.
 
+Every report that goes to Tune (through either callback) is first appended to the trial's report history,
+``experiments/<name>/reports/<trial>.jsonl`` (``ReportHistory``). Tune restarts a trial that has no Tune
+checkpoint (any trial of a resumed non-PBT sweep, or one killed before Tune saved its state) from scratch and
+rewrites its ``result.json``; the driver then replays the history to Tune before training on, so the trial's
+rows survive, and the Train run's repeat of a row Tune already has (a run resumed at its end re-reports its last
+evaluation) is dropped.
+
 When Tune restarts a trial from such a checkpoint (``train_run_for``):
 
 * its own (a restored experiment): the same Train run, which resumes from its own latest checkpoint;
@@ -21,6 +28,7 @@ import threading
 from pathlib import Path
 
 from ray.train.v2.api.callback import UserCallback
+from ray.tune.integration.ray_train import TuneReportCallback
 
 POINTER = "bam_checkpoint.json"
 CHECKPOINT_PATH_KEY = "checkpoint_path"          # the metric TuneReportCallback used for the same thing
@@ -56,17 +64,88 @@ def train_run_for(trial_id: str, pointer: dict | None) -> tuple[str, str | None]
     return f"train-{trial_id}-from-{lineage}", pointer["checkpoint"]
 
 
+class ReportHistory:
+    """What one trial has reported to Tune, one JSON line per report, with the Train run it came from.
+
+    Rewritten whole (atomically, through ``Storage``) on each report: a few KB per trial. ``floor`` is the last
+    step this trial's current Train run has reported; a later report at or below it repeats a row and is dropped.
+    """
+
+    def __init__(self, storage: str, *, experiment: str, trial_id: str, run_name: str):
+        self.storage, self.parts = storage, ("experiments", experiment, "reports", f"{trial_id}.jsonl")
+        self.run_name = run_name
+        self._st = None
+        self.rows = self.load()
+        self.floor = max((r["step"] for r in self.rows if r.get("_run") == run_name and "step" in r), default=None)
+
+    def __getstate__(self):                       # sent to the Train controller: without the open filesystem
+        return {**self.__dict__, "_st": None}
+
+    def _storage(self):
+        from .storage import Storage
+        if self._st is None:
+            self._st = Storage.resolve(self.storage)
+        return self._st
+
+    def load(self) -> list[dict]:
+        try:
+            text = self._storage().read_bytes(*self.parts).decode()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:                    # not ours to judge: replay what can be read
+                break
+        return out
+
+    def admit(self, item: dict) -> bool:
+        """Record ``item`` (True) unless it repeats a step this run has already reported (False)."""
+        step = item.get("step")
+        if step is not None and self.floor is not None and step <= self.floor:
+            return False
+        self.rows.append({**item, "_run": self.run_name})
+        self._storage().write_bytes(
+            *self.parts, data="".join(json.dumps(r, default=str) + "\n" for r in self.rows).encode())
+        if step is not None:
+            self.floor = step
+        return True
+
+    def replay(self) -> list[dict]:
+        """The rows to hand Tune again, without the bookkeeping key."""
+        return [{k: v for k, v in r.items() if k != "_run"} for r in self.rows]
+
+
+def report_item(metrics: list[dict], checkpoint) -> dict:
+    item = dict(metrics[0])                       # rank 0's metrics, as TuneReportCallback sends them
+    if checkpoint is not None:
+        item[CHECKPOINT_PATH_KEY] = checkpoint.path
+    return item
+
+
 class ToTune(UserCallback):
     """Runs in the Train controller: each report's metrics (rank 0) and checkpoint path onto the queue."""
 
-    def __init__(self, queue):
-        self.queue = queue
+    def __init__(self, queue, history: ReportHistory | None = None):
+        self.queue, self.history = queue, history
 
     def after_report(self, run_context, metrics, checkpoint):
-        item = dict(metrics[0])
-        if checkpoint is not None:
-            item[CHECKPOINT_PATH_KEY] = checkpoint.path
-        self.queue.put(item)                      # blocks while Tune handles the previous one
+        item = report_item(metrics, checkpoint)
+        if self.history is None or self.history.admit(item):
+            self.queue.put(item)                  # blocks while Tune handles the previous one
+
+
+class RecordedTuneReport(TuneReportCallback):
+    """Ray's ``TuneReportCallback``, each report first admitted to the trial's ``history`` (repeats not sent)."""
+
+    def __init__(self, history: ReportHistory):
+        super().__init__()
+        self.history = history
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if self.history.admit(report_item(metrics, checkpoint)):
+            super().after_report(run_context, metrics, checkpoint)
 
 
 def report_to_tune(item: dict, *, trial_id: str, run_name: str) -> None:

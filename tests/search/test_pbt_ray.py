@@ -51,6 +51,17 @@ def test_pbt_exploit_carries_weights_switch_state_and_soft_labels(tmp_path, cach
             if (m := re.fullmatch(r"train-(\w+)-from-\d+-(\w+)-step(\d+)", d.name))]
     assert runs, "PBT never exploited a trial"
     rows_by_id = {rows_of(d)[0]["trial_id"]: rows_of(d) for d in trials.values()}
+    # whose soft labels a donor can hand on: its own, and (by reference) those it inherited in an earlier exploit
+    received = {}
+    for m, _ in runs:
+        received.setdefault(m.group(1), set()).add(m.group(2))
+
+    def lineage(trial, seen=()):
+        out = {trial}
+        for donor in received.get(trial, set()) - set(seen) - {trial}:
+            out |= lineage(donor, (*seen, trial))
+        return out
+
     carried = 0
     for m, run in runs:
         receiver, donor, step = m.group(1), m.group(2), int(m.group(3))
@@ -59,8 +70,8 @@ def test_pbt_exploit_carries_weights_switch_state_and_soft_labels(tmp_path, cach
         assert after and all(r["step"] >= step for r in after), (run.name, [r["step"] for r in after])   # = : a finished donor
         # an ended trial keeps only its best checkpoint (search/budget.py): the inherited copy of the donor's, or
         # one of the new run's. Where the donor had switched every task before the copy, that checkpoint carries
-        # the donor's switch state and distils from the donor's recorded soft labels (by reference: the donor's
-        # files, still there)
+        # the donor's switch state and distils from the donor's recorded soft labels (by reference: the files of the
+        # donor, or of the trial the donor had itself cloned earlier, still there)
         for ckpt in trial_checkpoints(exp, receiver):
             state = json.loads((ckpt / "state.json").read_text())
             if not state["soft_labels"] or not (ckpt.parent == run or ckpt.parent.name == "inherited"):
@@ -69,7 +80,8 @@ def test_pbt_exploit_carries_weights_switch_state_and_soft_labels(tmp_path, cach
             assert all(s["switched_at"] is not None and s["switched_at"] <= step for s in state["switch"].values())
             assert set(state["soft_labels"]) == {"syn_noisy", "syn_pairmatch"}
             for task, ref in state["soft_labels"].items():
-                assert f"/artifacts/{donor}/" in ref["path"], (task, ref)
+                owner = re.search(r"/artifacts/(\w+)/", ref["path"])
+                assert owner and owner.group(1) in lineage(donor), (task, ref, lineage(donor))
                 assert Path(ref["path"]).is_file() and ref["step"] <= step, (task, ref)
     assert carried, "no exploit after the KD switch (at_step 45, the 4th of 8 evaluations)"
 

@@ -1,5 +1,5 @@
 """A sweep whose driver is SIGKILLed part-way resumes to exactly --num-samples trials without rerunning
-finished ones (real Ray, tiny model)."""
+finished ones or losing any trial's result rows (real Ray, tiny model)."""
 import json
 import os
 import signal
@@ -25,6 +25,25 @@ def rows(trial_dir: Path) -> list[dict]:
     return out
 
 
+TUNE_KEYS = {"timestamp", "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "done",
+             "time_since_restore", "iterations_since_restore", "checkpoint_dir_name"}
+
+
+def ours(row: dict) -> dict:
+    """A result row without the keys Tune fills in when it logs it (times, process, restore counters)."""
+    return {k: v for k, v in row.items() if k not in TUNE_KEYS}
+
+
+def recorded(exp: Path) -> dict[str, list[dict]]:
+    """Each trial's report history (trainables/tune_bridge.py), without the run name: written as reports happen,
+    while Tune copies a trial's result.json to the experiment folder only now and then."""
+    out = {}
+    for f in sorted((exp / "reports").glob("*.jsonl")):
+        lines = [json.loads(line) for line in f.read_text().splitlines()]
+        out[f.stem] = [{k: v for k, v in r.items() if k != "_run"} for r in lines]
+    return out
+
+
 def trials(exp: Path) -> list[Path]:
     return sorted(d for d in exp.iterdir() if d.is_dir() and (d / "params.json").exists()) if exp.exists() else []
 
@@ -34,19 +53,23 @@ def test_killed_sweep_resumes_to_num_samples(tmp_path, cache_dir):
     args = ["sweep", "smoke", "--tasks", TASKS, "--model", "tiny", "--num-samples", "5", "--scheduler", "none",
             "--searcher", "optuna", "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "killed",
             "--set", "teacher.use=false", "--quiet", "--no-wandb"]          # no teachers: resuming is the point
-    proc = subprocess.Popen(base + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "sweep.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(base + args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     exp = tmp_path / "experiments" / "killed"
     deadline = time.time() + 600
-    while time.time() < deadline:                      # wait until two trials have finished
-        done = [d for d in trials(exp) if len(rows(d)) == 4]
-        if len(done) >= 2:
+    while time.time() < deadline:    # until two trials have finished and a third has reported part of its run
+        done = {row[0]["trial_id"] for d in trials(exp) if len(row := rows(d)) == 4}
+        partial = {t: r for t, r in recorded(exp).items() if t not in done and 0 < len(r) < 4}
+        if (len(done) >= 2 and partial) or proc.poll() is not None:
             break
-        time.sleep(1)
-    assert len(done) >= 2, "the sweep did not get going"
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the sweep ended ({proc.returncode}) before it was killed:\n{log.read_text()[-3000:]}"
     os.killpg(proc.pid, signal.SIGKILL)                # the driver and its local Ray, without warning
     proc.wait()
-    before = {d.name: (d / "result.json").read_text() for d in done}
-    assert len(trials(exp)) < 5
+    before = {d.name: rows(d) for d in trials(exp) if len(rows(d)) == 4}
+    partial = {t: r for t, r in recorded(exp).items() if t not in done and 0 < len(r) < 4}
+    assert len(trials(exp)) < 5 and len(before) >= 2 and partial, (len(trials(exp)), len(before), partial)
 
     r = subprocess.run(base + ["resume", "killed", "--storage", str(tmp_path), "--quiet"], capture_output=True,
                        text=True, timeout=900)
@@ -55,7 +78,17 @@ def test_killed_sweep_resumes_to_num_samples(tmp_path, cache_dir):
     assert len(final) == 5                             # exactly --num-samples, no more, no fewer
     # every trial ends complete; the one cut off part-way continued from its own last checkpoint
     assert all(rows(d) and rows(d)[-1]["progress"] == 1.0 for d in final), {d.name: len(rows(d)) for d in final}
-    for name, text in before.items():                  # finished trials were not run again
-        assert (exp / name / "result.json").read_text() == text
+    # no trial lost a row: Tune restarted each unfinished one with an empty result.json, and the driver replayed
+    # the trial's recorded reports (trainables/tune_bridge.py) before training on; none repeats a step
+    for d in final:
+        steps = [row["step"] for row in rows(d)]
+        assert len(steps) == 4 and steps == sorted(set(steps)), (d.name, steps)
+    for name, old in before.items():                   # finished trials: the same rows, so not trained again
+        assert [ours(r) for r in rows(exp / name)] == [ours(r) for r in old], name
+    by_id = {rows(d)[0]["trial_id"]: rows(d) for d in final}
+    for trial_id, reported in partial.items():         # the cut-off one: the rows it had reported, then the rest
+        kept = by_id[trial_id][:len(reported)]
+        assert [{k: json.dumps(r[k]) for k in rep} for r, rep in zip(kept, reported)] == \
+               [{k: json.dumps(v) for k, v in rep.items()} for rep in reported], trial_id
     ids = [rows(d)[0]["trial_id"] for d in final]
     assert len(set(ids)) == 5
