@@ -261,6 +261,7 @@ def cmd_sweep(args) -> int:
     from .sweep import run_experiment
     base = _base_recipe(args)
     space = load_space(args.space, base_recipe=base)
+    _check_not_searched(args, space)
     recipe = recipe_from_dict(space["base"], source=space["path"])
     _check_metric(args.metric, recipe)
     early = _early_stopping(args, recipe)
@@ -279,6 +280,23 @@ def cmd_sweep(args) -> int:
                    metric=args.metric, seed=args.seed, progress=not args.quiet, disk_budget=budget, pbt=pbt,
                    early_stopping=early)
     return cmd_status(argparse.Namespace(name=name, storage=args.storage))
+
+
+FLAG_KEYS = {"evals": "evals", "epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size",
+             "max_train_examples": "data.max_train_examples", "max_dev_examples": "data.max_dev_examples",
+             "max_length": "data.max_length"}
+
+
+def _check_not_searched(args, space: dict) -> None:
+    """A key the command line sets that the space searches would be overwritten by every trial's sample: refuse."""
+    given = [(f"--set {o.split('=', 1)[0].strip()}", o.split("=", 1)[0].strip()) for o in (args.set or [])]
+    given += [(f"--{flag.replace('_', '-')}", key) for flag, key in FLAG_KEYS.items()
+              if getattr(args, flag, None) is not None]
+    for shown, key in given:
+        hit = next((p for p in space["parameters"] if p == key or p.startswith(key + ".")), None)
+        if hit:
+            raise UserError(f"{shown}: {space['path']} searches {hit} (under parameters:), so every trial would "
+                            f"replace this value; drop it from the command line or from the space's parameters")
 
 
 def _early_stopping(args, recipe) -> dict | None:

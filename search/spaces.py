@@ -104,7 +104,8 @@ def examples_of(spec: dict, kind: str) -> list:
 
 
 def load_space(path: str | Path, *, base_recipe: dict) -> dict:
-    """Load and check a space: every parameter's example values must make a valid recipe with ``base_recipe``."""
+    """Load and check a space: every parameter's example values must make a valid recipe with the space's
+    ``base`` under ``base_recipe`` (what the command line set, which wins over the space's base)."""
     path = Path(path)
     if not path.exists() and (SPACES_DIR / path).exists():
         path = SPACES_DIR / path
@@ -127,12 +128,13 @@ def load_space(path: str | Path, *, base_recipe: dict) -> dict:
     params = flatten_parameters(data.get("parameters") or {}, where=where, lines=lines)
     if not params:
         raise UserError(f"{where}: no parameters")
-    base = with_params(base_recipe, {})
     if not isinstance(data.get("base") or {}, dict):
         line = keys.get(("base",))
         raise UserError(f"{where}{f':{line}' if line else ''}: base must be a mapping of recipe keys")
+    base: dict = {}
     for k, v in (data.get("base") or {}).items():
         base = with_params(base, {k: v}) if "." in k else {**base, k: _merge(base.get(k), v)}
+    base = _merge(base, with_params(base_recipe, {}))   # the command line (flags, --set) beats the space's base
     kinds = {}
     for name, spec in params.items():
         kinds[name] = check_param(name, spec, at(name))

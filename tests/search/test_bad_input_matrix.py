@@ -124,6 +124,8 @@ CASES: dict[str, tuple[list[str], dict, list[str]]] = {
     "flag-grace-period-with-pbt": (SMOKE + ["--scheduler", "pbt", "--searcher", "random", "--grace-period", "2"],
                                    {}, ["--grace-period", "asha or median", "pbt"]),
     "flag-sweep-set-unknown": (SMOKE + ["--set", "optim.lrr=1"], {}, ["command line", "optim.lrr"]),
+    "flag-sweep-set-searched": (SMOKE + ["--set", "optim.lr=0.01"], {}, ["--set optim.lr", "smoke.yaml searches optim.lr"]),
+    "flag-sweep-lr-searched": (SMOKE + ["--lr", "0.01"], {}, ["--lr", "searches optim.lr"]),
     "flag-storage-is-a-file": (["teachers", "--model", "tiny", "--tasks", "syn_noisy", "--storage", "{tmp}/afile"],
                                {"afile": "not a folder\n"}, ["--storage", "{tmp}/afile"]),
     "flag-status-unknown": (["status", "nothing-here", "--storage", "{st}"], {}, ["nothing-here"]),

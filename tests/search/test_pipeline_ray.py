@@ -1,6 +1,6 @@
 """End to end with real Ray (Tune + Train V2): teachers -> sweep (ASHA) -> status -> best -> train -> report.
 
-Each command runs as a user would run it (a subprocess with its own local Ray). The sweep has 24 trials and a
+Each command runs as a user would run it (a subprocess with its own local Ray). The sweep has 12 trials and a
 disk budget that the checkpoints written over the sweep would overflow without pruning: the test measures the
 experiment folder itself while the sweep runs (issue 8, item 4). Every command runs with a planted fake
 WANDB_API_KEY, and the last test greps everything the run wrote for it (issue 8, item 6).
@@ -21,10 +21,11 @@ from search.wandb_file import read_run
 
 pytestmark = pytest.mark.slow
 TASKS = "syn_noisy,syn_pairmatch"
-TRIALS = 24
+TRIALS = 12
+EVALS = 6                           # smoke.yaml has 4: more reports, more checkpoints written per trial
 KEY = "0123456789abcdef0123456789abcdefPLANTED1"      # a fake W&B API key in every command's environment
 OUTPUTS: list[str] = []                               # every command's stdout and stderr
-BUDGET = 40 * 10**6                 # bytes; check_budget's minimum for this sweep is ~32 MB
+BUDGET = 20 * 10**6                 # bytes; check_budget's minimum for this sweep is ~17 MB
 
 
 def cli(*args, check=True):
@@ -103,14 +104,13 @@ def test_sweep_asha_best_train_report(storage):
     samples = sweep_measuring_disk(
         exp, "sweep", "smoke", "--tasks", TASKS, "--model", "tiny", "--num-samples", str(TRIALS),
         "--scheduler", "asha", "--searcher", "optuna", "--storage", str(storage), "--name", "smoke",
-        "--disk-budget", str(BUDGET))
+        "--disk-budget", str(BUDGET), "--set", f"evals={EVALS}")
     trials = [d for d in exp.iterdir() if (d / "params.json").exists()]
     assert len(trials) == TRIALS
     rows = {d.name: [json.loads(l) for l in (d / "result.json").read_text().splitlines()] for d in trials}
-    evals = 4                                                             # smoke.yaml base.evals
-    assert all(1 <= len(v) <= evals for v in rows.values())
-    assert any(len(v) < evals for v in rows.values()), "ASHA stopped no trial early"
-    assert any(len(v) == evals for v in rows.values())
+    assert all(1 <= len(v) <= EVALS for v in rows.values())
+    assert any(len(v) < EVALS for v in rows.values()), "ASHA stopped no trial early"
+    assert any(len(v) == EVALS for v in rows.values())
     for v in rows.values():
         assert {"glue_avg", "syn_noisy/score", "syn_pairmatch/best", "lambda", "syn_noisy/sampling_weight"} <= set(v[-1])
 
@@ -167,7 +167,7 @@ def test_sweep_asha_best_train_report(storage):
 
 
 def test_planted_wandb_key_is_written_nowhere(storage):
-    """After the whole pipeline above (teachers, 24-trial sweep, best, train, report): the fake key is in no
+    """After the whole pipeline above (teachers, 12-trial sweep, best, train, report): the fake key is in no
     file under the storage (configs, checkpoints, W&B records, reports), no output and no Ray log."""
     started = time.time() - 3600
     written = [p for p in storage.rglob("*") if p.is_file()]

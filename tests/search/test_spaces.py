@@ -77,3 +77,12 @@ def test_grid_refuses_continuous(tmp_path):
     p.write_text(yaml.safe_dump({"parameters": {"optim.lr": {"min": 1e-5, "max": 1e-4}}}))
     with pytest.raises(UserError, match="grid"):
         to_tune(load_space(p, base_recipe=BASE), searcher="grid")
+
+
+def test_the_command_line_beats_the_spaces_base():
+    """smoke.yaml's base sets evals 4 and optim {epochs 2, lr 1e-3}; what the command line gives wins, the
+    rest of the base stays."""
+    space = load_space("smoke", base_recipe={**BASE, "evals": 6, "optim": {"batch_size": 8}})
+    assert space["base"]["evals"] == 6
+    assert space["base"]["optim"] == {"epochs": 2, "lr": 1e-3, "batch_size": 8}
+    assert load_space("smoke", base_recipe=BASE)["base"]["evals"] == 4
