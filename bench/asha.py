@@ -57,8 +57,8 @@ def draw(space: dict, *, n: int, seed: int) -> list[dict]:
     return out
 
 
-def pick(configs: list[dict], key: str, spec) -> object:
-    return configs[spec.config["params"]["seed"]][key]
+def pick(configs: list[dict], key: str, config: dict) -> object:
+    return configs[config["params"]["seed"]][key]
 
 
 def tune_params(configs: list[dict]) -> dict:
@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int)
     ap.add_argument("--draw-seed", type=int, default=0)
     ap.add_argument("--storage", help="default: a temporary folder")
+    ap.add_argument("--grace-period", type=int, help="ASHA arm: as `bam-search sweep --grace-period`")
+    ap.add_argument("--reduction-factor", type=float, help="ASHA arm: as `bam-search sweep --reduction-factor`")
     ap.add_argument("--out", help="write the JSON summary here too")
     args = ap.parse_args()
 
@@ -135,11 +137,14 @@ def main() -> None:
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "trials": args.trials, "space": args.space, "base": base, "at_once": resources.max_concurrent,
            "configs": configs}
+    early = {k: v for k, v in (("grace_period", args.grace_period), ("reduction_factor", args.reduction_factor))
+             if v is not None} or None
+    out["early_stopping"] = early
     for arm, scheduler in (("asha", "asha"), ("full", "none")):
         t = time.time()
         run_experiment(name=f"asha-{arm}", storage=storage, loop=loop, params=tune_params(configs),
                        resources=resources, num_samples=1, searcher="random", scheduler=scheduler,
-                       progress=False, disk_budget=None)
+                       progress=False, disk_budget=None, early_stopping=early if scheduler == "asha" else None)
         out[arm] = {"wall_s": round(time.time() - t, 1), **summarize(trial_results(storage, f"asha-{arm}"),
                                                                      metric="glue_avg")}
         print(f"{arm}: {out[arm]['wall_s']} s wall, best {out[arm]['best']:.2f}", file=sys.stderr, flush=True)
