@@ -63,6 +63,11 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evals", type=int, help="evaluations (reports, checkpoints) per run")
 
 
+FLAG_KEYS = {"evals": "evals", "max_train_examples": "data.max_train_examples",      # recipe flag -> recipe key
+             "max_dev_examples": "data.max_dev_examples", "max_length": "data.max_length",
+             "epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size"}
+
+
 def _base_recipe(args, *, defaults: dict | None = None) -> dict:
     from trainables.recipe import apply_overrides
     from trainables.tasks import parse_tasks, UnknownTaskError
@@ -76,14 +81,10 @@ def _base_recipe(args, *, defaults: dict | None = None) -> dict:
         except UnknownTaskError as e:
             raise UserError(f"--tasks: {e}") from None
     put(None, "model", getattr(args, "model", None))
-    put(None, "evals", getattr(args, "evals", None))
-    put("data", "max_train_examples", getattr(args, "max_train_examples", None))
-    put("data", "max_dev_examples", getattr(args, "max_dev_examples", None))
-    put("data", "max_length", getattr(args, "max_length", None))
+    for flag, key in FLAG_KEYS.items():
+        section, _, name = key.rpartition(".")
+        put(section or None, name, getattr(args, flag, None))
     put("data", "glue_dir", _glue_dir(args))
-    put("optim", "epochs", getattr(args, "epochs", None))
-    put("optim", "lr", getattr(args, "lr", None))
-    put("optim", "batch_size", getattr(args, "batch_size", None))
     return apply_overrides(r, getattr(args, "set", []) or [])
 
 
@@ -280,11 +281,6 @@ def cmd_sweep(args) -> int:
                    metric=args.metric, seed=args.seed, progress=not args.quiet, disk_budget=budget, pbt=pbt,
                    early_stopping=early)
     return cmd_status(argparse.Namespace(name=name, storage=args.storage))
-
-
-FLAG_KEYS = {"evals": "evals", "epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size",
-             "max_train_examples": "data.max_train_examples", "max_dev_examples": "data.max_dev_examples",
-             "max_length": "data.max_length"}
 
 
 def _check_not_searched(args, space: dict) -> None:

@@ -127,12 +127,12 @@ def report_item(metrics: list[dict], checkpoint) -> dict:
 class ToTune(UserCallback):
     """Runs in the Train controller: each report's metrics (rank 0) and checkpoint path onto the queue."""
 
-    def __init__(self, queue, history: ReportHistory | None = None):
+    def __init__(self, queue, history: ReportHistory):
         self.queue, self.history = queue, history
 
     def after_report(self, run_context, metrics, checkpoint):
         item = report_item(metrics, checkpoint)
-        if self.history is None or self.history.admit(item):
+        if self.history.admit(item):
             self.queue.put(item)                  # blocks while Tune handles the previous one
 
 
