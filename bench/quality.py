@@ -30,24 +30,24 @@ TERMINATED), and continues an interrupted experiment through ``run_experiment``'
 
 Budget arithmetic (defaults; the script prints the same estimate for the flags it is given)
 -----------------------------------------------------------------------------------------
-Measured on this machine (bench/RESULTS.md, "Quality protocol"): a MiniLM trial on one core with bf16
-autocast trains at R = 25 examples/s over the five-task mix (CoLA/SST-2 are short and faster, RTE/MRPC
-are long and slower), evaluates at about 3R, and pays S = 40 s of Ray start-up per trial. Two trials run
-at once (one core each). With N = 2,000 examples per task, T = 5 tasks, E = 2 epochs, 6 evaluations, 3
-seeds, 16 sweep trials:
+Measured on this machine (bench/RESULTS.md sections 9 and 10): a MiniLM trial on one core with bf16
+autocast trains at R = 55 examples/s over the five-task mix (CoLA/SST-2 are short and faster, RTE/MRPC
+are long and slower; it was 25 in fp32 before issue 9's changes), evaluates at about 3R, and pays S = 40 s
+of Ray start-up per trial. Two trials run at once (one core each). With N = 2,000 examples per task, T = 5
+tasks, E = 1.5 epochs, 6 evaluations, 3 seeds, 16 sweep trials:
 
-  teachers   15 trials, each E*N = 4,000 examples + evals      ~ 8 rounds of ~(S + 180 s)    ~ 27 min
-  students   3 recipes x 3 seeds; one run = E*T*N = 20,000 examples / R = 800 s
-             + 6 evals of the 4,100 dev examples / 3R = 330 s; 3 seeds at 2 at once = 2 rounds
-             of (S + 1,170 s) = 40 min per recipe                                             ~121 min
+  teachers   15 trials, each E*N = 3,000 examples, 6 evals of its dev set and one
+             prediction pass over its training set, 2 at once                                 ~ 17 min
+  students   one run = E*T*N = 15,000 examples / R = 270 s + 6 evals of the 4,100 dev
+             examples / 3R = 150 s; 3 seeds at 2 at once = 2 rounds of (S + 420 s)            ~ 15 min
+             per recipe, 3 recipes                                                            ~ 46 min
   sweep      16 trials, ASHA (grace 1 eval, reduction 2) runs ~55% of the full budget:
-             16 * (S + 0.55 * 1,170 s) / 2                                                   ~ 91 min
-  retrain    the best recipe, 3 seeds: as one student recipe                                 ~ 40 min
+             16 * (S + 0.55 * 420 s) / 2                                                      ~ 36 min
+  retrain    the best recipe, 3 seeds: as one student recipe                                  ~ 15 min
 
-That is ~4.6 hours at E = 2: too much. The defaults therefore use E = 2 with N = 1,000? No: the issue fixes
-N <= 2,000 and the CPU time is dominated by students, so the default is E = 1.5 (see ``plan`` below,
-which reproduces these figures for any flags; ``--epochs``, ``--max-train-examples``, ``--trials`` and
-``--seeds`` change it). Whatever is chosen, the script prints its estimate before it starts.
+About 2 hours in all. ``plan`` below reproduces these figures for any flags (``--epochs``,
+``--max-train-examples``, ``--trials``, ``--seeds``, ``--examples-per-s``); the script prints its
+estimate before it starts and recalibrates the ETA on the phases it has finished.
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ class Rates:
     startup_s: float = 40.0
 
 
-DEFAULT_RATES = {"minilm": Rates(train_examples_per_s=25.0), "tiny": Rates(train_examples_per_s=1500.0,
+DEFAULT_RATES = {"minilm": Rates(train_examples_per_s=55.0), "tiny": Rates(train_examples_per_s=1500.0,
                                                                              startup_s=40.0)}
 ASHA_FRACTION = 0.55       # share of the full budget an ASHA sweep (grace 1 eval, reduction 2) runs
 
@@ -504,8 +504,8 @@ def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
     figs = [_rel(result["report"][k]) for k in ("bars", "curves") if k in result["report"]]
     figs += [_rel(p["curves"]) for p in result["group_reports"].values() if "curves" in p]
     return "\n".join([
-        f"Run: {meta['date']}, {meta['machine']}; wall time {meta['wall']} (all sessions: "
-        f"{meta['compute']} in phases). Budget: model {budget.model}, tasks {', '.join(budget.tasks)}, "
+        f"Run: {meta['date']}, {meta['machine']}; the protocol's phases took {meta['compute']} in all "
+        f"(summed over every invocation that ran them; this invocation: {meta['wall']}). Budget: model {budget.model}, tasks {', '.join(budget.tasks)}, "
         f"at most {budget.max_train_examples} training examples per task (seed 0), "
         f"{'full dev sets' if budget.max_dev_examples is None else f'{budget.max_dev_examples} dev examples'}, "
         f"max length {budget.max_length} (dynamic padding), {budget.epochs:g} epochs, lr {budget.lr:g}, "
@@ -529,6 +529,35 @@ def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
 
 
 BEGIN, END = "<!-- quality-protocol:begin -->", "<!-- quality-protocol:end -->"
+
+
+def publish_figures(result: dict, dest: Path) -> dict:
+    """Copy the report's figures to ``dest`` (next to RESULTS.md, in the repository: the storage root is not)
+    and return ``result`` with its figure paths pointing at the copies; the HTML report stays where it is."""
+    import shutil
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def copy(path: str, name: str) -> str:
+        target = dest / name
+        shutil.copyfile(path, target)
+        return str(target)
+
+    report = dict(result["report"])
+    for key in ("bars", "curves"):
+        if key in report:
+            report[key] = copy(report[key], f"{key}.png")
+    groups = {g: {**p, "curves": copy(p["curves"], f"curves-{g}.png")} if "curves" in p else p
+              for g, p in result["group_reports"].items()}
+    return {**result, "report": report, "group_reports": groups}
+
+
+def check_results_file(path: Path) -> None:
+    """Before any compute: the file --update-results names must exist and hold the markers."""
+    if not path.is_file():
+        raise UserError(f"--update-results {path}: no such file")
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise UserError(f"{path}: no {BEGIN} ... {END} block to write the table into")
 
 
 def update_results(path: Path, section: str) -> None:
@@ -625,6 +654,8 @@ def main(argv=None) -> int:
     proto = None
     try:
         budget, storage, glue = configure(args)
+        if args.update_results:
+            check_results_file(Path(args.update_results))
         from trainables.model import load_tokenizer
         load_tokenizer(budget.model)                       # a missing model package fails here, before Ray
         sizes = data_sizes(budget, glue)
@@ -652,7 +683,9 @@ def main(argv=None) -> int:
             meta["machine"] += f", torch {torch.__version__}"
         except ImportError:
             pass
-        section = markdown_section(result, budget=budget, meta=meta)
+        shown = (publish_figures(result, Path(args.update_results).resolve().parent / "figures" / "quality")
+                 if args.update_results else result)
+        section = markdown_section(shown, budget=budget, meta=meta)
         from trainables.store import atomic_write_bytes
         out = {"budget": asdict(budget), "glue_dir": glue, "sizes": sizes, "meta": meta, "estimates_s": estimates,
                "phases": proto.state.data["phases"], **result}

@@ -83,12 +83,22 @@ def test_table_has_every_group_and_task(first):
     assert "phase 7/7" in out
 
 
-def test_second_run_resumes_without_redoing(first):
+def test_second_run_resumes_without_redoing(first, tmp_path):
     storage, _ = first
     before = snapshot(storage)
     state_before = json.loads((storage / "quality-state.json").read_text())
-    r = quality(storage)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# head\n<!-- quality-protocol:begin -->\nold\n<!-- quality-protocol:end -->\ntail\n")
+    r = quality(storage, "--update-results", str(results))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    # the table and the figures' paths land between the markers; the figures are copied next to RESULTS.md
+    text = results.read_text()
+    assert text.startswith("# head\n<!-- quality-protocol:begin -->\nRun: ") and text.endswith("-->\ntail\n")
+    assert "old" not in text and text.count("| searched recipe") == 1
+    figures = tmp_path / "figures" / "quality"
+    for png in ("bars.png", "curves.png", "curves-kd_switch.png"):
+        assert (figures / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(figures / png) in text
+    assert str(storage) not in text.split("figures:")[1]
     for key in ("teachers", "multitask", "bam_linear", "kd_switch", "sweep", "searched"):
         assert f"{key}: complete in" in r.stdout and "skipped" in r.stdout, r.stdout[-3000:]
     assert snapshot(storage) == before                        # no trial ran, no teacher was added
@@ -107,3 +117,14 @@ def test_changed_budget_refused_before_compute(first):
     assert r.stderr.count("\n") == 1 and "quality-budget.json" in r.stderr and "seeds=2" in r.stderr
     assert "Traceback" not in r.stderr
     assert snapshot(storage) == before
+
+
+def test_results_file_without_markers_refused_before_compute(first, tmp_path):
+    storage, _ = first
+    before = snapshot(storage)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# no markers here\n")
+    r = quality(storage, "--update-results", str(results))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert str(results) in r.stderr and "quality-protocol:begin" in r.stderr
+    assert snapshot(storage) == before and results.read_text() == "# no markers here\n"
