@@ -45,7 +45,8 @@ tasks, E = 1.5 epochs, 6 evaluations, 3 seeds, 16 sweep trials:
              16 * (S + 0.55 * 420 s) / 2                                                      ~ 36 min
   retrain    the best recipe, 3 seeds: as one student recipe                                  ~ 15 min
 
-About 2 hours in all. ``plan`` below reproduces these figures for any flags (``--epochs``,
+About 2 hours in all (the one full run took 2 h 41 min, RESULTS.md section 13: trials ran at ~37-41
+examples/s two at a time, and the third seed of each group runs alone). ``plan`` below reproduces these figures for any flags (``--epochs``,
 ``--max-train-examples``, ``--trials``, ``--seeds``, ``--examples-per-s``); the script prints its
 estimate before it starts and recalibrates the ETA on the phases it has finished.
 """
@@ -505,7 +506,8 @@ def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
     figs += [_rel(p["curves"]) for p in result["group_reports"].values() if "curves" in p]
     return "\n".join([
         f"Run: {meta['date']}, {meta['machine']}; the protocol's phases took {meta['compute']} in all "
-        f"(summed over every invocation that ran them; this invocation: {meta['wall']}). Budget: model {budget.model}, tasks {', '.join(budget.tasks)}, "
+        f"(summed over every invocation that ran them; this invocation: {meta['wall']}). "
+        f"Budget: model {budget.model}, tasks {', '.join(budget.tasks)}, "
         f"at most {budget.max_train_examples} training examples per task (seed 0), "
         f"{'full dev sets' if budget.max_dev_examples is None else f'{budget.max_dev_examples} dev examples'}, "
         f"max length {budget.max_length} (dynamic padding), {budget.epochs:g} epochs, lr {budget.lr:g}, "
@@ -563,10 +565,8 @@ def check_results_file(path: Path) -> None:
 def update_results(path: Path, section: str) -> None:
     """Replace the text between the markers in ``path`` (bench/RESULTS.md) with ``section``."""
     from trainables.store import atomic_write_bytes
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise UserError(f"{path}: no {BEGIN} ... {END} block to write the table into")
-    head, rest = text.split(BEGIN, 1)
+    check_results_file(path)
+    head, rest = path.read_text().split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     atomic_write_bytes(path, f"{head}{BEGIN}\n{section}\n{END}{tail}".encode())
 
