@@ -13,7 +13,10 @@ In one run, side by side:
 3. the five-task mixture (CoLA, SST-2, MRPC, STS-B, RTE): the product's loop against the reference run on
    each task in turn for the same number of steps;
 4. model FLOP/s (6 x the encoder's and heads' matrix parameters x real tokens; attention scores, ~3% at
-   these lengths, are left out) against the measured peak of the dtype used: the utilisation.
+   these lengths, are left out) against the measured peak of the dtype used: the utilisation;
+5. with ``--speed-repeats K``: per task, K more pairs of short timed runs (``--speed-steps`` each, reference
+   then student, alternating), so the speed-up is a median over pairs measured side by side: on a shared host
+   one run's speed varies by up to ~10% (bench/RESULTS.md section 9).
 Prints one JSON document; ``--out`` also writes it to a file.
 """
 from __future__ import annotations
@@ -139,6 +142,22 @@ def seed_scores(args, *, task: str, storage: str, first: tuple, log) -> dict:
     return out
 
 
+def speed_pairs(args, *, task: str, storage: str, log) -> dict:
+    """``--speed-repeats`` pairs of timed runs of ``--speed-steps`` steps, the reference then the student
+    (precision auto), one after the other; the speed-up of each pair, their median, minimum and maximum."""
+    import statistics
+    pairs = []
+    for i in range(args.speed_repeats):
+        log(f"{task}: speed pair {i + 1}/{args.speed_repeats}")
+        ref = run_reference(args, task_name=task, max_steps=args.speed_steps)["tokens_per_s"]
+        stu = run_student(args, tasks=[task], precision="auto", storage=storage, steps=args.speed_steps,
+                          seed=100 + i)["tokens_per_s"]
+        pairs.append({"reference_tokens_per_s": ref, "student_tokens_per_s": stu, "speedup": stu / ref})
+    ups = [p["speedup"] for p in pairs]
+    return {"steps": args.speed_steps, "pairs": pairs, "speedup_median": statistics.median(ups),
+            "speedup_min": min(ups), "speedup_max": max(ups)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--glue-dir", default=os.environ.get("BAM_GLUE_DIR", "../shared/data/glue"))
@@ -156,6 +175,9 @@ def main() -> None:
     ap.add_argument("--score-seeds", type=int, default=1,
                     help="dev metric of the reference and the bf16 students over this many seeds (initial weights of "
                          "the heads and data order); speed is measured on seed 0")
+    ap.add_argument("--speed-repeats", type=int, default=0,
+                    help="per task, this many more (reference, student) pairs of short timed runs, alternating")
+    ap.add_argument("--speed-steps", type=int, default=30, help="training steps of each timed run of --speed-repeats")
     ap.add_argument("--no-mixture", action="store_true")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
@@ -197,6 +219,10 @@ def main() -> None:
                 "speedup_fp32_student": fp32["tokens_per_s"] / ref["tokens_per_s"],
                 "score_delta_vs_reference": fast["score"][t] - ref["score"][t],   # scores are in [0, 100]
                 "score_delta_vs_fp32_student": fast["score"][t] - fp32["score"][t]}
+            if args.speed_repeats > 0:
+                result["tasks"][t]["speed_pairs"] = speed_pairs(
+                    args, task=t, storage=storage, log=lambda m: print(f"[{time.perf_counter() - t_start:6.0f}s] {m}",
+                                                                       file=sys.stderr, flush=True))
             if args.score_seeds > 1:
                 result["tasks"][t]["seeds"] = seed_scores(args, task=t, storage=storage, first=(ref, fast, refopt),
                                                           log=lambda m: print(f"[{time.perf_counter() - t_start:6.0f}s] {m}",

@@ -30,7 +30,7 @@ from .data import ExampleStream, TokenizedSplit, eval_batches
 from .errors import UserError
 from .losses import hidden_mse, pcgrad, task_loss, uncertainty_weighted, dwa_weights
 from .metrics import compute_metrics, glue_average
-from .model import MultiTaskModel, layer_depths, set_attention
+from .model import MultiTaskModel, layer_depths, set_attention, set_dropout
 from .recipe import Recipe
 from .store import StoreError, atomic_save_npy, atomic_write_bytes, load_checked_npy
 from .switch import TaskSwitch
@@ -123,6 +123,7 @@ class Run:
         self.local_batch = max(1, math.ceil(o.batch_size / world.size))
         self.amp = autocast_dtype(recipe.precision, device)
         self.attention = set_attention(model, device)
+        set_dropout(model, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
         self.hidden_teachers = hidden_teachers or {}
         for enc in self.hidden_teachers.values():

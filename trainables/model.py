@@ -108,21 +108,105 @@ def build_encoder(name: str, *, vocab_size: int, num_layers: int | None = None, 
     return enc
 
 
+CPU_ATTENTION = "bam_eager"
+
+
 def attention_for(device: torch.device) -> str:
     """The attention kernel to train with on ``device``: PyTorch's fused SDPA on GPUs; on CPUs the plain
-    matmul-softmax-matmul ("eager"), whose backward pass is much faster there than SDPA's CPU flash-attention
-    kernel (MiniLM, batch 32, bf16 autocast: a whole training step 1.35-1.4x faster, bench/RESULTS.md)."""
-    return "sdpa" if device.type == "cuda" else "eager"
+    matmul-softmax-matmul (HF's "eager", registered as ``bam_eager`` with ``cpu_dropout`` on the attention
+    probabilities), whose backward pass is much faster there than SDPA's CPU flash-attention kernel (MiniLM,
+    batch 32, bf16 autocast: a whole training step 1.35-1.4x faster, bench/RESULTS.md section 9)."""
+    return "sdpa" if device.type == "cuda" else CPU_ATTENTION
 
 
 def set_attention(module: nn.Module, device: torch.device) -> str:
     """Switch every Hugging Face model inside ``module`` to ``attention_for(device)``; returns it."""
     from transformers import PreTrainedModel
     impl = attention_for(device)
+    if impl == CPU_ATTENTION:
+        _register_cpu_attention()
     for m in module.modules():
         if isinstance(m, PreTrainedModel) and m.config._attn_implementation != impl:
             m.set_attn_implementation(impl)
     return impl
+
+
+# ------------------------------------------------------------------------------------------ CPU dropout
+#
+# PyTorch's CPU dropout draws one Bernoulli sample per element from the serial Mersenne Twister; in a MiniLM
+# bf16 training step at MRPC's lengths that was 20% of the step (profile, bench/RESULTS.md section 9).
+# ``cpu_dropout`` draws 64 random bits per four elements and compares each 16-bit lane with a threshold:
+# the same function (each element kept independently, kept ones scaled so the expectation is unchanged)
+# at a drop probability rounded to a multiple of 1/65536 (0.1 becomes 0.100006), from the same generator
+# (so torch.manual_seed and the checkpointed RNG state govern it as before), ~2.5x faster forward+backward.
+
+_LANES = 65536
+
+
+def dropout_mask(shape: torch.Size | tuple, *, p: float, dtype: torch.dtype, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """A ``dtype`` tensor of 0 (probability ``round(p * 65536) / 65536``) and ``1 / (1 - that)``."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    k = round(p * _LANES)
+    if k >= _LANES:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None, generator=generator)
+    keep = words.view(torch.int16)[:n].view(shape) >= k - _LANES // 2
+    return keep.to(dtype).mul_(_LANES / (_LANES - k))
+
+
+def cpu_dropout(x: torch.Tensor, *, p: float, training: bool = True) -> torch.Tensor:
+    """Dropout of ``x`` (see above); the identity when not training or ``p == 0``."""
+    if not training or p == 0.0:
+        return x
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    return x * dropout_mask(x.shape, p=p, dtype=x.dtype, device=x.device)
+
+
+class CpuDropout(nn.Dropout):
+    """``nn.Dropout`` (same ``p``, same state dict: none) computed by ``cpu_dropout``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_dropout(x, p=self.p, training=self.training)
+
+
+def set_dropout(module: nn.Module, device: torch.device) -> int:
+    """On CPUs, replace every ``nn.Dropout`` inside ``module`` by a ``CpuDropout`` of the same ``p`` (on GPUs
+    PyTorch's own is fast and is kept); returns how many were replaced."""
+    if device.type == "cuda":
+        return 0
+    swaps = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+             if type(child) is nn.Dropout]
+    for parent, name, child in swaps:
+        setattr(parent, name, CpuDropout(p=child.p))
+    return len(swaps)
+
+
+def bam_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                        **kwargs):
+    """Hugging Face's ``eager_attention_forward`` (BERT's), with ``cpu_dropout`` on the probabilities."""
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1)
+    weights = cpu_dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+def _register_cpu_attention() -> None:
+    """Register the attention and its mask format (HF's eager one: additive floats). Without the second, HF
+    treats the name as an external kernel that needs no mask and drops the padding mask altogether."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    AttentionInterface.register(CPU_ATTENTION, bam_eager_attention)
+    AttentionMaskInterface.register(CPU_ATTENTION, eager_mask)
 
 
 def _is_bert(path: str) -> bool:

@@ -117,7 +117,7 @@ def test_cpu_training_uses_eager_attention_with_the_same_outputs(tmp_path):
     computes the same function, padding masks included, with the same gradients."""
     from trainables.model import attention_for
     run = make_run(tmp_path, recipe(["syn_pairmatch"], precision="fp32"))
-    assert run.attention == "eager" and run.model.encoder.config._attn_implementation == "eager"
+    assert run.attention == "bam_eager" and run.model.encoder.config._attn_implementation == "bam_eager"
     assert attention_for(torch.device("cuda")) == "sdpa"
     dev = run.data["syn_pairmatch"].dev["dev"]
     batch = dev.collate(np.arange(min(16, len(dev))))
@@ -125,12 +125,91 @@ def test_cpu_training_uses_eager_attention_with_the_same_outputs(tmp_path):
     kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     run.model.eval()
     outs = {}
-    for impl in ("eager", "sdpa"):
+    for impl in ("bam_eager", "eager", "sdpa"):
         run.model.encoder.set_attn_implementation(impl)
         run.model.zero_grad(set_to_none=True)
         logits = run.model(task="syn_pairmatch", **kw)
         logits.float().pow(2).sum().backward()
         grad = run.model.encoder.encoder.layer[0].attention.self.query.weight.grad.clone()
         outs[impl] = (logits.detach(), grad)
+    torch.testing.assert_close(outs["bam_eager"][0], outs["eager"][0], rtol=0, atol=0)   # same ops, same order
+    torch.testing.assert_close(outs["bam_eager"][1], outs["eager"][1], rtol=0, atol=0)
     torch.testing.assert_close(outs["eager"][0], outs["sdpa"][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(outs["eager"][1], outs["sdpa"][1], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_at_rate_p_and_keeps_the_expectation(dtype, p):
+    """The CPU dropout is dropout: each element zeroed with probability p (to 1/65536), the rest scaled by
+    1/(1-p) so the mean is kept, the gradient masked the same way, and the global seed decides the mask."""
+    from trainables.model import cpu_dropout
+    n = 400_000
+    x = torch.ones(n, dtype=dtype, requires_grad=True)
+    torch.manual_seed(3)
+    y = cpu_dropout(x, p=p)
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - p) < 5 * (p * (1 - p) / n) ** 0.5                 # binomial: 5 standard deviations
+    kept = y[y != 0].float()
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - p)), rtol=4e-3, atol=0)   # bf16 rounding
+    assert abs(y.float().mean().item() - 1.0) < 0.01
+    y.backward(torch.full_like(y, 2.0))
+    assert torch.equal(x.grad, 2.0 * y.detach())                          # d(out)/dx is the same mask
+    torch.manual_seed(3)
+    assert torch.equal(cpu_dropout(x.detach(), p=p), y.detach())           # seeded: the same mask
+    assert not torch.equal(cpu_dropout(x.detach(), p=p), y.detach())       # and a new one on the next call
+    # the mask is not shared between the four 16-bit lanes of one random word, nor along rows
+    m = (cpu_dropout(torch.ones(n, dtype=dtype), p=p) == 0).double().view(-1, 4)
+    assert abs(np.corrcoef(m[:, 0].numpy(), m[:, 1].numpy())[0, 1]) < 0.02
+    assert all(abs(m[:, j].mean().item() - p) < 5 * (p * (1 - p) / (n / 4)) ** 0.5 for j in range(4))
+
+
+def test_cpu_dropout_identity_cases():
+    from trainables.model import cpu_dropout
+    x = torch.randn(7, 5)
+    assert cpu_dropout(x, p=0.3, training=False) is x
+    assert cpu_dropout(x, p=0.0) is x
+    assert torch.equal(cpu_dropout(x, p=1.0), torch.zeros_like(x))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        cpu_dropout(x, p=1.5)
+
+
+def test_cpu_training_swaps_every_dropout_keeping_p_and_weights(tmp_path):
+    """On CPUs every nn.Dropout of the model (embeddings, layers, heads) becomes the CPU dropout with the same
+    p, the state dict is untouched, evaluation is deterministic and training still drops (attention included)."""
+    from torch import nn
+
+    from trainables import driver
+    from trainables.model import CpuDropout, bam_eager_attention, set_dropout
+    rec = recipe(["syn_pairmatch"], precision="fp32")
+    run = make_run(tmp_path, rec)
+    fresh = driver.build_model(run.r, tokenizer=driver.load_tokenizer(run.r.model, cache_dir=None),
+                               tasks={t: run.data[t].task for t in run.tasks})
+    before = {n: m.p for n, m in fresh.named_modules() if type(m) is nn.Dropout}
+    assert len(before) >= 2 * run.model.num_layers + 2                     # per layer two, embeddings, head
+    after = {n: m for n, m in run.model.named_modules() if isinstance(m, nn.Dropout)}
+    assert set(after) == set(before) and all(type(m) is CpuDropout for m in after.values())
+    assert {n: m.p for n, m in after.items()} == before
+    assert set(run.model.state_dict()) == set(fresh.state_dict())
+    assert set_dropout(fresh, torch.device("cuda")) == 0                   # GPUs keep PyTorch's own
+
+    dev = run.data["syn_pairmatch"].dev["dev"]
+    batch = dev.collate(np.arange(min(16, len(dev))))
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    run.model.eval()
+    assert torch.equal(run.model(task="syn_pairmatch", **kw), run.model(task="syn_pairmatch", **kw))
+    run.model.train()
+    torch.manual_seed(0)
+    a = run.model(task="syn_pairmatch", **kw)
+    torch.manual_seed(0)
+    assert torch.equal(a, run.model(task="syn_pairmatch", **kw))
+    assert not torch.equal(a, run.model(task="syn_pairmatch", **kw))
+
+    attn = run.model.encoder.encoder.layer[0].attention.self
+    q = torch.randn(4, 2, 10, 16)
+    _, w = bam_eager_attention(attn, q, q, q, None, dropout=0.5)
+    assert 0.4 < (w == 0).float().mean().item() < 0.6                     # training: probabilities dropped
+    attn.eval()
+    _, w = bam_eager_attention(attn, q, q, q, None, dropout=0.5)
+    assert (w > 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(4, 2, 10))
