@@ -187,6 +187,10 @@ def main() -> None:
     from trainables.driver import quiet_libraries
     quiet_libraries()
     t_start = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {message}", file=sys.stderr, flush=True)
+
     peak = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": args.threads,
@@ -200,14 +204,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as storage:
         for t in args.tasks.split(","):
-            print(f"[{time.perf_counter() - t_start:6.0f}s] {t}: reference", file=sys.stderr, flush=True)
+            log(f"{t}: reference")
             ref = run_reference(args, task_name=t, epochs=args.epochs)
-            print(f"[{time.perf_counter() - t_start:6.0f}s] {t}: student (auto)", file=sys.stderr, flush=True)
+            log(f"{t}: student (auto)")
             fast = run_student(args, tasks=[t], precision="auto", storage=storage, epochs=args.epochs)
-            print(f"[{time.perf_counter() - t_start:6.0f}s] {t}: student (fp32)", file=sys.stderr, flush=True)
+            log(f"{t}: student (fp32)")
             fp32 = run_student(args, tasks=[t], precision="fp32", storage=storage, epochs=args.epochs)
-            print(f"[{time.perf_counter() - t_start:6.0f}s] {t}: student (auto), the reference's optimiser",
-                  file=sys.stderr, flush=True)
+            log(f"{t}: student (auto), the reference's optimiser")
             refopt = run_student(args, tasks=[t], precision="auto", storage=storage, epochs=args.epochs,
                                  optim_extra=REFERENCE_OPTIM)
             for r in (ref, fast, fp32, refopt):
@@ -220,13 +223,10 @@ def main() -> None:
                 "score_delta_vs_reference": fast["score"][t] - ref["score"][t],   # scores are in [0, 100]
                 "score_delta_vs_fp32_student": fast["score"][t] - fp32["score"][t]}
             if args.speed_repeats > 0:
-                result["tasks"][t]["speed_pairs"] = speed_pairs(
-                    args, task=t, storage=storage, log=lambda m: print(f"[{time.perf_counter() - t_start:6.0f}s] {m}",
-                                                                       file=sys.stderr, flush=True))
+                result["tasks"][t]["speed_pairs"] = speed_pairs(args, task=t, storage=storage, log=log)
             if args.score_seeds > 1:
                 result["tasks"][t]["seeds"] = seed_scores(args, task=t, storage=storage, first=(ref, fast, refopt),
-                                                          log=lambda m: print(f"[{time.perf_counter() - t_start:6.0f}s] {m}",
-                                                                              file=sys.stderr, flush=True))
+                                                          log=log)
             print(json.dumps({t: {k: v for k, v in result["tasks"][t].items() if not isinstance(v, dict)}}),
                   file=sys.stderr, flush=True)
 
@@ -234,12 +234,12 @@ def main() -> None:
             args.mixture = ""
         mix = [m for m in args.mixture.split(",") if m]
         if mix:
-            print(f"[{time.perf_counter() - t_start:6.0f}s] mixture: reference", file=sys.stderr, flush=True)
+            log("mixture: reference")
             per_task = [run_reference(args, task_name=t, max_steps=max(1, args.mixture_steps // len(mix))) for t in mix]
             ref_mix = {"real_tokens": sum(r["real_tokens"] for r in per_task),
                        "train_s": sum(r["train_s"] for r in per_task), "matrix_params": per_task[0]["matrix_params"]}
             ref_mix["tokens_per_s"] = ref_mix["real_tokens"] / ref_mix["train_s"]
-            print(f"[{time.perf_counter() - t_start:6.0f}s] mixture: student", file=sys.stderr, flush=True)
+            log("mixture: student")
             stu_mix = run_student(args, tasks=mix, precision="auto", storage=storage, steps=args.mixture_steps)
             for r in (ref_mix, stu_mix):
                 r["utilisation"] = utilisation(r)

@@ -7,6 +7,7 @@ tokenizer built from the synthetic vocabulary plus characters (so it never needs
 from __future__ import annotations
 
 import hashlib
+import math
 import string
 from pathlib import Path
 
@@ -143,16 +144,14 @@ def set_attention(module: nn.Module, device: torch.device) -> str:
 _LANES = 65536
 
 
-def dropout_mask(shape: torch.Size | tuple, *, p: float, dtype: torch.dtype, device: torch.device | str = "cpu",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def dropout_mask(shape: torch.Size | tuple, *, p: float, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
     """A ``dtype`` tensor of 0 (probability ``round(p * 65536) / 65536``) and ``1 / (1 - that)``."""
-    n = 1
-    for d in shape:
-        n *= int(d)
+    n = math.prod(shape)
     k = round(p * _LANES)
     if k >= _LANES:
         return torch.zeros(shape, dtype=dtype, device=device)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None, generator=generator)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2 ** 63, None)
     keep = words.view(torch.int16)[:n].view(shape) >= k - _LANES // 2
     return keep.to(dtype).mul_(_LANES / (_LANES - k))
 

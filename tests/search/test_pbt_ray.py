@@ -2,10 +2,12 @@
 state and recorded soft labels included (search/pbt.py, trainables/tune_bridge.py).
 
 Two trials: one learns (lr 3e-3), one cannot (lr 1e-6). Both switch every task to KD at the same step (the 4th evaluation), each
-against soft labels from its own best weights. Mean pooling: with the [CLS] vector the tiny random model mostly stays at
-the majority class for these 94 steps whatever the rate (measured over 4 seeds), so which trial PBT called better
-was luck of the dropout stream; with mean pooling lr 3e-3 learns on every seed tried and lr 1e-6 stays flat. PBT must clone the good trial into the bad one; afterwards the
+against soft labels from its own best weights. PBT must clone the good trial into the bad one; afterwards the
 bad trial's checkpoints refer to the good trial's soft labels and carry its switch state and step.
+
+Mean pooling: with the [CLS] vector the tiny random model mostly stays at the majority class for these 94 steps
+whatever the rate (measured over 4 seeds), so which trial PBT called better was luck of the dropout stream; with
+mean pooling lr 3e-3 learns on every seed tried and lr 1e-6 stays flat.
 """
 import json
 import os
@@ -23,8 +25,8 @@ pytestmark = pytest.mark.slow
 TASKS = "syn_noisy,syn_pairmatch"
 SPACE = {
     "description": "PBT test: a good and a bad learning rate, KD switch at a fixed step",
-    "base": {"evals": 8, "teacher": {"use": False}, "optim": {"epochs": 2, "warmup": 0.0}, "student": {"pooling": "mean"},
-             "switch": {"criterion": "fixed_step", "at_step": 45}},
+    "base": {"evals": 8, "teacher": {"use": False}, "optim": {"epochs": 2, "warmup": 0.0},
+             "student": {"pooling": "mean"}, "switch": {"criterion": "fixed_step", "at_step": 45}},
     "parameters": {"optim.lr": {"values": [3.0e-3, 1.0e-6]}},
 }
 
