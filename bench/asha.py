@@ -112,7 +112,7 @@ def main() -> None:
 
     from search.ray_env import choose_resources, init_ray
     from search.spaces import load_space
-    from search.sweep import run_experiment, trial_results
+    from search.experiment import run_experiment, trial_results
 
     storage = args.storage or tempfile.mkdtemp(prefix="bam-asha-")
     data = {k: v for k, v in (("max_train_examples", args.max_train_examples), ("max_length", args.max_length)) if v}

@@ -163,7 +163,7 @@ class State:
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"phases": {}}
 
     def check_budget(self, budget: Budget) -> None:
-        from trainables.store import atomic_write_bytes
+        from trainables.storage import atomic_write
         mine = json.loads(json.dumps(asdict(budget)))
         if self.budget_path.is_file():
             stored = json.loads(self.budget_path.read_text())
@@ -173,14 +173,14 @@ class State:
                 raise UserError(f"{self.budget_path}: this storage holds a run with {k}={stored.get(k)!r}, "
                                 f"not {mine.get(k)!r}; use another --storage (or the same flags to resume)")
         else:
-            atomic_write_bytes(self.budget_path, (json.dumps(mine, indent=1) + "\n").encode())
+            atomic_write(self.budget_path, (json.dumps(mine, indent=1) + "\n").encode())
 
     def spent(self, phase: str, seconds: float) -> None:
-        from trainables.store import atomic_write_bytes
+        from trainables.storage import atomic_write
         p = self.data["phases"].setdefault(phase, {"seconds": 0.0, "runs": 0})
         p["seconds"] += seconds
         p["runs"] += 1
-        atomic_write_bytes(self.path, (json.dumps(self.data, indent=1) + "\n").encode())
+        atomic_write(self.path, (json.dumps(self.data, indent=1) + "\n").encode())
 
     def seconds(self) -> float:
         return sum(p["seconds"] for p in self.data["phases"].values())
@@ -228,7 +228,7 @@ class Protocol:
 
     def trial_states(self, name: str) -> dict[str, str]:
         """Tune's own record of each trial's status (ExperimentAnalysis reads experiment_state-*.json)."""
-        from search.sweep import experiment_dir
+        from search.experiment import experiment_dir
         exp = experiment_dir(str(self.storage), name)
         if not exp.is_dir() or not any(exp.glob("experiment_state-*.json")):
             return {}
@@ -239,7 +239,7 @@ class Protocol:
             return {}
 
     def experiment_done(self, name: str, expected: int) -> bool:
-        from search.sweep import experiment_dir
+        from search.experiment import experiment_dir
         states = self.trial_states(name)
         errored = [t for t, s in states.items() if s == "ERROR"]
         if errored:
@@ -248,7 +248,7 @@ class Protocol:
         return len(states) >= expected and all(s == "TERMINATED" for s in states.values())
 
     def teacher_records(self) -> dict[tuple[str, int], dict]:
-        from trainables.store import BaselineRegistry
+        from trainables.teacher_store import BaselineRegistry
         name = self.experiment("teachers")
         out = {}
         for rec in BaselineRegistry(str(self.storage)).records():
@@ -287,7 +287,7 @@ class Protocol:
         from ray import tune
 
         from search.cli import teacher_recipe
-        from search.sweep import run_experiment
+        from search.experiment import run_experiment
         base = teacher_recipe(self.budget.base_recipe(glue_dir=self.glue_dir))
         n = len(self.budget.tasks) * self.budget.seeds
         run_experiment(name=self.experiment("teachers"), storage=str(self.storage),
@@ -307,7 +307,7 @@ class Protocol:
         from ray import tune
 
         from search.cli import _check_teachers
-        from search.sweep import run_experiment
+        from search.experiment import run_experiment
         from trainables.recipe import recipe_from_dict
         _check_teachers(self._args(), recipe_from_dict(recipe))
         seeds = list(range(self.budget.seeds))
@@ -320,7 +320,7 @@ class Protocol:
     def run_sweep(self) -> None:
         from search.cli import _check_teachers
         from search.spaces import load_space, to_tune
-        from search.sweep import run_experiment
+        from search.experiment import run_experiment
         from trainables.recipe import recipe_from_dict
         space = load_space(REPO / SPACE, base_recipe=self.budget.base_recipe(glue_dir=self.glue_dir))
         _check_teachers(self._args(), recipe_from_dict(space["base"], source=space["path"]))
@@ -337,13 +337,13 @@ class Protocol:
         """The sweep's best trial as a recipe (``bam-search best --export``), written next to the report."""
         from search.cli import best_recipe
         from trainables.recipe import dump_recipe, recipe_from_dict
-        from trainables.store import atomic_write_bytes
+        from trainables.storage import atomic_write
         recipe, top = best_recipe(str(self.storage), self.experiment("sweep"))
         path = self.report_dir / "best_recipe.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         text = dump_recipe(recipe_from_dict(recipe, source=f"best trial of {self.experiment('sweep')}"),
                            command=f"bam-search train {path.name} --seeds {self.budget.seeds}")
-        atomic_write_bytes(path, text.encode())
+        atomic_write(path, text.encode())
         self.say(f"best sweep trial {top['trial_id']}: glue_avg {top['best']:.2f}  "
                  f"{json.dumps(top['params'], default=str)}")
         return recipe, path
@@ -387,7 +387,7 @@ class Protocol:
     def records(self) -> list[dict]:
         """Run records for ``search.report``: teachers from the baseline registry, students from Tune's files."""
         from search.cli import _curves, _switches, summarize
-        from search.sweep import trial_results
+        from search.experiment import trial_results
         tasks = list(self.budget.tasks)
         per_seed: dict[int, dict] = {}
         for (task, seed), rec in self.teacher_records().items():
@@ -564,11 +564,11 @@ def check_results_file(path: Path) -> None:
 
 def update_results(path: Path, section: str) -> None:
     """Replace the text between the markers in ``path`` (bench/RESULTS.md) with ``section``."""
-    from trainables.store import atomic_write_bytes
+    from trainables.storage import atomic_write
     check_results_file(path)
     head, rest = path.read_text().split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    atomic_write_bytes(path, f"{head}{BEGIN}\n{section}\n{END}{tail}".encode())
+    atomic_write(path, f"{head}{BEGIN}\n{section}\n{END}{tail}".encode())
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -686,11 +686,11 @@ def main(argv=None) -> int:
         shown = (publish_figures(result, Path(args.update_results).resolve().parent / "figures" / "quality")
                  if args.update_results else result)
         section = markdown_section(shown, budget=budget, meta=meta)
-        from trainables.store import atomic_write_bytes
+        from trainables.storage import atomic_write
         out = {"budget": asdict(budget), "glue_dir": glue, "sizes": sizes, "meta": meta, "estimates_s": estimates,
                "phases": proto.state.data["phases"], **result}
-        atomic_write_bytes(storage / "quality.json", (json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
-        atomic_write_bytes(storage / "quality.md", (section + "\n").encode())
+        atomic_write(storage / "quality.json", (json.dumps(out, indent=1, allow_nan=False) + "\n").encode())
+        atomic_write(storage / "quality.md", (section + "\n").encode())
         if args.update_results:
             update_results(Path(args.update_results), section)
         console.print(markdown_table(result, budget.tasks))

@@ -265,7 +265,7 @@ def main() -> None:
         from ray import tune
 
         from search.ray_env import choose_resources, init_ray
-        from search.sweep import run_experiment
+        from search.experiment import run_experiment
         cache = storage / "cache"
         load = os.getloadavg()
         t0 = time.time()

@@ -30,7 +30,7 @@ def recipe(args) -> dict:
 def in_process(args, storage: str) -> dict:
     import torch
 
-    from trainables.driver import setup_run
+    from trainables.trial import setup_run
     from trainables.loop import run_training
     torch.set_num_threads(args.threads)
     run = setup_run({"recipe": recipe(args), "job": "student", "storage": storage,
@@ -44,7 +44,7 @@ def in_ray(args, storage: str, *, name: str) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from trainables.driver import train_fn_per_worker
+    from trainables.trial import train_fn_per_worker
     cfg = {"recipe": recipe(args), "job": "student", "storage": storage, "cache_dir": args.cache_dir,
            "artifacts_dir": os.path.join(storage, f"art-{name}"), "wandb": None}
     result = TorchTrainer(train_fn_per_worker, train_loop_config=cfg,

@@ -72,7 +72,7 @@ def student_recipe(args, *, tasks, precision: str, epochs: float | None = None, 
 
 def run_student(args, *, tasks, precision: str, storage: str, epochs=None, steps=None, optim_extra=None,
                 seed: int = 0) -> dict:
-    from trainables.driver import setup_run
+    from trainables.trial import setup_run
     from trainables.loop import run_training
     recipe = student_recipe(args, tasks=tasks, precision=precision, epochs=epochs, steps=steps, optim_extra=optim_extra,
                             seed=seed)
@@ -92,7 +92,7 @@ def run_reference(args, *, task_name: str, epochs: int | None = None, max_steps:
                   seed: int = 0) -> dict:
     from reference import predict_reference, train_reference
     from trainables.data import load_examples
-    from trainables.driver import build_model
+    from trainables.trial import build_model
     from trainables.metrics import compute_metrics
     from trainables.model import load_tokenizer
     from trainables.recipe import recipe_from_dict
@@ -184,7 +184,7 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(args.threads)
-    from trainables.driver import quiet_libraries
+    from trainables.trial import quiet_libraries
     quiet_libraries()
     t_start = time.perf_counter()
 

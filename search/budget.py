@@ -344,8 +344,8 @@ class DiskBudget(Callback):
         (self._warn or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
 
     def _write(self) -> None:
-        from trainables.store import atomic_write_bytes
+        from trainables.storage import atomic_write
         try:
-            atomic_write_bytes(self.exp / RECORD, json.dumps(self.record).encode())
+            atomic_write(self.exp / RECORD, json.dumps(self.record).encode())
         except OSError:
             pass

@@ -108,7 +108,7 @@ def _check_data(recipe) -> None:
 
 
 def _check_teachers(args, recipe) -> None:
-    from trainables.driver import missing_teachers
+    from trainables.teachers import missing_teachers
     missing = missing_teachers(recipe, storage=_storage(args))
     if missing:
         tasks = ",".join(sorted({t for t, _ in missing}))
@@ -129,7 +129,7 @@ def _check_teacher_predictions(args, recipe) -> None:
 
     from trainables.data import load_examples
     from trainables.model import model_identity
-    from trainables.store import BaselineRegistry, StoreError, TeacherStore
+    from trainables.teacher_store import BaselineRegistry, StoreError, TeacherStore
     if not recipe.teacher.use:
         return
     storage = _storage(args)
@@ -182,7 +182,7 @@ def _start(args, *, trials: int | None = None):
 
 def _loop(args, recipe: dict, *, job: str) -> dict:
     from trainables.storage import Storage
-    from .sweep import wandb_settings
+    from .experiment import wandb_settings
     storage = _storage(args)
     local = Storage.resolve(storage).local            # a URI: each node tokenises into its own default cache
     return {"recipe": recipe, "job": job, "storage": storage,
@@ -209,7 +209,7 @@ def cmd_teachers(args) -> int:
     from ray import tune
 
     from trainables.recipe import recipe_from_dict
-    from .sweep import run_experiment
+    from .experiment import run_experiment
     base = teacher_recipe(_base_recipe(args))
     seeds = list(range(args.seeds)) if args.seeds is not None else [0]
     recipe = recipe_from_dict(base, source="teachers")
@@ -224,7 +224,7 @@ def cmd_teachers(args) -> int:
 
 
 def _print_baselines(args, recipe) -> int:
-    from trainables.store import BaselineRegistry
+    from trainables.teacher_store import BaselineRegistry
     registry = BaselineRegistry(_storage(args))
     recs = [r for r in registry.records() if r["task"] in recipe.tasks]
     print(f"{'task':<16}{'seed':>5}{'dev score':>11}  key")
@@ -238,7 +238,7 @@ def cmd_train(args) -> int:
     from ray import tune
 
     from trainables.recipe import load_recipe
-    from .sweep import run_experiment
+    from .experiment import run_experiment
     overrides = list(args.set)
     if args.glue_dir:                                  # the flag beats the recipe file; an explicit --set beats both
         overrides.insert(0, f"data.glue_dir={_glue_dir(args)}")
@@ -259,7 +259,7 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     from trainables.recipe import recipe_from_dict
     from .spaces import load_space, to_tune, trial_count
-    from .sweep import run_experiment
+    from .experiment import run_experiment
     base = _base_recipe(args)
     space = load_space(args.space, base_recipe=base)
     _check_not_searched(args, space)
@@ -314,7 +314,7 @@ def _early_stopping(args, recipe) -> dict | None:
 def _check_delta_baselines(args, recipe) -> None:
     """--metric delta_vs_teachers needs every task's teacher dev score in the baseline registry."""
     import dataclasses
-    from trainables.driver import missing_teachers
+    from trainables.teachers import missing_teachers
     if "delta_vs_teachers" in args.metric:
         with_teachers = dataclasses.replace(recipe, teacher=dataclasses.replace(recipe.teacher, use=True))
         missing = missing_teachers(with_teachers, storage=_storage(args))
@@ -360,7 +360,7 @@ def _experiment_metric(storage: str, name: str) -> str:
 
 def cmd_resume(args) -> int:
     from trainables.storage import Storage
-    from .sweep import run_experiment
+    from .experiment import run_experiment
     from .ray_env import Resources
     st = Storage.resolve(_storage(args))
     if not st.is_file("experiments", args.name, "bam_experiment.json"):
@@ -388,7 +388,7 @@ def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
 
 
 def cmd_status(args) -> int:
-    from .sweep import trial_results
+    from .experiment import trial_results
     metric = _experiment_metric(_storage(args), args.name)
     rows = summarize(trial_results(_storage(args), args.name), metric=metric)
     print(f"{'trial':<14}{'state':<9}{'evals':>6}{'best ' + metric:>15}  params")
@@ -403,8 +403,8 @@ def cmd_status(args) -> int:
 
 
 def best_recipe(storage: str, name: str) -> tuple[dict, dict]:
-    from trainables.driver import with_params
-    from .sweep import trial_results
+    from trainables.recipe import with_params
+    from .experiment import trial_results
     trials = trial_results(storage, name)
     ranked = [s for s in summarize(trials, metric=_experiment_metric(storage, name)) if s["best"] is not None]
     if not ranked:
@@ -416,14 +416,14 @@ def best_recipe(storage: str, name: str) -> tuple[dict, dict]:
 
 def cmd_best(args) -> int:
     from trainables.recipe import dump_recipe, recipe_from_dict
-    from trainables.store import atomic_write_bytes
+    from trainables.storage import atomic_write
     recipe, top = best_recipe(_storage(args), args.name)
     r = recipe_from_dict(recipe, source=f"best trial of {args.name}")
     metric = _experiment_metric(_storage(args), args.name)
     print(f"best trial {top['trial_id']}: {metric} {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
     if args.export:
         text = dump_recipe(r, command=f"bam-search train {args.export} --seeds 3")
-        atomic_write_bytes(Path(args.export), text.encode())
+        atomic_write(Path(args.export), text.encode())
         print(f"recipe written to {args.export}")
     return 0
 
@@ -432,9 +432,9 @@ def cmd_report(args) -> int:
     import tempfile
 
     from trainables.storage import Storage
-    from trainables.store import BaselineRegistry
+    from trainables.teacher_store import BaselineRegistry
     from .report import write_report
-    from .sweep import trial_results
+    from .experiment import trial_results
     storage = _storage(args)
     recipe, top = best_recipe(storage, args.name)
     runs = []
@@ -508,10 +508,10 @@ def cmd_demo(args) -> int:
     from rich.console import Console
 
     from trainables.recipe import dump_recipe, recipe_from_dict
-    from trainables.store import atomic_write_bytes
+    from trainables.storage import atomic_write
     from .progress import phase
     from .spaces import load_space, to_tune
-    from .sweep import run_experiment
+    from .experiment import run_experiment
 
     console = Console()
     t0 = time.time()
@@ -557,7 +557,7 @@ def cmd_demo(args) -> int:
     best, top = best_recipe(storage, name)
     out = Path(storage) / "reports" / name
     recipe_path = out / "best_recipe.yaml"
-    atomic_write_bytes(recipe_path, dump_recipe(recipe_from_dict(best), command=f"bam-search train {recipe_path} "
+    atomic_write(recipe_path, dump_recipe(recipe_from_dict(best), command=f"bam-search train {recipe_path} "
                                                 f"--seeds 3 --storage {storage}").encode())
     console.print(f"best trial {top['trial_id']}: glue_avg {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
 

@@ -30,13 +30,14 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from trainables.storage import atomic_write
 
 __all__ = [
     "ALPHA",
@@ -715,25 +716,6 @@ def _curves_png(runs: list[dict], comparison: dict) -> bytes | None:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temp file in the same directory, fsync, then ``os.replace`` onto ``path``."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_report(
     *,
     runs: list[dict],
@@ -760,26 +742,26 @@ def write_report(
     images: dict[str, str] = {}
 
     bars_path = out / "bars.png"
-    _atomic_write(bars_path, _bars_png(comparison))
+    atomic_write(bars_path, _bars_png(comparison))
     written["bars"] = str(bars_path)
     images["bars.png"] = _BARS_ALT
 
     curves = _curves_png([r for r in runs if r["group"] == candidate], comparison)
     if curves is not None:
         curves_path = out / "curves.png"
-        _atomic_write(curves_path, curves)
+        atomic_write(curves_path, curves)
         written["curves"] = str(curves_path)
         images["curves.png"] = _curves_alt(candidate)
 
     json_path = out / "comparison.json"
-    _atomic_write(json_path, json.dumps(comparison, indent=2, allow_nan=False) + "\n")
+    atomic_write(json_path, json.dumps(comparison, indent=2, allow_nan=False) + "\n")
     written["json"] = str(json_path)
 
     md_path = out / "report.md"
-    _atomic_write(md_path, _render_markdown(comparison, title=title, recipe_yaml=recipe_yaml, images=images))
+    atomic_write(md_path, _render_markdown(comparison, title=title, recipe_yaml=recipe_yaml, images=images))
     written["markdown"] = str(md_path)
 
     html_path = out / "report.html"
-    _atomic_write(html_path, _render_html(comparison, title=title, recipe_yaml=recipe_yaml, images=images))
+    atomic_write(html_path, _render_html(comparison, title=title, recipe_yaml=recipe_yaml, images=images))
     written["html"] = str(html_path)
     return written

@@ -11,7 +11,7 @@ import os
 
 from ray.tune import Callback
 
-from trainables.tracking import scrub
+from trainables.redact import scrub
 
 SKIP = {"config", "trial_id", "experiment_id", "date", "timestamp", "pid", "hostname", "node_ip", "experiment_tag",
         "done", "checkpoint_path", "should_checkpoint"}
@@ -25,7 +25,7 @@ class WandbTrials(Callback):
     def _init(self, trial):
         import wandb
         os.environ.setdefault("WANDB_SILENT", "true")
-        from trainables.driver import with_params
+        from trainables.recipe import with_params
         cfg = trial.config
         loop = cfg.get("loop", {})
         recipe = with_params(loop.get("recipe", {}), cfg.get("params") or {})

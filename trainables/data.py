@@ -16,11 +16,15 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import UserError
 from .tasks import Task, get_task
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
 
 csv.field_size_limit(sys.maxsize)
 
@@ -341,3 +345,28 @@ class ExampleStream:
     def load_state(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self._order = self._make(self.epoch)
+
+
+def load_task_data(recipe: Recipe, *, tokenizer, cache_dir: str | None) -> dict[str, TaskData]:
+    d = recipe.data
+    out = {}
+    for name in recipe.tasks:
+        task = get_task(name)
+        train = load_examples(task=name, split="train", glue_dir=d.glue_dir)
+        train = train.subsample(max_examples=d.max_train_examples, seed=d.data_seed)
+        devs = {}
+        for split in task.dev_splits:
+            ex = load_examples(task=name, split=split, glue_dir=d.glue_dir)
+            devs[split] = tokenize_split(ex.subsample(max_examples=d.max_dev_examples, seed=d.data_seed),
+                                         tokenizer=tokenizer, max_length=d.max_length, cache_dir=cache_dir)
+        out[name] = TaskData(task=task, train=tokenize_split(train, tokenizer=tokenizer, max_length=d.max_length,
+                                                             cache_dir=cache_dir), dev=devs)
+    return out
+
+
+@dataclass
+class TaskData:
+    task: Task
+    train: TokenizedSplit
+    dev: dict[str, TokenizedSplit]
+    teacher: np.ndarray | None = None        # train-set predictions aligned with train.ids

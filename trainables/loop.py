@@ -8,16 +8,10 @@ report metrics with a checkpoint that resumes the run exactly.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import io
 import json
 import math
-import os
 import resource
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,27 +20,22 @@ import torch
 from torch import nn
 
 from . import schedules
-from .data import ExampleStream, TokenizedSplit, eval_batches
+from .checkpoint import atomic_torch_save, load_tensors, verify_checkpoint
+from .data import ExampleStream, TaskData, TokenizedSplit, eval_batches
 from .errors import UserError
 from .losses import hidden_mse, pcgrad, task_loss, uncertainty_weighted, dwa_weights
 from .metrics import compute_metrics, glue_average
 from .model import MultiTaskModel, layer_depths, set_attention, set_dropout
 from .recipe import Recipe
-from .store import StoreError, atomic_save_npy, atomic_write_bytes, load_checked_npy
+from .storage import atomic_write
+from .teacher_store import atomic_save_npy, load_checked_npy
 from .switch import TaskSwitch
-from .tasks import Task
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-@dataclass
-class TaskData:
-    task: Task
-    train: TokenizedSplit
-    dev: dict[str, TokenizedSplit]
-    teacher: np.ndarray | None = None        # train-set predictions aligned with train.ids
 
 
 # --------------------------------------------------------------------------------------------- distributed
@@ -402,7 +391,7 @@ class Run:
         if self.world.rank == 0:
             for s, sd in self.snapshots.items():
                 if s not in self.snapshot_files:             # atomic, checksummed, named by content
-                    path, sha = _atomic_torch_save(sd, self.artifacts / "snapshots" / f"step{s}.pt", content_name=True)
+                    path, sha = atomic_torch_save(sd, self.artifacts / "snapshots" / f"step{s}.pt", content_name=True)
                     self.snapshot_files[s], self.snapshot_sha[s] = str(path), sha
         self.snapshot_files, self.snapshot_sha = self.world.broadcast((self.snapshot_files, self.snapshot_sha))
         return {
@@ -423,9 +412,9 @@ class Run:
 
         Ranks other than 0 also write ``checksums-rank<r>.json`` (rank 0's sum is in ``checksums.json``)."""
         name = f"rng-rank{self.world.rank}.pt"
-        _, sha = _atomic_torch_save(torch.get_rng_state(), directory / name)
+        _, sha = atomic_torch_save(torch.get_rng_state(), directory / name)
         if self.world.rank != 0:
-            atomic_write_bytes(directory / f"checksums-rank{self.world.rank}.json", json.dumps({name: sha}).encode())
+            atomic_write(directory / f"checksums-rank{self.world.rank}.json", json.dumps({name: sha}).encode())
         return sha
 
     def save_checkpoint(self, directory: Path) -> None:
@@ -433,14 +422,13 @@ class Run:
         cut short is either complete or detected as incomplete."""
         directory.mkdir(parents=True, exist_ok=True)
         sums = {f"rng-rank{self.world.rank}.pt": self.save_rng(directory)}
-        _, sums["model.pt"] = _atomic_torch_save(
+        _, sums["model.pt"] = atomic_torch_save(
             {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
              "scaler": self.scaler.state_dict() if self.scaler else None,
              "torch_rng": torch.get_rng_state()}, directory / "model.pt")
         state = json.dumps(self.state()).encode()
-        atomic_write_bytes(directory / "state.json", state)
-        sums["state.json"] = _sha256_bytes(state)
-        atomic_write_bytes(directory / "checksums.json", json.dumps(sums).encode())
+        _, sums["state.json"] = atomic_write(directory / "state.json", state)
+        atomic_write(directory / "checksums.json", json.dumps(sums).encode())
 
     def load_checkpoint(self, directory: Path) -> None:
         """Load a checkpoint after checking it and every file it refers to; nothing is changed on error."""
@@ -470,122 +458,22 @@ class Run:
         self.last_metrics = st.get("last_metrics")
 
 
-def load_tensors(path, *, map_location=None, name: str | None = None):
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers only. A file whose pickle would
-    build anything else (run code) is refused with an error naming it, before anything is built."""
-    import pickle
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UserError(f"{name or path}: refused: not a plain tensor file (torch.load weights_only: "
-                        f"{str(e).splitlines()[0][:160]})") from None
 
 
-def _sha256_file(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
-def _sha256_bytes(data: bytes) -> str:
-    import hashlib
-    return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_torch_save(obj, path: Path, *, content_name: bool = False) -> tuple[Path, str]:
-    """``torch.save`` to a temporary file, fsync, rename; returns (final path, sha256).
-
-    ``content_name``: the final name carries the first 12 hex digits of the checksum (``step4-<sha>.pt``), so a
-    rewrite never replaces a file that an older checkpoint refers to."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        sha = _sha256_file(tmp)
-        if content_name:
-            path = path.with_name(f"{path.stem}-{sha[:12]}{path.suffix}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path, sha
 
 
-def _read_json(path: Path, what: str):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"{path}: {what} is truncated or corrupt (not valid JSON)") from None
 
 
-def verify_checkpoint(directory: Path, *, references: bool = False) -> None:
-    """Raise UserError naming the file if a checkpoint is incomplete or corrupt (checksums).
-
-    ``references``: also check the files the checkpoint refers to outside its folder (best-weights snapshots,
-    KD-switch soft labels) against the checksums recorded in its ``state.json``."""
-    sums_path = directory / "checksums.json"
-    if not sums_path.is_file():
-        raise UserError(f"{directory}: checkpoint has no checksums.json (incomplete)")
-    for sums_file in [sums_path, *sorted(directory.glob("checksums-rank*.json"))]:
-        sums = _read_json(sums_file, "checkpoint checksum file")
-        for name, sha in sums.items():
-            p = directory / name
-            if not p.is_file() or _sha256_file(p) != sha:
-                raise UserError(f"{p}: checkpoint file is truncated or corrupt (checksum mismatch)")
-    if not references:
-        return
-    st = _read_json(directory / "state.json", "checkpoint state")
-    snap_sums = st.get("snapshot_sha256") or {}
-    for step, path in (st.get("snapshot_files") or {}).items():
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: best-weights snapshot of checkpoint {directory} is missing")
-        if step in snap_sums and _sha256_file(p) != snap_sums[step]:
-            raise UserError(f"{p}: best-weights snapshot is truncated or corrupt (checksum mismatch)")
-    for task, ref in (st.get("soft_labels") or {}).items():
-        try:
-            load_checked_npy(Path(ref["path"]), ref["sha256"])
-        except StoreError as e:
-            raise UserError(f"{e} (soft labels of task {task}, checkpoint {directory})") from None
 
 
-def restore_latest_good(run: "Run", candidates: list[Path], *, warn: Callable[[str], None] | None = None) -> Path:
-    """Load the first intact checkpoint of ``candidates`` (newest first) into ``run``; returns its folder.
-
-    A corrupt or incomplete newer checkpoint is skipped with a warning naming the file; if none is intact,
-    the error of the newest one is raised (it names the file)."""
-    errors = []
-    for d in candidates:
-        try:
-            run.load_checkpoint(Path(d))
-        except UserError as e:
-            errors.append(e)
-            continue
-        if errors:
-            (warn or _stderr)(f"bam-search: warning: {errors[0]}; resumed from the previous good checkpoint {d}")
-        return Path(d)
-    if not errors:
-        raise UserError("no checkpoint to resume from")
-    raise UserError(f"{errors[0]}; no earlier intact checkpoint to fall back to") from None
 
 
-def _stderr(msg: str) -> None:
-    import sys
-    print(msg, file=sys.stderr, flush=True)
 
 
-def checkpoint_siblings(latest: Path) -> list[Path]:
-    """``latest`` and the older ``checkpoint-step*`` folders beside it (newest first): the fallback chain."""
-    latest = Path(latest)
-    if not latest.name.startswith("checkpoint-step"):     # a downloaded copy (URI storage): no siblings here
-        return [latest]
-    older = [p for p in latest.parent.glob("checkpoint-step*") if p.is_dir() and p.name < latest.name]
-    return [latest, *sorted(older, key=lambda p: p.name, reverse=True)]
 
 
 # --------------------------------------------------------------------------------------------- driving

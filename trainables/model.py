@@ -263,3 +263,11 @@ def layer_depths(model: MultiTaskModel) -> dict[str, int]:
         else:
             depths[name] = top
     return depths
+
+
+def get_device() -> torch.device:
+    try:
+        import ray.train.torch
+        return ray.train.torch.get_device()
+    except Exception:  # noqa: BLE001 - outside Ray Train
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")

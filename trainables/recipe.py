@@ -475,3 +475,12 @@ def with_key_line(message: str, *, path: str | Path, overrides=(), prefix: tuple
 def dump_recipe(recipe: Recipe, *, command: str) -> str:
     """YAML whose first line is the command that runs it (torchtune style)."""
     return f"# {command}\n" + yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+def with_params(recipe: dict, params: dict) -> dict:
+    """The base recipe with sampled values set at their dotted keys."""
+    import copy
+    out = copy.deepcopy(recipe)
+    for key, value in params.items():
+        set_dotted(out, key.split("."), value)
+    return out

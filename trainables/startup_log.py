@@ -2,7 +2,7 @@
 
 Every event is one JSON line ``{"t": epoch seconds, "event", "trial", "pid", "loaded"}`` appended to that file
 by the process where it happens, in one ``O_APPEND`` write (lines from concurrent processes never tear);
-``loaded`` lists the heavy libraries that process had imported by then. ``trainables.driver`` marks the Tune
+``loaded`` lists the heavy libraries that process had imported by then. ``trainables.trial`` marks the Tune
 function and the Train worker; ``TrainStartupTimes`` marks Train's controller and is switched on through
 Ray's own variable, never by code: ``RAY_TRAIN_CALLBACKS=trainables.startup_log.TrainStartupTimes``.
 

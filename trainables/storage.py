@@ -10,9 +10,11 @@ files read here are the same place. The filesystem is opened lazily: an ``s3://`
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
+from typing import IO, Callable
 
 from .errors import UserError
 
@@ -26,15 +28,45 @@ class StorageError(UserError):
     """A --storage location that cannot be used (unknown scheme, unreachable, no permission)."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a local file atomically: a temporary file in the same folder, fsync, rename."""
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[IO[bytes]], object], *,
+                 content_name: bool = False) -> tuple[Path, str]:
+    """The one atomic writer of local files: a temporary file in the same folder, fsync, rename; a reader sees
+    the old file or the whole new one. ``data``: bytes, text (UTF-8) or a function that writes to the open
+    file (``np.save``, ``torch.save``). Returns (final path, sha256 of the content).
+
+    ``content_name``: the final name carries the first 12 hex digits of the checksum (``step4-<sha>.pt``), so a
+    rewrite never replaces a file that something older refers to."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        sha = sha256_file(tmp) if callable(data) else sha256_bytes(
+            data.encode("utf-8") if isinstance(data, str) else data)
+        if content_name:
+            path = path.with_name(f"{path.stem}-{sha[:12]}{path.suffix}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path, sha
 
 
 def is_uri(spec: str | os.PathLike) -> bool:
@@ -153,7 +185,7 @@ class Storage:
     def write_bytes(self, *parts: str, data: bytes) -> None:
         """Atomic: readers see no file, the previous one, or all of ``data``."""
         if self.local is not None:
-            atomic_write_bytes(self.local.joinpath(*parts), data)
+            atomic_write(self.local.joinpath(*parts), data)
             return
         fs = self.filesystem
         final = self._path(*parts)
@@ -204,7 +236,7 @@ class Storage:
         if self.local is not None:
             try:
                 self.local.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(self.local / probe, b"ok")
+                atomic_write(self.local / probe, b"ok")
                 (self.local / probe).unlink()
             except OSError as e:
                 raise StorageError(f"--storage {self.uri}: not writable: {_first_line(e)}") from None

@@ -35,8 +35,8 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"          # the metric TuneReportCallback
 
 
 def write_pointer(directory: Path, pointer: dict) -> None:
-    from .store import atomic_write_bytes
-    atomic_write_bytes(Path(directory) / POINTER, json.dumps(pointer, indent=1).encode())
+    from .storage import atomic_write
+    atomic_write(Path(directory) / POINTER, json.dumps(pointer, indent=1).encode())
 
 
 def read_pointer(directory: Path) -> dict | None:

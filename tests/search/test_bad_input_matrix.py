@@ -51,7 +51,7 @@ def plant_teachers(storage: Path, mode: str) -> None:
     """Registry line + prediction folder for syn_noisy (seed 0, tiny), made wrong in one way."""
     from trainables.data import load_examples
     from trainables.model import model_identity
-    from trainables.store import BaselineRegistry, TeacherStore, teacher_key
+    from trainables.teacher_store import BaselineRegistry, TeacherStore, teacher_key
     ex = load_examples(task="syn_noisy", split="train", glue_dir=None)
     fp = ex.fingerprint()
     key = teacher_key(task="syn_noisy", fingerprint=fp, model=model_identity("tiny"), teacher_config={}, seed=0)

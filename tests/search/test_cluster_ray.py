@@ -111,7 +111,7 @@ def cli(*args, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
 def make_teachers(storage: Path) -> list[dict]:
     """The teachers of TASKS written to the store in this process (a few steps each, no Ray): what the
     sweep's trials must find and read, wherever they run."""
-    from trainables import driver
+    from trainables import teachers, trial
     from trainables.loop import run_training
     records = []
     for t in TASKS:
@@ -120,9 +120,9 @@ def make_teachers(storage: Path) -> list[dict]:
                   "optim": {"steps": 2, "batch_size": 16}, "data": {"max_train_examples": 64, "max_dev_examples": 64}}
         cfg = {"job": "teacher", "storage": str(storage), "artifacts_dir": str(storage / "teacher-artifacts"),
                "cache_dir": os.environ["BAM_CACHE_DIR"], "recipe": recipe}
-        run = driver.setup_run(cfg)
+        run = trial.setup_run(cfg)
         run_training(run, report=lambda m, r: None)
-        records.append(driver.finish_teacher(run, config=cfg))
+        records.append(teachers.finish_teacher(run, config=cfg))
     return records
 
 
@@ -217,7 +217,7 @@ def test_multi_node_sweep_reads_the_shared_store(ray_cluster, tmp_path, cache_di
     # find them would have failed (find_teachers raises); the store still holds exactly those teachers
     for rs in rows.values():
         assert rs[0]["config"]["loop"]["recipe"].get("teacher", {}).get("use", True) is True   # the default
-    from trainables.store import BaselineRegistry
+    from trainables.teacher_store import BaselineRegistry
     assert [x["key"] for x in BaselineRegistry(storage).records(strict=True)] == [x["key"] for x in records]
     assert sorted(p.name for p in (storage / "teachers").iterdir()) == sorted(x["key"] for x in records)
 

@@ -51,7 +51,7 @@ def wandb_runs(storage: Path) -> list[dict]:
 
 
 def test_teachers_store_predictions_and_baselines(storage):
-    from trainables.store import BaselineRegistry, TeacherStore
+    from trainables.teacher_store import BaselineRegistry, TeacherStore
     recs = BaselineRegistry(storage).records(strict=True)
     assert sorted(r["task"] for r in recs) == ["syn_noisy", "syn_pairmatch"]
     for r in recs:

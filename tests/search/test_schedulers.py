@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.sweep import make_scheduler
+from search.experiment import make_scheduler
 from trainables.errors import UserError
 
 

@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainables import driver, loop
+from trainables import loop, trial
 from trainables.errors import UserError
-from trainables.loop import checkpoint_siblings, restore_latest_good, run_training, verify_checkpoint
-from trainables.store import StoreError, atomic_save_npy
+from trainables.checkpoint import checkpoint_siblings, restore_latest_good, verify_checkpoint
+from trainables.loop import run_training
+from trainables.storage import sha256_file
+from trainables.teacher_store import StoreError, atomic_save_npy
 
 CACHE = os.environ.get("BAM_CACHE_DIR") or "/tmp/utcache"
 TASKS = ["syn_noisy", "syn_similarity"]
@@ -35,7 +37,7 @@ def _one_thread():
 
 @pytest.fixture(autouse=True)
 def _cpu(monkeypatch):
-    monkeypatch.setattr(driver, "get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(trial, "get_device", lambda: torch.device("cpu"))
 
 
 def recipe(**over) -> dict:
@@ -49,7 +51,7 @@ def recipe(**over) -> dict:
 
 
 def make_run(tmp: Path, rec: dict | None = None):
-    return driver.setup_run({"recipe": rec or recipe(), "job": "student", "storage": str(tmp / "storage"),
+    return trial.setup_run({"recipe": rec or recipe(), "job": "student", "storage": str(tmp / "storage"),
                              "artifacts_dir": str(tmp / "art"), "cache_dir": CACHE})
 
 
@@ -248,7 +250,7 @@ def test_crash_mid_npy_write_keeps_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(Crash):
         atomic_save_npy(path, np.zeros(6, dtype=np.float32))
     monkeypatch.undo()
-    from trainables.store import load_checked_npy
+    from trainables.teacher_store import load_checked_npy
     assert np.array_equal(load_checked_npy(path, sha), old)
     assert [p.name for p in path.parent.iterdir() if not p.name.startswith(".")] == ["t-step2.npy"]
 
@@ -292,7 +294,7 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({"model": _Planted(marker)}, d / "model.pt")
     sums = json.loads((d / "checksums.json").read_text())
-    sums["model.pt"] = loop._sha256_file(d / "model.pt")
+    sums["model.pt"] = sha256_file(d / "model.pt")
     (d / "checksums.json").write_text(json.dumps(sums))
     before = params(run)
     with pytest.raises(UserError, match=r"model\.pt: refused: not a plain tensor file"):

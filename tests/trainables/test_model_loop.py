@@ -12,14 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables import driver, schedules
+from trainables import schedules, teachers, trial
 from trainables.errors import UserError
 from trainables.losses import (annealed_target_probs, dwa_weights, pcgrad, soft_cross_entropy, task_loss,
                                uncertainty_weighted)
-from trainables.loop import Run, run_training, verify_checkpoint
+from trainables.checkpoint import verify_checkpoint
+from trainables.loop import Run, run_training
 from trainables.metrics import compute_metrics, glue_average
 from trainables.model import layer_depths
-from trainables.store import BaselineRegistry, StoreError, TeacherStore
+from trainables.teacher_store import BaselineRegistry, StoreError, TeacherStore
 from trainables.synthetic import SYNTHETIC_TASKS
 
 CACHE = os.environ.get("BAM_CACHE_DIR") or "/tmp/utcache"
@@ -36,7 +37,7 @@ def _one_thread():
 
 @pytest.fixture(autouse=True)
 def _cpu(monkeypatch):
-    monkeypatch.setattr(driver, "get_device", lambda: torch.device("cpu"))   # no ray.train import
+    monkeypatch.setattr(trial, "get_device", lambda: torch.device("cpu"))   # no ray.train import
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -54,7 +55,7 @@ def recipe(tasks, **over) -> dict:
 
 
 def make_run(tmp: Path, rec: dict, *, job: str = "student") -> Run:
-    return driver.setup_run({"recipe": rec, "job": job, "storage": str(tmp / "storage"),
+    return trial.setup_run({"recipe": rec, "job": job, "storage": str(tmp / "storage"),
                              "artifacts_dir": str(tmp / "art"), "cache_dir": CACHE})
 
 
@@ -334,7 +335,7 @@ def test_teacher_runs_feed_the_student(tmp_path):
         trec = recipe([t], evals=1, optim={"steps": 3})
         trun = make_run(tmp_path, trec, job="teacher")
         train(trun)
-        record = driver.finish_teacher(trun, config={"storage": str(tmp_path / "storage")})
+        record = teachers.finish_teacher(trun, config={"storage": str(tmp_path / "storage")})
         assert record["task"] == t and record["n_train"] == 48 and record["score"] == trun.switch[t].best
         teacher_preds[t] = trun.predict(t, trun.data[t].train)
     records = BaselineRegistry(tmp_path / "storage").records(strict=True)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from trainables.driver import setup_run
+from trainables.trial import setup_run
 from trainables.loop import NonFiniteLoss, run_training
 
 

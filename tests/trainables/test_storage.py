@@ -13,7 +13,7 @@ import pytest
 import pyarrow.fs as pafs
 
 from trainables.storage import SCHEMES, Storage, StorageError, storage_uri
-from trainables.store import BaselineRegistry, StoreError, TeacherStore
+from trainables.teacher_store import BaselineRegistry, StoreError, TeacherStore
 
 FP = "f" * 64
 
@@ -225,7 +225,7 @@ def _fake_experiment(st: Storage) -> None:
 
 
 def test_trial_results_read_the_same_from_a_uri_root(tmp_path):
-    from search.sweep import experiment_dir, trial_results
+    from search.experiment import experiment_dir, trial_results
     local, mem = Storage.resolve(tmp_path), memory_storage()
     for st in (local, mem):
         _fake_experiment(st)
@@ -242,7 +242,7 @@ def test_trial_results_read_the_same_from_a_uri_root(tmp_path):
 
 
 def test_wandb_dir_is_local_for_a_uri_storage(tmp_path, monkeypatch):
-    from search.sweep import wandb_settings
+    from search.experiment import wandb_settings
     monkeypatch.chdir(tmp_path)
     assert wandb_settings(str(tmp_path / "s"))["dir"] == str(tmp_path / "s" / "wandb")
     assert wandb_settings("s3://b/bam")["dir"] == str(tmp_path / "bam-wandb")
@@ -255,27 +255,27 @@ def test_teacher_then_student_through_a_uri_root(tmp_path, monkeypatch):
     setup finds and loads them from there (and the teacher weights for hidden-state distillation)."""
     import torch
 
-    from trainables import driver
+    from trainables import teachers, trial
     from trainables.loop import run_training
-    monkeypatch.setattr(driver, "get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(trial, "get_device", lambda: torch.device("cpu"))
     st = memory_storage()
     base = {"tasks": ["syn_noisy"], "model": "tiny", "precision": "fp32", "evals": 1, "seed": 0,
             "teacher": {"use": False}, "optim": {"steps": 3, "batch_size": 8, "lr": 1e-3},
             "data": {"max_train_examples": 32, "max_dev_examples": 32, "max_length": 32}}
     cfg = {"job": "teacher", "storage": st, "artifacts_dir": str(tmp_path / "art"), "cache_dir": str(tmp_path / "c")}
-    trun = driver.setup_run({**cfg, "recipe": base})
+    trun = trial.setup_run({**cfg, "recipe": base})
     run_training(trun, report=lambda m, r: None)
-    record = driver.finish_teacher(trun, config=cfg)
+    record = teachers.finish_teacher(trun, config=cfg)
     assert [r["key"] for r in BaselineRegistry(st).records(strict=True)] == [record["key"]]
     assert st.listdir("teachers", record["key"]) == ["ids.npy", "meta.json", "model.pt", "predictions.npy"]
     assert not (tmp_path / "teachers").exists()
 
     student = {**base, "teacher": {"use": True}, "anneal": {"schedule": "linear"}}
-    run = driver.setup_run({**cfg, "job": "student", "recipe": student})
+    run = trial.setup_run({**cfg, "job": "student", "recipe": student})
     np.testing.assert_allclose(run.data["syn_noisy"].teacher, trun.predict("syn_noisy", trun.data["syn_noisy"].train),
                                atol=1e-6)
-    recipe = driver.recipe_from_dict(student)
-    encoders = driver.load_teacher_encoders(recipe, {"syn_noisy": [record]}, storage=st, tokenizer=trun.tokenizer
-                                            if hasattr(trun, "tokenizer") else driver.load_tokenizer("tiny"))
+    recipe = trial.recipe_from_dict(student)
+    encoders = teachers.load_teacher_encoders(recipe, {"syn_noisy": [record]}, storage=st, tokenizer=trun.tokenizer
+                                            if hasattr(trun, "tokenizer") else trial.load_tokenizer("tiny"))
     sd = trun.model.state_dict()
     assert all(torch.equal(encoders["syn_noisy"].state_dict()[k], sd[k]) for k in sd)

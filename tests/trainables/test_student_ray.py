@@ -24,7 +24,7 @@ def run_train(*, storage: Path, name: str, recipe: dict, resume_from=None):
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from trainables.driver import train_fn_per_worker
+    from trainables.trial import train_fn_per_worker
     config = {"recipe": recipe, "job": "student", "storage": str(storage), "cache_dir": os.environ["BAM_CACHE_DIR"],
               "artifacts_dir": str(storage / "artifacts" / name), "wandb": None, "run_id": name,
               "resume_from": resume_from.path if resume_from else None}

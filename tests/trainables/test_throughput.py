@@ -179,11 +179,11 @@ def test_cpu_training_swaps_every_dropout_keeping_p_and_weights(tmp_path):
     p, the state dict is untouched, evaluation is deterministic and training still drops (attention included)."""
     from torch import nn
 
-    from trainables import driver
+    from trainables import trial
     from trainables.model import CpuDropout, bam_eager_attention, set_dropout
     rec = recipe(["syn_pairmatch"], precision="fp32")
     run = make_run(tmp_path, rec)
-    fresh = driver.build_model(run.r, tokenizer=driver.load_tokenizer(run.r.model, cache_dir=None),
+    fresh = trial.build_model(run.r, tokenizer=trial.load_tokenizer(run.r.model, cache_dir=None),
                                tasks={t: run.data[t].task for t in run.tasks})
     before = {n: m.p for n, m in fresh.named_modules() if type(m) is nn.Dropout}
     assert len(before) >= 2 * run.model.num_layers + 2                     # per layer two, embeddings, head

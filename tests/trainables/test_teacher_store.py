@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trainables.errors import UserError
-from trainables.store import BaselineRegistry, StoreError, TeacherStore, teacher_key
+from trainables.teacher_store import BaselineRegistry, StoreError, TeacherStore, teacher_key
 
 FP = "f" * 64
 
@@ -170,7 +170,7 @@ def test_append_after_a_torn_last_line(tmp_path):
 def test_teacher_keys_survive_options_added_later():
     """optim.decay came after teacher stores existed: at its default it stays out of the key (teachers already
     trained keep their keys); set to something else it changes the key."""
-    from trainables.driver import teacher_config
+    from trainables.teachers import teacher_config
     from trainables.recipe import recipe_from_dict
     base = teacher_config(recipe_from_dict({"tasks": ["rte"], "model": "tiny"}))
     assert base == {"optim": {"lr": 5e-5, "weight_decay": 0.01, "layer_decay": 0.9, "warmup": 0.1, "clip": 1.0,

@@ -1,27 +1,22 @@
-"""Inside a trial: ``train_fn_per_worker`` (one Ray Train worker) and ``train_driver_fn`` (the Tune
-function trainable that launches a ``TorchTrainer`` and forwards its reports to Tune, ``tune_bridge.py``;
-Train V2 API)."""
+"""Inside a trial: ``train_driver_fn`` (the Tune function trainable that launches a ``TorchTrainer`` and
+forwards its reports to Tune, ``tune_bridge.py``; Train V2 API) and ``train_fn_per_worker`` (one Ray Train
+worker running THE loop)."""
 from __future__ import annotations
 
-import io
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .data import load_examples, tokenize_split
-from .errors import UserError
-from .loop import (NonFiniteLoss, Run, TaskData, World, checkpoint_siblings, load_tensors, restore_latest_good,
-                   run_training, verify_checkpoint)
-from .model import MultiTaskModel, build_encoder, load_tokenizer, model_identity
-from .recipe import Recipe, recipe_from_dict
+from .checkpoint import checkpoint_siblings, restore_latest_good
+from .data import load_task_data
+from .loop import NonFiniteLoss, Run, World, run_training
+from .model import MultiTaskModel, build_encoder, get_device, load_tokenizer
+from .recipe import Recipe, recipe_from_dict, with_params
 from .storage import Storage
-from .store import BaselineRegistry, StoreError, TeacherStore, teacher_key
-from .tasks import get_task
+from .teachers import attach_teacher_predictions, finish_teacher, load_teacher_encoders, student_baselines, delta_vs_teachers
 
 
 def startup_mark(event: str, *, trial: str | None, **extra) -> None:
@@ -54,120 +49,12 @@ def quiet_libraries() -> None:
         pass
 
 
-# Recipe options added after teacher keys were first written: left out of the key while at their default, so
-# that teachers already in a store keep their keys (and are not trained again).
-LATER_OPTIM_DEFAULTS = {"decay": "linear"}
-
-
-def teacher_config(recipe: Recipe) -> dict:
-    """What makes two teachers of the same task, data, model and seed the same."""
-    optim = {k: v for k, v in recipe.to_dict()["optim"].items()
-             if not (k in LATER_OPTIM_DEFAULTS and v == LATER_OPTIM_DEFAULTS[k])}
-    return {"optim": optim, "max_length": recipe.data.max_length,
-            "precision": recipe.precision, "evals": recipe.evals, "pooling": recipe.student.pooling}
-
-
-def load_task_data(recipe: Recipe, *, tokenizer, cache_dir: str | None) -> dict[str, TaskData]:
-    d = recipe.data
-    out = {}
-    for name in recipe.tasks:
-        task = get_task(name)
-        train = load_examples(task=name, split="train", glue_dir=d.glue_dir)
-        train = train.subsample(max_examples=d.max_train_examples, seed=d.data_seed)
-        devs = {}
-        for split in task.dev_splits:
-            ex = load_examples(task=name, split=split, glue_dir=d.glue_dir)
-            devs[split] = tokenize_split(ex.subsample(max_examples=d.max_dev_examples, seed=d.data_seed),
-                                         tokenizer=tokenizer, max_length=d.max_length, cache_dir=cache_dir)
-        out[name] = TaskData(task=task, train=tokenize_split(train, tokenizer=tokenizer, max_length=d.max_length,
-                                                             cache_dir=cache_dir), dev=devs)
-    return out
-
-
-def missing_teachers(recipe: Recipe, *, storage: str) -> list[tuple[str, int]]:
-    """(task, seed) pairs whose teacher predictions are not in the store for this data: checked before Ray."""
-    if not recipe.teacher.use:
-        return []
-    model = model_identity(recipe.teacher.model or recipe.model)
-    records = BaselineRegistry(storage).records()
-    have = {(r["task"], r["seed"], r["fingerprint"]) for r in records if r["model"] == model}
-    missing = []
-    for t in recipe.tasks:
-        ex = load_examples(task=t, split="train", glue_dir=recipe.data.glue_dir)
-        fp = ex.subsample(max_examples=recipe.data.max_train_examples, seed=recipe.data.data_seed).fingerprint()
-        missing += [(t, s) for s in recipe.teacher.seeds if (t, s, fp) not in have]
-    return missing
-
-
-def find_teachers(recipe: Recipe, data: dict[str, TaskData], *, storage: str) -> dict[str, list[dict]]:
-    """Registry records of the teachers this student distils from: task -> one record per seed."""
-    model = model_identity(recipe.teacher.model or recipe.model)
-    records = BaselineRegistry(storage).records()
-    found: dict[str, list[dict]] = {}
-    for t in recipe.tasks:
-        fp = data[t].train.fingerprint
-        per_seed = []
-        for seed in recipe.teacher.seeds:
-            matches = [r for r in records if r["task"] == t and r["seed"] == seed and r["fingerprint"] == fp
-                       and r["model"] == model]
-            if not matches:
-                raise StoreError(
-                    f"no teacher predictions for task {t} seed {seed} (model {recipe.teacher.model or recipe.model}, "
-                    f"these {len(data[t].train)} training examples) under {storage}: run "
-                    f"`bam-search teachers --tasks {t} --seeds {seed} ...` with the same data settings first")
-            per_seed.append(matches[-1])
-        found[t] = per_seed
-    return found
-
-
-def attach_teacher_predictions(recipe: Recipe, data: dict[str, TaskData], *, storage: str) -> dict[str, list[dict]]:
-    found = find_teachers(recipe, data, storage=storage)
-    store = TeacherStore(storage)
-    for t, recs in found.items():
-        preds = [store.load(r["key"], task=t, expect_ids=data[t].train.ids, fingerprint=data[t].train.fingerprint)
-                 for r in recs]
-        data[t].teacher = np.mean(preds, axis=0) if recipe.teacher.ensemble else preds[0]
-    return found
-
-
-def teacher_baselines(found: dict[str, list[dict]]) -> dict[str, float]:
-    """Each task's single-task teacher dev score: the mean over its teacher seeds' registry records."""
-    return {t: float(np.mean([r["score"] for r in recs])) for t, recs in found.items() if recs}
-
-
-def delta_vs_teachers(scores: dict[str, float], baselines: dict[str, float]) -> dict[str, float]:
-    """``delta_vs_teachers``: mean over the run's tasks of (student dev score - the task's teacher dev score,
-    mean over teacher seeds), in metric points; plus ``TASK/delta_vs_teachers`` for each task."""
-    missing = sorted(set(scores) - set(baselines))
-    if missing:
-        raise KeyError(f"no teacher baseline for task(s) {', '.join(missing)}")
-    out = {f"{t}/delta_vs_teachers": float(scores[t]) - baselines[t] for t in scores}
-    out["delta_vs_teachers"] = float(np.mean(list(out.values()))) if out else float("nan")
-    return out
-
-
-def student_baselines(run: Run, *, storage: str) -> dict[str, float] | None:
-    """The teachers' dev scores for this student's tasks and data (None when the registry lacks any)."""
-    try:
-        return teacher_baselines(find_teachers(run.r, run.data, storage=storage))
-    except StoreError:
-        return None
-
-
 def build_model(recipe: Recipe, *, tokenizer, tasks) -> MultiTaskModel:
     torch.manual_seed(recipe.seed)
     st = recipe.student
     enc = build_encoder(recipe.model, vocab_size=len(tokenizer), num_layers=st.num_layers,
                         hidden_size=st.hidden_size, init=st.init, dropout=st.dropout)
     return MultiTaskModel(enc, tasks, dropout=st.dropout, pooling=st.pooling)
-
-
-def get_device() -> torch.device:
-    try:
-        import ray.train.torch
-        return ray.train.torch.get_device()
-    except Exception:  # noqa: BLE001 - outside Ray Train
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def setup_run(config: dict, *, world: World | None = None) -> Run:
@@ -184,55 +71,6 @@ def setup_run(config: dict, *, world: World | None = None) -> Run:
     model = build_model(recipe, tokenizer=tokenizer, tasks={t: d.task for t, d in data.items()})
     return Run(recipe=recipe, data=data, model=model, world=world or World(), device=get_device(),
                artifacts_dir=config["artifacts_dir"], hidden_teachers=hidden_teachers)
-
-
-def load_teacher_encoders(recipe, found, *, storage, tokenizer) -> dict:
-    out = {}
-    tname = recipe.teacher.model or recipe.model
-    for t, recs in found.items():
-        store = TeacherStore(storage)
-        if not store.has_file(recs[0]["key"], "model.pt"):
-            raise StoreError(f"{store.dir(recs[0]['key'])}/model.pt: teacher weights missing "
-                             "(student.hidden_distill needs them)")
-        enc = build_encoder(tname, vocab_size=len(tokenizer))
-        m = MultiTaskModel(enc, {t: get_task(t)})
-        m.load_state_dict(load_tensors(io.BytesIO(store.read_file(recs[0]["key"], "model.pt")), map_location="cpu",
-                                       name=f"{store.dir(recs[0]['key'])}/model.pt"))
-        m.eval()
-        for p in m.parameters():
-            p.requires_grad_(False)
-        out[t] = m.to(get_device())
-    return out
-
-
-def finish_teacher(run: Run, *, config: dict) -> dict:
-    """Predict the train set with the best-dev weights; store predictions, weights and the baseline record."""
-    task = run.tasks[0]
-    sw = run.switch[task]
-    if sw.best_step in run.snapshots:
-        run.model.load_state_dict(run.snapshots[sw.best_step])
-    preds = run.predict(task, run.data[task].train)
-    record = None
-    if run.world.rank == 0:
-        recipe = run.r
-        td = run.data[task]
-        key = teacher_key(task=task, fingerprint=td.train.fingerprint, model=model_identity(recipe.model),
-                          teacher_config=teacher_config(recipe), seed=recipe.seed)
-        store = TeacherStore(config["storage"])
-        store.save(key=key, predictions=preds, ids=td.train.ids,
-                   meta={"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
-                         "model": model_identity(recipe.model), "n": len(td.train)})
-        if not store.has_file(key, "model.pt"):          # atomic, local path or URI
-            buf = io.BytesIO()
-            torch.save(run.model.state_dict(), buf)
-            store.write_file(key, "model.pt", buf.getvalue())
-        record = {"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
-                  "model": model_identity(recipe.model), "model_name": recipe.model, "key": key,
-                  "score": sw.best, "best_step": sw.best_step, "dev": run.evals[-1]["scores"] if run.evals else {},
-                  "history": sw.history, "n_train": len(td.train), "wall_s": config.get("_wall_s"),
-                  "experiment": config.get("experiment"), "time": time.time()}
-        BaselineRegistry(config["storage"]).append(record)
-    return record or {}
 
 
 def train_fn_per_worker(config: dict) -> None:
@@ -305,16 +143,6 @@ def train_fn_per_worker(config: dict) -> None:
         finish_teacher(run, config=config)
     if timing:
         startup_mark("worker_fn_returned", trial=config.get("run_id"))
-
-
-def with_params(recipe: dict, params: dict) -> dict:
-    """The base recipe with sampled values set at their dotted keys."""
-    import copy
-    from .recipe import set_dotted
-    out = copy.deepcopy(recipe)
-    for key, value in params.items():
-        set_dotted(out, key.split("."), value)
-    return out
 
 
 def train_driver_fn(config: dict) -> None:

@@ -28,19 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .storage import Storage, atomic_write_bytes
+from .storage import Storage, atomic_write, sha256_bytes, sha256_file
 
 
 class StoreError(UserError):
     """A missing, corrupt or mismatched stored file."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def teacher_key(*, task: str, fingerprint: str, model: str, teacher_config: dict, seed: int) -> str:
@@ -51,20 +43,13 @@ def teacher_key(*, task: str, fingerprint: str, model: str, teacher_config: dict
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> str:
     """Write an array atomically; return its sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return _sha256(path)
+    return atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))[1]
 
 
 def load_checked_npy(path: Path, sha256: str) -> np.ndarray:
     if not path.is_file():
         raise StoreError(f"{path}: missing")
-    if _sha256(path) != sha256:
+    if sha256_file(path) != sha256:
         raise StoreError(f"{path}: checksum mismatch (truncated or corrupt file)")
     return np.load(path, allow_pickle=False)
 
@@ -76,7 +61,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _checked_npy_bytes(data: bytes, sha256: str, *, where: str) -> np.ndarray:
-    if hashlib.sha256(data).hexdigest() != sha256:
+    if sha256_bytes(data) != sha256:
         raise StoreError(f"{where}: checksum mismatch (truncated or corrupt file)")
     return np.load(io.BytesIO(data), allow_pickle=False)
 
@@ -106,7 +91,7 @@ class TeacherStore:
                                   ("ids.npy", np.asarray(ids, np.int64))):
                     data = _npy_bytes(arr)
                     self.storage.write_bytes("teachers", key, name, data=data)
-                    sums[name] = hashlib.sha256(data).hexdigest()
+                    sums[name] = sha256_bytes(data)
                 self.storage.write_bytes("teachers", key, "meta.json",
                                          data=json.dumps({**meta, "key": key, "sha256": sums}, indent=1).encode())
             return self.dir(key)
@@ -115,7 +100,7 @@ class TeacherStore:
         tmp.mkdir(parents=True)
         sums = {"predictions.npy": atomic_save_npy(tmp / "predictions.npy", np.asarray(predictions, np.float32)),
                 "ids.npy": atomic_save_npy(tmp / "ids.npy", np.asarray(ids, np.int64))}
-        atomic_write_bytes(tmp / "meta.json", json.dumps({**meta, "key": key, "sha256": sums}, indent=1).encode())
+        atomic_write(tmp / "meta.json", json.dumps({**meta, "key": key, "sha256": sums}, indent=1).encode())
         if final.exists():                       # same key = same content: keep the first
             shutil.rmtree(tmp, ignore_errors=True)
         else:

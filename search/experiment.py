@@ -6,7 +6,6 @@ Used by every command that trains: ``teachers`` (one trial per task x seed), ``t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from trainables.errors import UserError
@@ -78,7 +77,7 @@ def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resourc
     ``early_stopping``: with asha/median, ``{"grace_period", "reduction_factor"}`` (None: the defaults)."""
     from ray import tune
 
-    from trainables.driver import train_driver_fn
+    from trainables.trial import train_driver_fn
 
     from .budget import DiskBudget, parse_size
     budget = parse_size(disk_budget)

@@ -1,0 +1,101 @@
+"""Checkpoint integrity: atomic saves with sha256, verification (of the checkpoint and of the files it refers
+to), restoring the latest intact checkpoint, and the fallback chain of older ones beside it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import UserError
+from .storage import atomic_write, sha256_file
+from .teacher_store import StoreError, load_checked_npy
+
+
+def load_tensors(path, *, map_location=None, name: str | None = None):
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only. A file whose pickle would
+    build anything else (run code) is refused with an error naming it, before anything is built."""
+    import pickle
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{name or path}: refused: not a plain tensor file (torch.load weights_only: "
+                        f"{str(e).splitlines()[0][:160]})") from None
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{path}: {what} is truncated or corrupt (not valid JSON)") from None
+
+
+def verify_checkpoint(directory: Path, *, references: bool = False) -> None:
+    """Raise UserError naming the file if a checkpoint is incomplete or corrupt (checksums).
+
+    ``references``: also check the files the checkpoint refers to outside its folder (best-weights snapshots,
+    KD-switch soft labels) against the checksums recorded in its ``state.json``."""
+    sums_path = directory / "checksums.json"
+    if not sums_path.is_file():
+        raise UserError(f"{directory}: checkpoint has no checksums.json (incomplete)")
+    for sums_file in [sums_path, *sorted(directory.glob("checksums-rank*.json"))]:
+        sums = _read_json(sums_file, "checkpoint checksum file")
+        for name, sha in sums.items():
+            p = directory / name
+            if not p.is_file() or sha256_file(p) != sha:
+                raise UserError(f"{p}: checkpoint file is truncated or corrupt (checksum mismatch)")
+    if not references:
+        return
+    st = _read_json(directory / "state.json", "checkpoint state")
+    snap_sums = st.get("snapshot_sha256") or {}
+    for step, path in (st.get("snapshot_files") or {}).items():
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: best-weights snapshot of checkpoint {directory} is missing")
+        if step in snap_sums and sha256_file(p) != snap_sums[step]:
+            raise UserError(f"{p}: best-weights snapshot is truncated or corrupt (checksum mismatch)")
+    for task, ref in (st.get("soft_labels") or {}).items():
+        try:
+            load_checked_npy(Path(ref["path"]), ref["sha256"])
+        except StoreError as e:
+            raise UserError(f"{e} (soft labels of task {task}, checkpoint {directory})") from None
+
+
+def restore_latest_good(run, candidates: list[Path], *, warn: Callable[[str], None] | None = None) -> Path:
+    """Load the first intact checkpoint of ``candidates`` (newest first) into ``run``; returns its folder.
+
+    A corrupt or incomplete newer checkpoint is skipped with a warning naming the file; if none is intact,
+    the error of the newest one is raised (it names the file)."""
+    errors = []
+    for d in candidates:
+        try:
+            run.load_checkpoint(Path(d))
+        except UserError as e:
+            errors.append(e)
+            continue
+        if errors:
+            (warn or _stderr)(f"bam-search: warning: {errors[0]}; resumed from the previous good checkpoint {d}")
+        return Path(d)
+    if not errors:
+        raise UserError("no checkpoint to resume from")
+    raise UserError(f"{errors[0]}; no earlier intact checkpoint to fall back to") from None
+
+
+def _stderr(msg: str) -> None:
+    import sys
+    print(msg, file=sys.stderr, flush=True)
+
+
+def checkpoint_siblings(latest: Path) -> list[Path]:
+    """``latest`` and the older ``checkpoint-step*`` folders beside it (newest first): the fallback chain."""
+    latest = Path(latest)
+    if not latest.name.startswith("checkpoint-step"):     # a downloaded copy (URI storage): no siblings here
+        return [latest]
+    older = [p for p in latest.parent.glob("checkpoint-step*") if p.is_dir() and p.name < latest.name]
+    return [latest, *sorted(older, key=lambda p: p.name, reverse=True)]
+
+
+def atomic_torch_save(obj, path: Path, *, content_name: bool = False) -> tuple[Path, str]:
+    """``torch.save`` through the one atomic writer; returns (final path, sha256)."""
+    return atomic_write(path, lambda f: torch.save(obj, f), content_name=content_name)

@@ -1,0 +1,150 @@
+"""Single-task teachers inside a trial: finding their predictions in the store, attaching them to a
+student's data, loading their weights (hidden-state distillation), finishing a teacher run (best-dev weights
+predict the train set; predictions, weights and the baseline record are stored)."""
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import torch
+
+from .data import TaskData, load_examples
+from .loop import Run
+from .checkpoint import load_tensors
+from .model import MultiTaskModel, build_encoder, get_device, model_identity
+from .recipe import Recipe
+from .tasks import get_task
+from .teacher_store import BaselineRegistry, StoreError, TeacherStore, teacher_key
+
+
+# Recipe options added after teacher keys were first written: left out of the key while at their default, so
+# that teachers already in a store keep their keys (and are not trained again).
+LATER_OPTIM_DEFAULTS = {"decay": "linear"}
+
+
+def teacher_config(recipe: Recipe) -> dict:
+    """What makes two teachers of the same task, data, model and seed the same."""
+    optim = {k: v for k, v in recipe.to_dict()["optim"].items()
+             if not (k in LATER_OPTIM_DEFAULTS and v == LATER_OPTIM_DEFAULTS[k])}
+    return {"optim": optim, "max_length": recipe.data.max_length,
+            "precision": recipe.precision, "evals": recipe.evals, "pooling": recipe.student.pooling}
+
+
+def missing_teachers(recipe: Recipe, *, storage: str) -> list[tuple[str, int]]:
+    """(task, seed) pairs whose teacher predictions are not in the store for this data: checked before Ray."""
+    if not recipe.teacher.use:
+        return []
+    model = model_identity(recipe.teacher.model or recipe.model)
+    records = BaselineRegistry(storage).records()
+    have = {(r["task"], r["seed"], r["fingerprint"]) for r in records if r["model"] == model}
+    missing = []
+    for t in recipe.tasks:
+        ex = load_examples(task=t, split="train", glue_dir=recipe.data.glue_dir)
+        fp = ex.subsample(max_examples=recipe.data.max_train_examples, seed=recipe.data.data_seed).fingerprint()
+        missing += [(t, s) for s in recipe.teacher.seeds if (t, s, fp) not in have]
+    return missing
+
+
+def find_teachers(recipe: Recipe, data: dict[str, TaskData], *, storage: str) -> dict[str, list[dict]]:
+    """Registry records of the teachers this student distils from: task -> one record per seed."""
+    model = model_identity(recipe.teacher.model or recipe.model)
+    records = BaselineRegistry(storage).records()
+    found: dict[str, list[dict]] = {}
+    for t in recipe.tasks:
+        fp = data[t].train.fingerprint
+        per_seed = []
+        for seed in recipe.teacher.seeds:
+            matches = [r for r in records if r["task"] == t and r["seed"] == seed and r["fingerprint"] == fp
+                       and r["model"] == model]
+            if not matches:
+                raise StoreError(
+                    f"no teacher predictions for task {t} seed {seed} (model {recipe.teacher.model or recipe.model}, "
+                    f"these {len(data[t].train)} training examples) under {storage}: run "
+                    f"`bam-search teachers --tasks {t} --seeds {seed} ...` with the same data settings first")
+            per_seed.append(matches[-1])
+        found[t] = per_seed
+    return found
+
+
+def attach_teacher_predictions(recipe: Recipe, data: dict[str, TaskData], *, storage: str) -> dict[str, list[dict]]:
+    found = find_teachers(recipe, data, storage=storage)
+    store = TeacherStore(storage)
+    for t, recs in found.items():
+        preds = [store.load(r["key"], task=t, expect_ids=data[t].train.ids, fingerprint=data[t].train.fingerprint)
+                 for r in recs]
+        data[t].teacher = np.mean(preds, axis=0) if recipe.teacher.ensemble else preds[0]
+    return found
+
+
+def teacher_baselines(found: dict[str, list[dict]]) -> dict[str, float]:
+    """Each task's single-task teacher dev score: the mean over its teacher seeds' registry records."""
+    return {t: float(np.mean([r["score"] for r in recs])) for t, recs in found.items() if recs}
+
+
+def delta_vs_teachers(scores: dict[str, float], baselines: dict[str, float]) -> dict[str, float]:
+    """``delta_vs_teachers``: mean over the run's tasks of (student dev score - the task's teacher dev score,
+    mean over teacher seeds), in metric points; plus ``TASK/delta_vs_teachers`` for each task."""
+    missing = sorted(set(scores) - set(baselines))
+    if missing:
+        raise KeyError(f"no teacher baseline for task(s) {', '.join(missing)}")
+    out = {f"{t}/delta_vs_teachers": float(scores[t]) - baselines[t] for t in scores}
+    out["delta_vs_teachers"] = float(np.mean(list(out.values()))) if out else float("nan")
+    return out
+
+
+def student_baselines(run: Run, *, storage: str) -> dict[str, float] | None:
+    """The teachers' dev scores for this student's tasks and data (None when the registry lacks any)."""
+    try:
+        return teacher_baselines(find_teachers(run.r, run.data, storage=storage))
+    except StoreError:
+        return None
+
+
+def load_teacher_encoders(recipe, found, *, storage, tokenizer) -> dict:
+    out = {}
+    tname = recipe.teacher.model or recipe.model
+    for t, recs in found.items():
+        store = TeacherStore(storage)
+        if not store.has_file(recs[0]["key"], "model.pt"):
+            raise StoreError(f"{store.dir(recs[0]['key'])}/model.pt: teacher weights missing "
+                             "(student.hidden_distill needs them)")
+        enc = build_encoder(tname, vocab_size=len(tokenizer))
+        m = MultiTaskModel(enc, {t: get_task(t)})
+        m.load_state_dict(load_tensors(io.BytesIO(store.read_file(recs[0]["key"], "model.pt")), map_location="cpu",
+                                       name=f"{store.dir(recs[0]['key'])}/model.pt"))
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+        out[t] = m.to(get_device())
+    return out
+
+
+def finish_teacher(run: Run, *, config: dict) -> dict:
+    """Predict the train set with the best-dev weights; store predictions, weights and the baseline record."""
+    task = run.tasks[0]
+    sw = run.switch[task]
+    if sw.best_step in run.snapshots:
+        run.model.load_state_dict(run.snapshots[sw.best_step])
+    preds = run.predict(task, run.data[task].train)
+    record = None
+    if run.world.rank == 0:
+        recipe = run.r
+        td = run.data[task]
+        key = teacher_key(task=task, fingerprint=td.train.fingerprint, model=model_identity(recipe.model),
+                          teacher_config=teacher_config(recipe), seed=recipe.seed)
+        store = TeacherStore(config["storage"])
+        store.save(key=key, predictions=preds, ids=td.train.ids,
+                   meta={"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
+                         "model": model_identity(recipe.model), "n": len(td.train)})
+        if not store.has_file(key, "model.pt"):          # atomic, local path or URI
+            buf = io.BytesIO()
+            torch.save(run.model.state_dict(), buf)
+            store.write_file(key, "model.pt", buf.getvalue())
+        record = {"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
+                  "model": model_identity(recipe.model), "model_name": recipe.model, "key": key,
+                  "score": sw.best, "best_step": sw.best_step, "dev": run.evals[-1]["scores"] if run.evals else {},
+                  "history": sw.history, "n_train": len(td.train), "wall_s": config.get("_wall_s"),
+                  "experiment": config.get("experiment"), "time": time.time()}
+        BaselineRegistry(config["storage"]).append(record)
+    return record or {}
