@@ -10,9 +10,10 @@ labels and best-weights snapshots it refers to (by path, under the donor's artif
 never deletes a file that a remaining checkpoint refers to).
 
 What PBT mutates comes from the search space: only the parameters that can change in the middle of a run
-(``MUTABLE``), and only if they are continuous or categorical. Everything else stays as sampled (and, on an
-exploit, is the donor's, so it always matches the checkpoint). Continuous values perturbed past the space's
-bounds are clipped to them.
+(``mutable`` in the recipe schema: the loop reads them at every step; not the model and data, which shape the
+checkpoint, nor the step count, batch size, layer-wise decay or switch criteria), and only if they are
+continuous or categorical. Everything else stays as sampled (and, on an exploit, is the donor's, so it always
+matches the checkpoint). Continuous values perturbed past the space's bounds are clipped to them.
 """
 from __future__ import annotations
 
@@ -25,17 +26,9 @@ from pathlib import Path
 from ray.tune.schedulers import PopulationBasedTraining
 
 from trainables.errors import UserError
+from trainables.recipe import is_mutable, mutable_keys
 
-# Read by the loop at every step, so a new value takes effect from the next step. Not here: the model and data
-# (they shape the checkpoint), optim.epochs/steps/batch_size (the schedule and the data streams), the
-# layer-wise LR decay (it groups the parameters), switch criteria (the switch state comes from the donor).
-MUTABLE = ("optim.lr", "optim.weight_decay", "optim.warmup", "optim.clip", "anneal.", "sampling.",
-           "switch.gold_weight", "mtl.weights.", "mtl.dwa_temperature")
 CONTINUOUS = ("uniform", "log_uniform_values", "q_uniform", "q_log_uniform_values")
-
-
-def mutable(name: str) -> bool:
-    return any(name == m or (m.endswith(".") and name.startswith(m)) for m in MUTABLE)
 
 
 def pbt_mutations(space: dict) -> tuple[dict, dict]:
@@ -44,7 +37,7 @@ def pbt_mutations(space: dict) -> tuple[dict, dict]:
     mutations, bounds = {}, {}
     for name, spec in space["parameters"].items():
         kind = space["kinds"][name]
-        if not mutable(name):
+        if not is_mutable(name):
             continue
         if kind == "categorical":
             mutations[name] = list(spec["values"])
@@ -54,7 +47,7 @@ def pbt_mutations(space: dict) -> tuple[dict, dict]:
             bounds[name] = (lo, hi)
     if not mutations:
         raise UserError(f"{space['path']}: --scheduler pbt needs a parameter it can change during a run "
-                        f"(continuous or categorical: {', '.join(m.rstrip('.') + ('.*' if m.endswith('.') else '') for m in MUTABLE)})")
+                        f"(continuous or categorical: {', '.join(mutable_keys())})")
     return mutations, bounds
 
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainables.errors import UserError
-from trainables.recipe import error_key, load_yaml, recipe_from_dict, yaml_key_lines
-from trainables.recipe import with_params
+from trainables.recipe import error_key, load_yaml, recipe_from_dict, with_params, yaml_key_lines
 
 DISTRIBUTIONS = ("constant", "categorical", "uniform", "log_uniform_values", "int_uniform", "q_uniform",
                  "q_log_uniform_values", "normal")

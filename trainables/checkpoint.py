@@ -1,5 +1,11 @@
-"""Checkpoint integrity: atomic saves with sha256, verification (of the checkpoint and of the files it refers
-to), restoring the latest intact checkpoint, and the fallback chain of older ones beside it."""
+"""A run's checkpoint on disk: saving and loading it (every file atomic, with sha256), verification (of the
+checkpoint and of the files it refers to), restoring the latest intact checkpoint, and the fallback chain of
+older ones beside it. The run's state itself (``Run.state``, ``Run.load_state``) lives in ``loop.py``.
+
+A checkpoint folder: ``model.pt`` (model, optimiser, gradient scaler, torch RNG), ``state.json``,
+``rng-rank<r>.pt`` per rank, ``checksums.json`` (rank 0's files) and ``checksums-rank<r>.json`` (other ranks).
+Best-weights snapshots and KD-switch soft labels live in the run's artifacts folder, referred to by path and
+sha256 from ``state.json``."""
 from __future__ import annotations
 
 import json
@@ -70,7 +76,7 @@ def restore_latest_good(run, candidates: list[Path], *, warn: Callable[[str], No
     errors = []
     for d in candidates:
         try:
-            run.load_checkpoint(Path(d))
+            load_checkpoint(run, Path(d))
         except UserError as e:
             errors.append(e)
             continue
@@ -99,3 +105,58 @@ def checkpoint_siblings(latest: Path) -> list[Path]:
 def atomic_torch_save(obj, path: Path, *, content_name: bool = False) -> tuple[Path, str]:
     """``torch.save`` through the one atomic writer; returns (final path, sha256)."""
     return atomic_write(path, lambda f: torch.save(obj, f), content_name=content_name)
+
+
+def save_snapshots(run) -> None:
+    """Best-weights snapshots not yet on disk, written by rank 0 (atomic, named by content); then every rank
+    holds the same file references. A collective: every rank calls it."""
+    if run.world.rank == 0:
+        for s, sd in run.snapshots.items():
+            if s not in run.snapshot_files:
+                path, sha = atomic_torch_save(sd, run.artifacts / "snapshots" / f"step{s}.pt", content_name=True)
+                run.snapshot_files[s], run.snapshot_sha[s] = str(path), sha
+    run.snapshot_files, run.snapshot_sha = run.world.broadcast((run.snapshot_files, run.snapshot_sha))
+
+
+def save_rng(run, directory: Path) -> str:
+    """This rank's own torch RNG (dropout): resuming is exact on every worker, not only rank 0.
+
+    Ranks other than 0 also write ``checksums-rank<r>.json`` (rank 0's sum is in ``checksums.json``)."""
+    rank = run.world.rank
+    name = f"rng-rank{rank}.pt"
+    _, sha = atomic_torch_save(torch.get_rng_state(), Path(directory) / name)
+    if rank != 0:
+        atomic_write(Path(directory) / f"checksums-rank{rank}.json", json.dumps({name: sha}).encode())
+    return sha
+
+
+def save_checkpoint(run, directory: Path) -> None:
+    """Every rank calls it: rank 0 writes the checkpoint, another rank its own RNG into the same folder (Ray
+    Train merges the ranks' folders). ``checksums.json`` is written last, so a checkpoint cut short is either
+    complete or detected as incomplete."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if run.world.rank != 0:
+        save_snapshots(run)                                # joins rank 0's broadcast
+        save_rng(run, directory)
+        return
+    sums = {"rng-rank0.pt": save_rng(run, directory)}
+    _, sums["model.pt"] = atomic_torch_save({**run.tensor_state(), "torch_rng": torch.get_rng_state()},
+                                            directory / "model.pt")
+    save_snapshots(run)
+    _, sums["state.json"] = atomic_write(directory / "state.json", json.dumps(run.state()).encode())
+    atomic_write(directory / "checksums.json", json.dumps(sums).encode())
+
+
+def load_checkpoint(run, directory: Path) -> None:
+    """Load a checkpoint into ``run`` after checking it and every file it refers to; every file is read before
+    anything is changed, so nothing is changed on error."""
+    directory = Path(directory)
+    verify_checkpoint(directory, references=True)
+    tensors = load_tensors(directory / "model.pt", map_location=run.device)
+    own = directory / f"rng-rank{run.world.rank}.pt"
+    rng = load_tensors(own) if own.is_file() else tensors["torch_rng"]
+    st = json.loads((directory / "state.json").read_text())
+    snapshots = {int(k): load_tensors(v, map_location="cpu") for k, v in st["snapshot_files"].items()}
+    run.load_state(st, tensors=tensors, snapshots=snapshots)
+    torch.set_rng_state(rng)

@@ -8,7 +8,6 @@ report metrics with a checkpoint that resumes the run exactly.
 """
 from __future__ import annotations
 
-import json
 import math
 import resource
 import time
@@ -20,14 +19,13 @@ import torch
 from torch import nn
 
 from . import schedules
-from .checkpoint import atomic_torch_save, load_tensors, verify_checkpoint
 from .data import ExampleStream, TaskData, TokenizedSplit, eval_batches
 from .errors import UserError
-from .losses import hidden_mse, pcgrad, task_loss, uncertainty_weighted, dwa_weights
+from .losses import WEIGHTINGS, hidden_mse, pcgrad, task_loss, weigh_task_loss
 from .metrics import compute_metrics, glue_average
 from .model import MultiTaskModel, layer_depths, set_attention, set_dropout
+from .precision import autocast_dtype
 from .recipe import Recipe
-from .storage import atomic_write
 from .teacher_store import atomic_save_npy, load_checked_npy
 from .switch import TaskSwitch
 
@@ -77,31 +75,18 @@ class World:
         return box[0]
 
 
-# --------------------------------------------------------------------------------------------- precision
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware runs it natively (CPU with AMX/AVX512-BF16, GPUs with bf16), else fp32/fp16."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    native = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if native else None
-
-
 # --------------------------------------------------------------------------------------------- the run
 
 class Run:
     """State of one training run (teacher or student) on one Train worker."""
 
     def __init__(self, *, recipe: Recipe, data: dict[str, TaskData], model: MultiTaskModel, world: World,
-                 device: torch.device, artifacts_dir: str | Path, hidden_teachers: dict | None = None):
+                 device: torch.device, artifacts_dir: str | Path, hidden_teachers: dict | None = None,
+                 keep_best_weights: bool = False):
+        """``keep_best_weights``: keep each task's best-evaluation weights (``best_weights``) even without a
+        KD switch: a teacher predicts its train set with them."""
         self.r, self.data, self.model, self.world, self.device = recipe, data, model, world, device
+        self.keep_best_weights = keep_best_weights
         self.artifacts = Path(artifacts_dir)
         self.tasks = list(recipe.tasks)
         self.sizes = {t: len(data[t].train) for t in self.tasks}
@@ -117,34 +102,15 @@ class Run:
         self.hidden_teachers = hidden_teachers or {}
         for enc in self.hidden_teachers.values():
             set_attention(enc, device)
-        if recipe.mtl.weighting == "uncertainty":
-            model.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in self.tasks})
-        if recipe.student.hidden_distill > 0:
-            if not self.hidden_teachers:
-                raise UserError("student.hidden_distill > 0 needs teacher weights in the store")
-            ht = next(iter(self.hidden_teachers.values())).config.hidden_size
-            model.projections = nn.ModuleList(nn.Linear(model.encoder.config.hidden_size, ht)
-                                              for _ in range(model.num_layers))
+        self._add_loss_modules()
         model.to(device)
         self.params = [p for p in model.parameters()]
-        depths = layer_depths(model)
-        groups: dict[float, list] = {}
-        for name, p in model.named_parameters():
-            scale = schedules.layer_lr_scale(depths[name], num_layers=model.num_layers, decay=o.layer_decay)
-            no_decay = p.ndim < 2
-            groups.setdefault((scale, no_decay), []).append(p)
-        self.opt = torch.optim.AdamW(
-            [{"params": ps, "lr": o.lr * s, "base_lr": o.lr * s, "weight_decay": 0.0 if nd else o.weight_decay}
-             for (s, nd), ps in groups.items()], lr=o.lr, fused=device.type in ("cpu", "cuda"))
+        self.opt = self._optimizer()
         self.step = 0
         self.streams = {t: ExampleStream(data[t].train.lengths, batch_size=o.batch_size,
                                          seed=recipe.seed * 1000 + i) for i, t in enumerate(self.tasks)}
         self.rng = np.random.default_rng([recipe.seed, 7])      # task choice: identical on every rank
-        self.switch = {}
-        for t in self.tasks:
-            sw = recipe.switch_for(t)
-            self.switch[t] = TaskSwitch(criterion=sw.criterion, patience=sw.patience, min_delta=sw.min_delta,
-                                        ema=sw.ema, at_step=sw.at_step)
+        self.switch = {t: TaskSwitch.from_config(recipe.switch_for(t)) for t in self.tasks}
         order = list(recipe.switch.order or self.tasks)
         self.active = order[:1] if recipe.switch.mode == "sequential" else list(self.tasks)
         self.order = order
@@ -160,6 +126,31 @@ class Run:
         self.tokens_seen = 0
         self.last_metrics: dict | None = None
 
+    def _add_loss_modules(self) -> None:
+        """Parameters some losses train with the model: uncertainty weights, hidden-state projections."""
+        model = self.model
+        if WEIGHTINGS[self.r.mtl.weighting].learns_log_vars:
+            model.log_vars = nn.ParameterDict({t: nn.Parameter(torch.zeros(())) for t in self.tasks})
+        if self.r.student.hidden_distill > 0:
+            if not self.hidden_teachers:
+                raise UserError("student.hidden_distill > 0 needs teacher weights in the store")
+            ht = next(iter(self.hidden_teachers.values())).config.hidden_size
+            model.projections = nn.ModuleList(nn.Linear(model.encoder.config.hidden_size, ht)
+                                              for _ in range(model.num_layers))
+
+    def _optimizer(self) -> torch.optim.AdamW:
+        """AdamW with layer-wise lr decay (one group per depth scale), no weight decay on biases and norms."""
+        o, model = self.r.optim, self.model
+        depths = layer_depths(model)
+        groups: dict[float, list] = {}
+        for name, p in model.named_parameters():
+            scale = schedules.layer_lr_scale(depths[name], num_layers=model.num_layers, decay=o.layer_decay)
+            no_decay = p.ndim < 2
+            groups.setdefault((scale, no_decay), []).append(p)
+        return torch.optim.AdamW(
+            [{"params": ps, "lr": o.lr * s, "base_lr": o.lr * s, "weight_decay": 0.0 if nd else o.weight_decay}
+             for (s, nd), ps in groups.items()], lr=o.lr, fused=self.device.type in ("cpu", "cuda"))
+
     # ----------------------------------------------------------------------------------- targets
 
     def progress(self) -> float:
@@ -173,8 +164,7 @@ class Run:
         teacher = self.data[task].teacher
         if teacher is None or not self.r.teacher.use:
             return None, 1.0
-        a = self.r.anneal_for(task)
-        lam = schedules.anneal_lambda(self.progress(), schedule=a.schedule, w=a.w, p0=a.p0, k=a.k)
+        lam = schedules.anneal_lambda(self.progress(), **vars(self.r.anneal_for(task)))
         return torch.from_numpy(teacher[index]), lam
 
     def _soft(self, task: str) -> np.ndarray:
@@ -184,11 +174,8 @@ class Run:
         return self._soft_cache[task]
 
     def current_weights(self) -> dict[str, float]:
-        s = self.r.sampling
         sizes = {t: self.sizes[t] for t in self.active}
-        w = s.weights if s.method == "weights" else None
-        return schedules.sampling_weights(sizes, p=self.progress(), method=s.method, alpha=s.alpha,
-                                          alpha_end=s.alpha_end, temperature=s.temperature, weights=w)
+        return schedules.sampling_weights(sizes, p=self.progress(), **vars(self.r.sampling))
 
     # ----------------------------------------------------------------------------------- one step
 
@@ -210,12 +197,11 @@ class Run:
                 out[t] = mine
         return out
 
-    def _loss_weight(self, task: str) -> float:
-        m = self.r.mtl
-        w = float((m.weights or {}).get(task, 1.0))
-        if m.weighting == "dwa":
-            w *= dwa_weights(self.loss_history, self.tasks, temperature=m.dwa_temperature)[task]
-        return w
+    def _weighted(self, loss: torch.Tensor, task: str) -> torch.Tensor:
+        """The task's loss under the recipe's MTL weighting (``losses.WEIGHTINGS``) and static weight."""
+        return weigh_task_loss(loss, task, tasks=self.tasks, history=self.loss_history,
+                               log_vars=getattr(self.model, "log_vars", None),
+                               regression=self.data[task].task.is_regression, **vars(self.r.mtl))
 
     def _forward_loss(self, task: str, index: np.ndarray) -> torch.Tensor:
         td = self.data[task]
@@ -273,10 +259,7 @@ class Run:
                 raise NonFiniteLoss(f"non-finite loss ({loss.item()}) on task {task} at step {self.step}")
             losses[task] = float(loss.detach())
             self._window[task].append(losses[task])
-            w = self._loss_weight(task)
-            if self.r.mtl.weighting == "uncertainty":
-                loss = uncertainty_weighted(loss, self.model.log_vars[task], regression=self.data[task].task.is_regression)
-            loss = loss * w * len(index) / n_local
+            loss = self._weighted(loss, task) * len(index) / n_local
             if self.r.mtl.pcgrad and len(parts) > 1:
                 self.opt.zero_grad(set_to_none=True)
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -348,7 +331,8 @@ class Run:
             if t not in self.active:
                 continue
             new_best, fire = self.switch[t].observe(step=self.step, score=scores[t])
-            if new_best and self.switch[t].criterion != "never" and not self.switch[t].switched:
+            if new_best and (self.keep_best_weights or
+                             (self.switch[t].criterion != "never" and not self.switch[t].switched)):
                 bests.append(t)
             if fire:
                 fired.append(t)
@@ -356,8 +340,8 @@ class Run:
             self.snapshots[self.step] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         for t in fired:
             self._switch(t)
-        # forget snapshots no unswitched task refers to
-        live = {self.switch[t].best_step for t in self.tasks if not self.switch[t].switched}
+        # forget snapshots no unswitched task refers to (with keep_best_weights: no task)
+        live = {self.switch[t].best_step for t in self.tasks if self.keep_best_weights or not self.switch[t].switched}
         for s in list(self.snapshots):
             if s not in live:                        # the file stays: an older checkpoint may refer to it
                 self.snapshots.pop(s)
@@ -368,6 +352,11 @@ class Run:
                 if t not in self.active and all(self.switch[a].switched for a in self.active):
                     self.active.append(t)
         return fired
+
+    def best_weights(self, task: str) -> dict | None:
+        """A CPU copy of the weights at ``task``'s best evaluation, if kept (for its KD switch or by
+        ``keep_best_weights``)."""
+        return self.snapshots.get(self.switch[task].best_step)
 
     def _switch(self, task: str) -> None:
         sw = self.switch[task]
@@ -384,16 +373,10 @@ class Run:
         self.soft_labels[task] = {"path": str(path), "sha256": sha, "step": sw.best_step}
         self._soft_cache[task] = preds
 
-    # ----------------------------------------------------------------------------------- checkpoints
+    # ------------------------------------------------------------------- state (checkpoint.py writes it to disk)
 
     def state(self) -> dict:
-        """Everything but tensors is JSON; tensors go to torch files; soft labels by reference."""
-        if self.world.rank == 0:
-            for s, sd in self.snapshots.items():
-                if s not in self.snapshot_files:             # atomic, checksummed, named by content
-                    path, sha = atomic_torch_save(sd, self.artifacts / "snapshots" / f"step{s}.pt", content_name=True)
-                    self.snapshot_files[s], self.snapshot_sha[s] = str(path), sha
-        self.snapshot_files, self.snapshot_sha = self.world.broadcast((self.snapshot_files, self.snapshot_sha))
+        """Everything but tensors, as JSON; best-weights snapshots and soft labels by file reference."""
         return {
             "step": self.step, "total": self.total,
             "streams": {t: s.state() for t, s in self.streams.items()},
@@ -407,40 +390,17 @@ class Run:
             "last_metrics": self.last_metrics,
         }
 
-    def save_rng(self, directory: Path) -> str:
-        """Each rank's own torch RNG (dropout): resuming is exact on every worker, not only rank 0.
+    def tensor_state(self) -> dict:
+        """The model's, optimiser's and gradient scaler's state."""
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None}
 
-        Ranks other than 0 also write ``checksums-rank<r>.json`` (rank 0's sum is in ``checksums.json``)."""
-        name = f"rng-rank{self.world.rank}.pt"
-        _, sha = atomic_torch_save(torch.get_rng_state(), directory / name)
-        if self.world.rank != 0:
-            atomic_write(directory / f"checksums-rank{self.world.rank}.json", json.dumps({name: sha}).encode())
-        return sha
-
-    def save_checkpoint(self, directory: Path) -> None:
-        """Every file written atomically (temporary file + rename); ``checksums.json`` last, so a checkpoint
-        cut short is either complete or detected as incomplete."""
-        directory.mkdir(parents=True, exist_ok=True)
-        sums = {f"rng-rank{self.world.rank}.pt": self.save_rng(directory)}
-        _, sums["model.pt"] = atomic_torch_save(
-            {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-             "scaler": self.scaler.state_dict() if self.scaler else None,
-             "torch_rng": torch.get_rng_state()}, directory / "model.pt")
-        state = json.dumps(self.state()).encode()
-        _, sums["state.json"] = atomic_write(directory / "state.json", state)
-        atomic_write(directory / "checksums.json", json.dumps(sums).encode())
-
-    def load_checkpoint(self, directory: Path) -> None:
-        """Load a checkpoint after checking it and every file it refers to; nothing is changed on error."""
-        verify_checkpoint(directory, references=True)
-        blob = load_tensors(directory / "model.pt", map_location=self.device)
-        self.model.load_state_dict(blob["model"])
-        self.opt.load_state_dict(blob["optimizer"])
-        if self.scaler is not None and blob.get("scaler"):
-            self.scaler.load_state_dict(blob["scaler"])
-        own = directory / f"rng-rank{self.world.rank}.pt"
-        torch.set_rng_state(load_tensors(own) if own.is_file() else blob["torch_rng"])
-        st = json.loads((directory / "state.json").read_text())
+    def load_state(self, st: dict, *, tensors: dict, snapshots: dict[int, dict]) -> None:
+        """Back to a saved ``state()`` and ``tensor_state()``, with the snapshots ``st`` refers to, loaded."""
+        self.model.load_state_dict(tensors["model"])
+        self.opt.load_state_dict(tensors["optimizer"])
+        if self.scaler is not None and tensors.get("scaler"):
+            self.scaler.load_state_dict(tensors["scaler"])
         self.step = st["step"]
         for t, s in st["streams"].items():
             self.streams[t].load_state(s)
@@ -451,29 +411,10 @@ class Run:
         self._soft_cache = {}
         self.snapshot_files = {int(k): v for k, v in st["snapshot_files"].items()}
         self.snapshot_sha = {int(k): v for k, v in (st.get("snapshot_sha256") or {}).items()}
-        self.snapshots = {k: load_tensors(v, map_location="cpu")
-                          for k, v in self.snapshot_files.items()}
+        self.snapshots = snapshots
         self.loss_history, self.evals = st["loss_history"], st["evals"]
         self.examples_seen, self.tokens_seen = st["examples_seen"], st["tokens_seen"]
         self.last_metrics = st.get("last_metrics")
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------- driving
@@ -481,14 +422,18 @@ class Run:
 Reporter = Callable[[dict, "Run | None"], None]
 
 
-def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Train to the end, evaluating ``evals`` times; ``report(metrics, run)`` after each evaluation."""
+def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] = lambda: False,
+                 on_step: Callable[[Run], None] | None = None) -> dict:
+    """Train to the end, evaluating ``evals`` times; ``report(metrics, run)`` after each evaluation and
+    ``on_step(run)`` (if given) after each optimiser step."""
     t0 = time.perf_counter()
     train_time = 0.0
     while run.step < run.total and not should_stop():
         ts = time.perf_counter()
         run.train_step()
         train_time += time.perf_counter() - ts
+        if on_step is not None:
+            on_step(run)
         if run.step in run.eval_steps:
             run.loss_history.append({t: float(np.mean(v)) for t, v in run._window.items() if v})
             run._window = {t: [] for t in run.tasks}
@@ -501,8 +446,8 @@ def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] 
                 metrics[f"{t}/switched"] = int(run.switch[t].switched)
                 metrics[f"{t}/loss"] = run.loss_history[-1].get(t, float("nan"))
             metrics["glue_avg"] = glue_average(ev["scores"])
-            metrics["glue_avg_best"] = glue_average({t: run.switch[t].best for t in run.tasks})
-            metrics["lambda"] = schedules.anneal_lambda(run.progress(), **_anneal_kw(run.r.anneal))
+            metrics["glue_avg_best"] = glue_average({t: b for t in run.tasks if (b := run.switch[t].best) is not None})
+            metrics["lambda"] = schedules.anneal_lambda(run.progress(), **vars(run.r.anneal))
             for t, w in run.current_weights().items():
                 metrics[f"{t}/sampling_weight"] = w
             metrics["switched"] = ",".join(t for t in run.tasks if run.switch[t].switched)
@@ -517,7 +462,3 @@ def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] 
             run.last_metrics = metrics
             report(metrics, run)
     return {"wall_s": time.perf_counter() - t0, "train_s": train_time}
-
-
-def _anneal_kw(a) -> dict:
-    return {"schedule": a.schedule, "w": a.w, "p0": a.p0, "k": a.k}

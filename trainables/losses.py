@@ -1,15 +1,26 @@
-"""Losses: teacher-annealed targets, KD (soft CE / KL / MSE), hidden-state MSE, MTL weightings, PCGrad."""
+"""Losses: teacher-annealed targets, KD (KD_LOSSES: soft CE / KL; MSE for regression), hidden-state MSE, MTL
+weightings (WEIGHTINGS), PCGrad.
+
+torch is imported inside the functions that need the module (the rest use tensor methods only), so the
+recipe schema reads the registries' names without importing torch.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
+from .registry import call_with, choose
+
+if TYPE_CHECKING:
+    import torch
 
 
 def annealed_target_probs(*, gold: torch.Tensor, teacher_logits: torch.Tensor | None, lam: float,
                           num_classes: int, temperature: float = 1.0) -> torch.Tensor:
     """lambda*onehot(gold) + (1-lambda)*softmax(teacher/T): the BAM target for classification."""
+    import torch
+    import torch.nn.functional as F
     onehot = F.one_hot(gold.long(), num_classes).float()
     if teacher_logits is None or lam >= 1.0:
         return onehot
@@ -17,20 +28,31 @@ def annealed_target_probs(*, gold: torch.Tensor, teacher_logits: torch.Tensor | 
     return lam * onehot + (1 - lam) * soft
 
 
+def _soft_ce(logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * logp).sum(-1)
+
+
+def _kl(logp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return _soft_ce(logp, target) + (target * target.clamp_min(1e-12).log()).sum(-1)
+
+
+# name -> per-example loss of log-probabilities against a target distribution (``anneal.loss``)
+KD_LOSSES = {"ce": _soft_ce, "kl": _kl}
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, temperature: float = 1.0,
                        kind: str = "ce") -> torch.Tensor:
-    """Mean over the batch of -sum target*log softmax(logits/T); ``kl`` subtracts the target's entropy."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    ce = -(target * logp).sum(-1)
-    if kind == "kl":
-        ce = ce + (target * torch.log(target.clamp_min(1e-12))).sum(-1)
-    return ce.mean()
+    """Mean over the batch of ``KD_LOSSES[kind]``: ce, -sum target*log softmax(logits/T); kl subtracts the
+    target's entropy."""
+    logp = (logits.float() / temperature).log_softmax(dim=-1)
+    return choose(KD_LOSSES, kind, "KD loss")(logp, target).mean()
 
 
 def task_loss(*, logits: torch.Tensor, gold: torch.Tensor, teacher: torch.Tensor | None, lam: float,
               regression: bool, temperature: float = 1.0, kind: str = "ce") -> torch.Tensor:
     """The loss of one task's batch against its annealed target (regression: mse to the mixed value)."""
     if regression:
+        import torch.nn.functional as F
         target = gold.float() if teacher is None or lam >= 1.0 else lam * gold.float() + (1 - lam) * teacher.float()
         return F.mse_loss(logits.float(), target)
     target = annealed_target_probs(gold=gold, teacher_logits=teacher, lam=lam, num_classes=logits.shape[-1],
@@ -64,12 +86,43 @@ def dwa_weights(history: list[dict[str, float]], tasks: list[str], *, temperatur
 
 def uncertainty_weighted(loss: torch.Tensor, log_var: torch.Tensor, *, regression: bool) -> torch.Tensor:
     """Kendall et al. 2018: L/(2σ²) + log σ for regression, L/σ² + log σ for classification."""
-    precision = torch.exp(-log_var)
+    precision = (-log_var).exp()
     return (0.5 if regression else 1.0) * precision * loss + 0.5 * log_var
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """One MTL weighting. ``factor(task, **context)``: a number on the task's static weight (``mtl.weights``);
+    ``transform(loss, task, **context)``: the loss as the weighting trains it; ``learns_log_vars``: it trains a
+    log-variance per task with the model (``log_vars`` in ``context``). Keyword parameters are filled from the
+    MTL fields of the same name, ``tasks``, ``history`` (mean loss per task per evaluation window),
+    ``log_vars`` and ``regression``."""
+    factor: Callable = lambda task: 1.0
+    transform: Callable = lambda loss, task: loss
+    learns_log_vars: bool = False
+
+
+WEIGHTINGS = {
+    "static": Weighting(),
+    "uncertainty": Weighting(learns_log_vars=True,
+                             transform=lambda loss, task, *, log_vars, regression: uncertainty_weighted(
+                                 loss, log_vars[task], regression=regression)),
+    "dwa": Weighting(factor=lambda task, *, tasks, history, dwa_temperature: dwa_weights(
+        history, tasks, temperature=dwa_temperature)[task]),
+}
+
+
+def weigh_task_loss(loss, task: str, *, weighting: str, weights: dict | None = None, **context):
+    """``task``'s loss as its MTL weighting trains it, times its static weight and the weighting's factor
+    (``**vars(mtl)``, plus the context a weighting may name)."""
+    w = choose(WEIGHTINGS, weighting, "MTL weighting")
+    factor = float((weights or {}).get(task, 1.0)) * call_with(w.factor, task, **context)
+    return call_with(w.transform, loss, task, **context) * factor
 
 
 def pcgrad(grads: list[torch.Tensor], *, generator: torch.Generator | None = None) -> torch.Tensor:
     """PCGrad (Yu et al. 2020): project each task's gradient off the others' it conflicts with; sum."""
+    import torch
     projected = [g.clone() for g in grads]
     n = len(grads)
     for i in range(n):

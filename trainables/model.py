@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .pooling import POOLING
 from .tasks import Task
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -221,8 +222,8 @@ class MultiTaskModel(nn.Module):
 
     def __init__(self, encoder: nn.Module, tasks: dict[str, Task], *, dropout: float = 0.1, pooling: str = "cls"):
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise UserError(f"model.pooling: {pooling!r} is not cls or mean")
+        if pooling not in POOLING:
+            raise UserError(f"model.pooling: {pooling!r} is not one of {', '.join(POOLING)}")
         self.encoder = encoder
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
@@ -239,12 +240,7 @@ class MultiTaskModel(nn.Module):
     def forward(self, *, task: str, input_ids, attention_mask, token_type_ids=None, hidden_states: bool = False):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                            output_hidden_states=hidden_states)
-        seq = out.last_hidden_state
-        if self.pooling == "cls":
-            pooled = seq[:, 0]
-        else:
-            m = attention_mask.unsqueeze(-1).to(seq.dtype)
-            pooled = (seq * m).sum(1) / m.sum(1).clamp(min=1)
+        pooled = POOLING[self.pooling](out.last_hidden_state, attention_mask)
         logits = self.heads[task](self.dropout(pooled))
         if self.heads[task].out_features == 1:
             logits = logits.squeeze(-1)

@@ -1,7 +1,7 @@
 """The one typed, frozen config schema. Unknown keys are rejected by their dotted path.
 
-A recipe is the one object that crosses from the driver to a trial (as a plain dict, ``to_dict``).
-All defaults live here. ``apply_overrides`` takes dotted ``key=value`` strings (values parsed as YAML).
+A recipe crosses from the driver to a trial inside a ``TrialConfig`` (as a plain dict, ``to_dict``).
+All defaults live here. A field's allowed values are the names of its method family's registry (``setting``). ``apply_overrides`` takes dotted ``key=value`` strings (values parsed as YAML).
 """
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .losses import KD_LOSSES, WEIGHTINGS
+from .pooling import POOLING
+from .precision import PRECISIONS
+from .schedules import ANNEAL, LR_DECAYS, SAMPLERS
+from .switch import CRITERIA
 from .tasks import UnknownTaskError, parse_tasks
 
-ANNEAL_SCHEDULES = ("none", "constant", "linear", "cosine", "exponential", "step", "delayed_linear", "sigmoid")
-SAMPLING_METHODS = ("proportional", "size_alpha", "temperature", "uniform", "weights")
-SWITCH_CRITERIA = ("never", "patience", "min_delta", "ema", "fixed_step")
-LR_DECAYS = ("linear", "constant")
+
+def setting(default=dataclasses.MISSING, *, choices=None, mutable: bool = False, factory=dataclasses.MISSING):
+    """A recipe field. ``choices``: its allowed values (a method family's registry: its names); ``mutable``:
+    the loop reads it at every step, so PBT may change it in the middle of a run."""
+    return field(default=default, default_factory=factory, metadata={"choices": choices, "mutable": mutable})
 
 
 @dataclass(frozen=True)
@@ -35,12 +41,12 @@ class Data:
 
 @dataclass(frozen=True)
 class Optim:
-    lr: float = 5e-5
-    weight_decay: float = 0.01
+    lr: float = setting(5e-5, mutable=True)
+    weight_decay: float = setting(0.01, mutable=True)
     layer_decay: float = 0.9             # BAM: layer-wise LR decay
-    warmup: float = 0.1                  # fraction of steps
-    decay: str = "linear"                # after warm-up: linear (to 0 at the end, BAM) | constant
-    clip: float = 1.0                    # max gradient norm; 0: no clipping
+    warmup: float = setting(0.1, mutable=True)                 # fraction of steps
+    decay: str = setting("linear", choices=LR_DECAYS)          # after warm-up: linear (to 0 at the end, BAM)
+    clip: float = setting(1.0, mutable=True)                   # max gradient norm; 0: no clipping
     batch_size: int = 32                 # global batch (split over the Train workers)
     epochs: float = 3.0                  # passes over the union of the tasks' train sets
     steps: int | None = None             # overrides epochs when set
@@ -48,54 +54,54 @@ class Optim:
 
 @dataclass(frozen=True)
 class Anneal:
-    schedule: str = "linear"             # lambda(p): weight of gold in the target (BAM: linear, lambda = p)
-    w: float = 0.5                       # constant: lambda = w
-    p0: float = 0.5                      # step / delayed_linear / sigmoid: where lambda starts to rise
-    k: float = 10.0                      # exponential / sigmoid: steepness
-    temperature: float = 1.0             # softmax temperature on teacher and student logits
-    loss: str = "ce"                     # ce (soft cross-entropy) | kl ; regression always uses mse
-    per_task: dict = field(default_factory=dict)   # {task: {schedule: ..., ...}}
+    schedule: str = setting("linear", choices=ANNEAL, mutable=True)   # lambda(p): weight of gold in the target
+    w: float = setting(0.5, mutable=True)                     # constant: lambda = w
+    p0: float = setting(0.5, mutable=True)                    # step / delayed_linear / sigmoid: where lambda rises
+    k: float = setting(10.0, mutable=True)                    # exponential / sigmoid: steepness
+    temperature: float = setting(1.0, mutable=True)           # softmax temperature on teacher and student logits
+    loss: str = setting("ce", choices=KD_LOSSES, mutable=True)  # regression always uses mse
+    per_task: dict = setting(factory=dict, mutable=True)      # {task: {schedule: ..., ...}}
 
 
 @dataclass(frozen=True)
 class Sampling:
-    method: str = "size_alpha"           # BAM: size ** 0.75
-    alpha: float = 0.75
-    alpha_end: float | None = None       # time-varying: alpha moves linearly to alpha_end over training
-    temperature: float = 1.0
-    weights: dict | None = None          # method=weights: {task: weight}
-    batches: str = "single"              # single (MT-DNN: one task per batch) | mixed (BAM)
+    method: str = setting("size_alpha", choices=SAMPLERS, mutable=True)   # BAM: size ** 0.75
+    alpha: float = setting(0.75, mutable=True)
+    alpha_end: float | None = setting(None, mutable=True)     # alpha moves linearly to alpha_end over training
+    temperature: float = setting(1.0, mutable=True)
+    weights: dict | None = setting(None, mutable=True)        # method=weights: {task: weight}
+    batches: str = setting("single", choices=("single", "mixed"), mutable=True)   # single: MT-DNN; mixed: BAM
 
 
 @dataclass(frozen=True)
 class Switch:
-    criterion: str = "never"             # per-task KD switch (Lu et al. 2022)
+    criterion: str = setting("never", choices=CRITERIA)    # per-task KD switch (Lu et al. 2022)
     patience: int = 3                    # evaluations without improvement
     min_delta: float = 0.0               # an improvement must exceed this (metric points)
     ema: float = 0.5                     # smoothing factor of the ema criterion
     at_step: int | None = None           # fixed_step
-    gold_weight: float = 0.0             # after the switch: target = g*gold + (1-g)*own snapshot predictions
-    mode: str = "joint"                  # joint | sequential
+    gold_weight: float = setting(0.0, mutable=True)   # after the switch: g*gold + (1-g)*own snapshot predictions
+    mode: str = setting("joint", choices=("joint", "sequential"))
     order: tuple = ()                    # sequential: task order (default: the recipe's task order)
     per_task: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Student:
-    init: str = "pretrained"             # pretrained | extract (every k-th layer) | random
+    init: str = setting("pretrained", choices=("pretrained", "extract", "random"))   # extract: every k-th layer
     num_layers: int | None = None
     hidden_size: int | None = None
     hidden_distill: float = 0.0          # weight of hidden-state MSE to the teachers (needs teacher weights)
-    unfreeze: str = "none"               # none | gradual (one layer per stage from the top)
-    pooling: str = "cls"
+    unfreeze: str = setting("none", choices=("none", "gradual"))   # gradual: one layer per stage from the top
+    pooling: str = setting("cls", choices=POOLING)
     dropout: float = 0.1
 
 
 @dataclass(frozen=True)
 class MTL:
-    weighting: str = "static"            # static | uncertainty (Kendall) | dwa (Liu et al.)
-    weights: dict | None = None          # static loss weights {task: w}
-    dwa_temperature: float = 2.0
+    weighting: str = setting("static", choices=WEIGHTINGS)   # uncertainty (Kendall) | dwa (Liu et al.)
+    weights: dict | None = setting(None, mutable=True)        # static loss weights {task: w}
+    dwa_temperature: float = setting(2.0, mutable=True)
     pcgrad: bool = False
 
 
@@ -112,7 +118,7 @@ class Recipe:
     tasks: tuple = ("rte", "mrpc")
     model: str = "tiny"
     seed: int = 0
-    precision: str = "auto"              # auto (bf16 where safe) | bf16 | fp16 | fp32
+    precision: str = setting("auto", choices=PRECISIONS)   # auto: bf16 where safe
     evals: int = 10                      # evaluations (and reports/checkpoints) per run
     data: Data = field(default_factory=Data)
     optim: Optim = field(default_factory=Optim)
@@ -192,7 +198,7 @@ def _build(cls, data: dict, path: str):
     if not isinstance(data, dict):
         raise UserError(f"{path or 'recipe'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         where = f"{path}.{key}" if path else str(key)
@@ -201,8 +207,11 @@ def _build(cls, data: dict, path: str):
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, where)
-        else:
-            kwargs[key] = _check_type(value, tp, where)
+            continue
+        kwargs[key] = _check_type(value, tp, where)
+        choices = known[key].metadata.get("choices")
+        if choices is not None and kwargs[key] not in choices:
+            raise UserError(f"{where}: {kwargs[key]!r} is not one of {', '.join(choices)}")
     return cls(**kwargs)
 
 
@@ -227,15 +236,42 @@ def _check_per_task(per_task: dict, cls, tasks: tuple, path: str):
         _build(cls, dict(sub or {}), f"{path}.{task}")
 
 
+def _validate_anneal(r: Recipe, tasks: tuple) -> None:
+    _check_per_task(r.anneal.per_task, Anneal, tasks, "anneal.per_task")
+    for t in tasks:
+        a = r.anneal_for(t)
+        where = f"anneal.per_task.{t}" if t in r.anneal.per_task else "anneal"
+        if not 0 <= a.w <= 1 or not 0 <= a.p0 <= 1:
+            raise UserError(f"{where}: w and p0 must be in [0, 1]")
+        if not 0 < abs(a.k) <= 100:
+            raise UserError(f"{where}.k: must be non-zero with |k| <= 100")
+        if a.temperature <= 0:
+            raise UserError(f"{where}.temperature: must be > 0")
+
+
+def _validate_switch(r: Recipe, tasks: tuple) -> None:
+    _check_per_task(r.switch.per_task, Switch, tasks, "switch.per_task")
+    for t in tasks:
+        sw = r.switch_for(t)
+        where = f"switch.per_task.{t}" if t in r.switch.per_task else "switch"
+        if sw.patience < 1:
+            raise UserError(f"{where}.patience: must be >= 1")
+        if not 0 < sw.ema <= 1:
+            raise UserError(f"{where}.ema: must be in (0, 1]")
+        if sw.criterion == "fixed_step" and sw.at_step is None:
+            raise UserError(f"{where}.at_step: required by criterion fixed_step")
+        if not 0 <= sw.gold_weight <= 1:
+            raise UserError(f"{where}.gold_weight: must be in [0, 1]")
+
+
 def validate(r: Recipe) -> None:
+    """The checks a field's type and choices cannot express: ranges, tasks, companions (fixed_step: at_step)."""
     try:
         tasks = parse_tasks(list(r.tasks))
     except UnknownTaskError as e:
         raise UserError(f"tasks: {e}") from None
     if tasks != tuple(r.tasks):
         raise UserError(f"tasks: use canonical task names {', '.join(tasks)}")
-    if r.precision not in ("auto", "bf16", "fp16", "fp32"):
-        raise UserError(f"precision: {r.precision!r} is not auto, bf16, fp16 or fp32")
     if r.evals < 1:
         raise UserError("evals: must be >= 1")
     o = r.optim
@@ -248,37 +284,18 @@ def validate(r: Recipe) -> None:
         raise UserError("optim.warmup: must be in [0, 1)")
     if o.weight_decay < 0 or o.clip < 0:
         raise UserError(f"optim.{'weight_decay' if o.weight_decay < 0 else 'clip'}: must be >= 0 (clip 0: no clipping)")
-    if o.decay not in LR_DECAYS:
-        raise UserError(f"optim.decay: {o.decay!r} is not one of {', '.join(LR_DECAYS)}")
     for key in ("max_train_examples", "max_dev_examples"):
         v = getattr(r.data, key)
         if v is not None and v < 1:
             raise UserError(f"data.{key}: must be >= 1 (or null for all)")
     if r.data.max_length < 8:
         raise UserError("data.max_length: must be >= 8")
-    _check_per_task(r.anneal.per_task, Anneal, tasks, "anneal.per_task")
-    for t in tasks:
-        a = r.anneal_for(t)
-        where = f"anneal.per_task.{t}" if t in r.anneal.per_task else "anneal"
-        if a.schedule not in ANNEAL_SCHEDULES:
-            raise UserError(f"{where}.schedule: unknown schedule {a.schedule!r} (one of {', '.join(ANNEAL_SCHEDULES)})")
-        if not 0 <= a.w <= 1 or not 0 <= a.p0 <= 1:
-            raise UserError(f"{where}: w and p0 must be in [0, 1]")
-        if not 0 < abs(a.k) <= 100:
-            raise UserError(f"{where}.k: must be non-zero with |k| <= 100")
-        if a.temperature <= 0:
-            raise UserError(f"{where}.temperature: must be > 0")
-        if a.loss not in ("ce", "kl"):
-            raise UserError(f"{where}.loss: {a.loss!r} is not ce or kl")
+    _validate_anneal(r, tasks)
     s = r.sampling
-    if s.method not in SAMPLING_METHODS:
-        raise UserError(f"sampling.method: unknown method {s.method!r} (one of {', '.join(SAMPLING_METHODS)})")
     if s.alpha < 0 or (s.alpha_end is not None and s.alpha_end < 0):
         raise UserError("sampling.alpha: must be >= 0")
     if s.temperature <= 0:
         raise UserError("sampling.temperature: must be > 0")
-    if s.batches not in ("single", "mixed"):
-        raise UserError(f"sampling.batches: {s.batches!r} is not single or mixed")
     if s.method == "weights":
         w = s.weights or {}
         unknown = set(w) - set(tasks)
@@ -286,39 +303,69 @@ def validate(r: Recipe) -> None:
             raise UserError(f"sampling.weights.{sorted(unknown)[0]}: task not in this run")
         if any((not isinstance(v, (int, float))) or v < 0 for v in w.values()) or sum(w.values()) <= 0:
             raise UserError("sampling.weights: weights must be >= 0 and sum to a positive number")
-    _check_per_task(r.switch.per_task, Switch, tasks, "switch.per_task")
-    for t in tasks:
-        sw = r.switch_for(t)
-        where = f"switch.per_task.{t}" if t in r.switch.per_task else "switch"
-        if sw.criterion not in SWITCH_CRITERIA:
-            raise UserError(f"{where}.criterion: unknown criterion {sw.criterion!r} (one of {', '.join(SWITCH_CRITERIA)})")
-        if sw.patience < 1:
-            raise UserError(f"{where}.patience: must be >= 1")
-        if not 0 < sw.ema <= 1:
-            raise UserError(f"{where}.ema: must be in (0, 1]")
-        if sw.criterion == "fixed_step" and sw.at_step is None:
-            raise UserError(f"{where}.at_step: required by criterion fixed_step")
-        if not 0 <= sw.gold_weight <= 1:
-            raise UserError(f"{where}.gold_weight: must be in [0, 1]")
-    if r.switch.mode not in ("joint", "sequential"):
-        raise UserError(f"switch.mode: {r.switch.mode!r} is not joint or sequential")
+    _validate_switch(r, tasks)
     if r.switch.order and sorted(r.switch.order) != sorted(tasks):
         raise UserError("switch.order: must list exactly this run's tasks")
-    st = r.student
-    if st.init not in ("pretrained", "extract", "random"):
-        raise UserError(f"student.init: {st.init!r} is not pretrained, extract or random")
-    if st.unfreeze not in ("none", "gradual"):
-        raise UserError(f"student.unfreeze: {st.unfreeze!r} is not none or gradual")
-    if st.hidden_distill < 0:
+    if r.student.hidden_distill < 0:
         raise UserError("student.hidden_distill: must be >= 0")
-    m = r.mtl
-    if m.weighting not in ("static", "uncertainty", "dwa"):
-        raise UserError(f"mtl.weighting: {m.weighting!r} is not static, uncertainty or dwa")
-    for t in (m.weights or {}):
+    for t in (r.mtl.weights or {}):
         if t not in tasks:
             raise UserError(f"mtl.weights.{t}: task not in this run")
     if not r.teacher.seeds:
         raise UserError("teacher.seeds: at least one seed")
+
+
+# ------------------------------------------------------------------------------------------------ the fields
+
+def _settings(cls=None, prefix: str = ""):
+    """(dotted key, field, type) of every setting of the schema, sections walked in order."""
+    cls = cls or Recipe
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _settings(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, f, hints[f.name]
+
+
+def method_families() -> dict[str, tuple[str, ...]]:
+    """The allowed names of every setting that takes one (its registry), by dotted key: ``anneal.schedule``..."""
+    return {key: tuple(f.metadata["choices"]) for key, f, _ in _settings() if f.metadata.get("choices")}
+
+
+def is_mutable(key: str) -> bool:
+    """May a parameter at dotted ``key`` change in the middle of a run (PBT)? ``anneal.per_task.rte.k``, a
+    key inside a mapping (``mtl.weights.rte``) and the mapping itself follow the field's ``mutable``."""
+    cls, parts = Recipe, key.split(".")
+    while parts:
+        name = parts.pop(0)
+        f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+        if f is None:
+            return False
+        tp = typing.get_type_hints(cls)[name]
+        if dataclasses.is_dataclass(tp):
+            cls = tp
+            continue
+        if not f.metadata.get("mutable"):
+            return False
+        if name != "per_task" or len(parts) < 2:
+            return True
+        parts.pop(0)                                    # the task: its settings are the section's
+    return False
+
+
+def mutable_keys() -> list[str]:
+    """The mutable settings for messages: ``section.*`` when all of a section is, ``key.*`` for a mapping."""
+    by_section: dict[str, list] = {}
+    for key, f, tp in _settings():
+        by_section.setdefault(key.rpartition(".")[0], []).append((key, f.metadata.get("mutable"), tp))
+    out: list[str] = []
+    for section, items in by_section.items():
+        if section and all(mutable for _, mutable, _ in items):
+            out.append(f"{section}.*")
+            continue
+        out += [key + (".*" if dict in (tp, *typing.get_args(tp)) else "") for key, mutable, tp in items if mutable]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -2,11 +2,14 @@
 
 A task switches when its criterion fires; the loop then takes the weights of that task's best evaluation,
 predicts the task's train set with them, and trains the task against those predictions from then on.
-``TaskSwitch`` is plain data (JSON-serialisable) so that it travels in checkpoints.
+``TaskSwitch`` is plain data (JSON-serialisable) so that it travels in checkpoints. ``CRITERIA``: name ->
+function(state, step, score) -> fire now; it reads its parameters from the state (copied from ``Switch``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+
+from .registry import choose
 
 
 @dataclass
@@ -36,28 +39,12 @@ class TaskSwitch:
             self.best, self.best_step = float(score), int(step)
         if self.switched:
             return new_best, False
-        fire = False
-        c = self.criterion
-        if c == "patience" or c == "min_delta":
-            ref = self.best_smoothed          # best score that counted as an improvement
-            delta = self.min_delta if c == "min_delta" else 0.0
-            if ref is None or score > ref + delta:
-                self.best_smoothed, self.since_best = float(score), 0
-            else:
-                self.since_best += 1
-            fire = self.since_best >= self.patience
-        elif c == "ema":
-            self.smoothed = score if self.smoothed is None else self.ema * score + (1 - self.ema) * self.smoothed
-            if self.best_smoothed is None or self.smoothed > self.best_smoothed:
-                self.best_smoothed, self.since_best = self.smoothed, 0
-            else:
-                self.since_best += 1
-            fire = self.since_best >= self.patience
-        elif c == "fixed_step":
-            fire = self.at_step is not None and step >= self.at_step
-        elif c != "never":
-            raise ValueError(f"unknown switch criterion {c!r}")
-        return new_best, fire
+        return new_best, choose(CRITERIA, self.criterion, "switch criterion")(self, step=step, score=score)
+
+    @classmethod
+    def from_config(cls, config) -> "TaskSwitch":
+        """A fresh state for a task's ``Switch`` settings (the fields both have: the criterion's parameters)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +52,30 @@ class TaskSwitch:
     @classmethod
     def from_dict(cls, d: dict) -> "TaskSwitch":
         return cls(**d)
+
+
+def _no_gain(s: TaskSwitch, value: float, delta: float = 0.0) -> bool:
+    """Count an evaluation whose ``value`` does not beat the reference by more than ``delta``; True after
+    ``patience`` of them in a row."""
+    if s.best_smoothed is None or value > s.best_smoothed + delta:
+        s.best_smoothed, s.since_best = float(value), 0
+    else:
+        s.since_best += 1
+    return s.since_best >= s.patience
+
+
+def _ema(s: TaskSwitch, *, step: int, score: float) -> bool:
+    s.smoothed = score if s.smoothed is None else s.ema * score + (1 - s.ema) * s.smoothed
+    return _no_gain(s, s.smoothed)
+
+
+CRITERIA = {
+    "never": lambda s, *, step, score: False,
+    "patience": lambda s, *, step, score: _no_gain(s, score),
+    "min_delta": lambda s, *, step, score: _no_gain(s, score, s.min_delta),
+    "ema": _ema,
+    "fixed_step": lambda s, *, step, score: s.at_step is not None and step >= s.at_step,
+}
 
 
 def switch_steps(*, criterion: str, scores: list[float], steps: list[int] | None = None, **kw) -> int | None:

@@ -120,12 +120,14 @@ def load_teacher_encoders(recipe, found, *, storage, tokenizer) -> dict:
     return out
 
 
-def finish_teacher(run: Run, *, config: dict) -> dict:
-    """Predict the train set with the best-dev weights; store predictions, weights and the baseline record."""
+def finish_teacher(run: Run, *, storage: str, experiment: str | None = None, wall_s: float | None = None) -> dict:
+    """Predict the train set with the best-dev weights (``Run.best_weights``, else the last ones); store
+    predictions, weights and the baseline record (with the run's ``wall_s`` and ``experiment``)."""
     task = run.tasks[0]
     sw = run.switch[task]
-    if sw.best_step in run.snapshots:
-        run.model.load_state_dict(run.snapshots[sw.best_step])
+    best = run.best_weights(task)
+    if best is not None:
+        run.model.load_state_dict(best)
     preds = run.predict(task, run.data[task].train)
     record = None
     if run.world.rank == 0:
@@ -133,7 +135,7 @@ def finish_teacher(run: Run, *, config: dict) -> dict:
         td = run.data[task]
         key = teacher_key(task=task, fingerprint=td.train.fingerprint, model=model_identity(recipe.model),
                           teacher_config=teacher_config(recipe), seed=recipe.seed)
-        store = TeacherStore(config["storage"])
+        store = TeacherStore(storage)
         store.save(key=key, predictions=preds, ids=td.train.ids,
                    meta={"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
                          "model": model_identity(recipe.model), "n": len(td.train)})
@@ -144,7 +146,7 @@ def finish_teacher(run: Run, *, config: dict) -> dict:
         record = {"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
                   "model": model_identity(recipe.model), "model_name": recipe.model, "key": key,
                   "score": sw.best, "best_step": sw.best_step, "dev": run.evals[-1]["scores"] if run.evals else {},
-                  "history": sw.history, "n_train": len(td.train), "wall_s": config.get("_wall_s"),
-                  "experiment": config.get("experiment"), "time": time.time()}
-        BaselineRegistry(config["storage"]).append(record)
+                  "history": sw.history, "n_train": len(td.train), "wall_s": wall_s,
+                  "experiment": experiment, "time": time.time()}
+        BaselineRegistry(storage).append(record)
     return record or {}

@@ -1,6 +1,7 @@
 """Inside a trial: ``train_driver_fn`` (the Tune function trainable that launches a ``TorchTrainer`` and
 forwards its reports to Tune, ``tune_bridge.py``; Train V2 API) and ``train_fn_per_worker`` (one Ray Train
-worker running THE loop)."""
+worker running THE loop). A ``TrialConfig`` is what they hand on: built from the Tune config once, it travels
+to the workers as its ``to_dict()``."""
 from __future__ import annotations
 
 import os
@@ -10,13 +11,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import checkpoint_siblings, restore_latest_good
+from .checkpoint import checkpoint_siblings, load_checkpoint, restore_latest_good, save_checkpoint
 from .data import load_task_data
 from .loop import NonFiniteLoss, Run, World, run_training
 from .model import MultiTaskModel, build_encoder, get_device, load_tokenizer
 from .recipe import Recipe, recipe_from_dict, with_params
 from .storage import Storage
-from .teachers import attach_teacher_predictions, finish_teacher, load_teacher_encoders, student_baselines, delta_vs_teachers
+from .teachers import (attach_teacher_predictions, delta_vs_teachers, finish_teacher, load_teacher_encoders,
+                       student_baselines)
+from .trial_config import TrialConfig
 
 
 def startup_mark(event: str, *, trial: str | None, **extra) -> None:
@@ -57,160 +60,190 @@ def build_model(recipe: Recipe, *, tokenizer, tasks) -> MultiTaskModel:
     return MultiTaskModel(enc, tasks, dropout=st.dropout, pooling=st.pooling)
 
 
-def setup_run(config: dict, *, world: World | None = None) -> Run:
-    """Everything before the first step, shared by Ray workers and in-process runs."""
+def setup_run(config: TrialConfig | dict, *, world: World | None = None) -> Run:
+    """Everything before the first step, shared by Ray workers and in-process runs (``config``: a TrialConfig
+    or its plain dict)."""
+    cfg = TrialConfig.of(config)
     quiet_libraries()
-    recipe = recipe_from_dict(config["recipe"])
-    tokenizer = load_tokenizer(recipe.model, cache_dir=config.get("cache_dir"))
-    data = load_task_data(recipe, tokenizer=tokenizer, cache_dir=config.get("cache_dir"))
+    recipe = cfg.recipe
+    tokenizer = load_tokenizer(recipe.model, cache_dir=cfg.cache_dir)
+    data = load_task_data(recipe, tokenizer=tokenizer, cache_dir=cfg.cache_dir)
     hidden_teachers = {}
-    if config.get("job", "student") == "student" and recipe.teacher.use:
-        found = attach_teacher_predictions(recipe, data, storage=config["storage"])
+    if cfg.job == "student" and recipe.teacher.use:
+        found = attach_teacher_predictions(recipe, data, storage=cfg.storage)
         if recipe.student.hidden_distill > 0:
-            hidden_teachers = load_teacher_encoders(recipe, found, storage=config["storage"], tokenizer=tokenizer)
+            hidden_teachers = load_teacher_encoders(recipe, found, storage=cfg.storage, tokenizer=tokenizer)
     model = build_model(recipe, tokenizer=tokenizer, tasks={t: d.task for t, d in data.items()})
     return Run(recipe=recipe, data=data, model=model, world=world or World(), device=get_device(),
-               artifacts_dir=config["artifacts_dir"], hidden_teachers=hidden_teachers)
+               artifacts_dir=cfg.artifacts_dir, hidden_teachers=hidden_teachers,
+               keep_best_weights=cfg.job == "teacher")     # a teacher predicts with its best-dev weights
 
 
-def train_fn_per_worker(config: dict) -> None:
+# ------------------------------------------------------------------------------------------- a Train worker
+
+def train_fn_per_worker(config: TrialConfig | dict) -> None:
     """One Ray Train worker: THE loop, reporting metrics and checkpoints through ``ray.train.report``."""
     import ray.train
 
     t0 = time.perf_counter()
+    cfg = TrialConfig.of(config)
     timing = bool(os.environ.get("BAM_STARTUP_LOG"))
     if timing:
-        startup_mark("worker_entered", trial=config.get("run_id"), process_created=_process_created())
-    run = setup_run(config)
+        startup_mark("worker_entered", trial=cfg.run_id, process_created=_process_created())
+    run = setup_run(cfg)
     if timing:
-        startup_mark("setup_done", trial=config.get("run_id"))
-        first_step = run.train_step
-
-        def timed_first_step():
-            out = first_step()
-            startup_mark("first_step", trial=config.get("run_id"))
-            run.train_step = first_step
-            return out
-        run.train_step = timed_first_step
-    job = config.get("job", "student")
-    baselines = student_baselines(run, storage=config["storage"]) if job == "student" else None
-    if job == "teacher":                           # keep best-dev weights to predict with at the end
-        sw = run.switch[run.tasks[0]]
-        sw.criterion = "never"
-        run._keep_best = True
+        startup_mark("setup_done", trial=cfg.run_id)
     ckpt = ray.train.get_checkpoint()              # this run's own latest (a restarted worker or trial)
-    if ckpt:
-        with ckpt.as_directory() as d:             # a corrupt latest one: the previous good one, with a warning
-            restore_latest_good(run, checkpoint_siblings(Path(d)))
-    elif config.get("resume_from"):                # start from another run's checkpoint folder (a PBT exploit):
-        mine = [(g["base_lr"], g["weight_decay"]) for g in run.opt.param_groups]
-        run.load_checkpoint(Path(config["resume_from"]))
-        for g, (lr, wd) in zip(run.opt.param_groups, mine):   # its state, this run's (mutated) optimiser settings
-            g["base_lr"], g["weight_decay"] = lr, wd
-
-    def report(metrics: dict, r: Run, *, checkpoint_path: str | None = None) -> None:
-        """Metrics and a new checkpoint; with ``checkpoint_path``, metrics only, naming that (existing) one."""
-        if job == "teacher" and r.switch[r.tasks[0]].best_step == r.step:
-            r.snapshots = {r.step: {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}}
-        metrics = {**metrics, "job": job, "node_id": ray.get_runtime_context().get_node_id()}   # which machine
-        if baselines:
-            metrics.update(delta_vs_teachers({t: metrics[f"{t}/score"] for t in r.tasks}, baselines))
-            r.last_metrics = metrics               # the checkpoint carries the sweep metric (best-checkpoint choice)
-        if timing and len(r.evals) <= 1 and r.world.rank == 0:
-            startup_mark("first_report", trial=config.get("run_id"), train_s=metrics.get("train_s"))
-        if checkpoint_path:
-            ray.train.report({**metrics, "checkpoint_path": checkpoint_path})
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            if r.world.rank == 0:
-                r.save_checkpoint(Path(tmp))
-            else:
-                r.state()                          # joins the collectives of state()
-                r.save_rng(Path(tmp))              # merged into the same checkpoint folder by Ray Train
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint-step{r.step:07d}")
-
+    restore_run(run, own=ckpt, resume_from=cfg.resume_from)
+    baselines = student_baselines(run, storage=cfg.storage) if cfg.job == "student" else None
+    report = train_reporter(cfg, baselines=baselines, timing=timing)
     if run.step >= run.total and run.last_metrics:   # resumed at the end: tell Tune the final result again
         report(run.last_metrics, run)
     elif ckpt and run.last_metrics:    # resumed part-way: the checkpoint's row again, in case it never reached Tune
         report(run.last_metrics, run, checkpoint_path=ckpt.path)   # (ReportHistory drops it if it did)
     try:
-        run_training(run, report=report)
+        run_training(run, report=report, on_step=first_step_mark(cfg.run_id) if timing else None)
     except NonFiniteLoss as e:
         raise RuntimeError(f"trial stopped: {e}") from None
-    if job == "teacher":
-        config = {**config, "_wall_s": time.perf_counter() - t0}
-        finish_teacher(run, config=config)
+    if cfg.job == "teacher":
+        finish_teacher(run, storage=cfg.storage, experiment=cfg.experiment, wall_s=time.perf_counter() - t0)
     if timing:
-        startup_mark("worker_fn_returned", trial=config.get("run_id"))
+        startup_mark("worker_fn_returned", trial=cfg.run_id)
 
+
+def restore_run(run: Run, *, own, resume_from: str | None) -> None:
+    """Continue from ``own`` (this run's latest Ray Train checkpoint; a corrupt one: the previous good one, with
+    a warning), else start from ``resume_from`` (another run's checkpoint folder: a PBT exploit) keeping this
+    run's (mutated) optimiser settings."""
+    if own:
+        with own.as_directory() as d:
+            restore_latest_good(run, checkpoint_siblings(Path(d)))
+    elif resume_from:
+        mine = [(g["base_lr"], g["weight_decay"]) for g in run.opt.param_groups]
+        load_checkpoint(run, Path(resume_from))
+        for g, (lr, wd) in zip(run.opt.param_groups, mine):
+            g["base_lr"], g["weight_decay"] = lr, wd
+
+
+def train_reporter(cfg: TrialConfig, *, baselines: dict[str, float] | None, timing: bool):
+    """``report(metrics, run, checkpoint_path=None)`` for ``run_training``: the metrics (with the delta to the
+    teachers when ``baselines``) and a new checkpoint to Ray Train; with ``checkpoint_path``, metrics only, naming
+    that (existing) checkpoint."""
+    import ray.train
+
+    def report(metrics: dict, r: Run, *, checkpoint_path: str | None = None) -> None:
+        metrics = {**metrics, "job": cfg.job, "node_id": ray.get_runtime_context().get_node_id()}   # which machine
+        if baselines:
+            metrics.update(delta_vs_teachers({t: metrics[f"{t}/score"] for t in r.tasks}, baselines))
+            r.last_metrics = metrics               # the checkpoint carries the sweep metric (best-checkpoint choice)
+        if timing and len(r.evals) <= 1 and r.world.rank == 0:
+            startup_mark("first_report", trial=cfg.run_id, train_s=metrics.get("train_s"))
+        if checkpoint_path:
+            ray.train.report({**metrics, "checkpoint_path": checkpoint_path})
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(r, Path(tmp))          # every rank: rank 0 the checkpoint, the others their RNG
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint-step{r.step:07d}")
+    return report
+
+
+def first_step_mark(run_id: str | None):
+    """An ``on_step`` hook for ``run_training``: the ``first_step`` start-up mark, once."""
+    done = []
+
+    def on_step(run: Run) -> None:
+        if not done:
+            done.append(True)
+            startup_mark("first_step", trial=run_id)
+    return on_step
+
+
+# ------------------------------------------------------------------------------------------- the Tune trial
 
 def train_driver_fn(config: dict) -> None:
     """The Tune function trainable: one ``TorchTrainer`` per trial, results forwarded to Tune.
 
+    ``config``: Tune's param space (``search/experiment.py``): ``loop`` (a ``TrialConfig.to_dict()``),
+    ``params`` (the sampled values), ``resources``, ``experiment``, ``metric``, ``tune_checkpoints``.
     The Train run is named after the Tune trial, so a restarted trial (Tune resume or FailureConfig)
     finds its own checkpoints in storage and continues from the latest one. Reports reach Tune through Ray's
-    ``TuneReportCallback`` (``RecordedTuneReport``: metrics and the Train checkpoint's path). Under PBT (``config["tune_checkpoints"]``)
-    they go through ``tune_bridge.ToTune`` instead, which adds the small Tune checkpoint PBT needs to exploit a
-    trial (``TuneReportCallback`` hands Tune none); a trial restarted from another trial's checkpoint starts a
-    new Train run from it. Either way every report is recorded first (``tune_bridge.ReportHistory``): a trial that
-    Tune restarts without a checkpoint (so with an empty result.json) replays its recorded rows to Tune before
-    training on. Train keeps each run's best checkpoint (by the sweep metric) and its latest;
-    ``search/budget.py`` prunes further when the trial ends.
+    ``TuneReportCallback`` (``RecordedTuneReport``: metrics and the Train checkpoint's path). Under PBT
+    (``config["tune_checkpoints"]``) they go through ``tune_bridge.ToTune`` instead, which adds the small Tune
+    checkpoint PBT needs to exploit a trial (``TuneReportCallback`` hands Tune none); a trial restarted from
+    another trial's checkpoint starts a new Train run from it. Either way every report is recorded first
+    (``tune_bridge.ReportHistory``): a trial that Tune restarts without a checkpoint (so with an empty
+    result.json) replays its recorded rows to Tune before training on. Train keeps each run's best checkpoint
+    (by the sweep metric) and its latest; ``search/budget.py`` prunes further when the trial ends.
     """
     import ray.tune
-    startup_mark("driver_entered", trial=ray.tune.get_context().get_trial_id(), process_created=_process_created())
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    trial_id = ray.tune.get_context().get_trial_id()
+    startup_mark("driver_entered", trial=trial_id, process_created=_process_created())
     from ray.util.queue import Queue
 
     from .tune_bridge import RecordedTuneReport, ReportHistory, ToTune, fit_reporting_to_tune, pointer_of, train_run_for
 
-    from .recipe import recipe_from_dict
-    res = config["resources"]
-    trial_id = ray.tune.get_context().get_trial_id()
-    loop_config = dict(config["loop"])
-    recipe = recipe_from_dict(with_params(loop_config["recipe"], config.get("params") or {}),
-                              source="sampled config")           # a sampled config that breaks a rule fails here
-    loop_config["recipe"] = recipe.to_dict()
-    storage = Storage.resolve(loop_config["storage"])
-    # soft labels and switch snapshots: under the experiment on local storage; on a URI, on this node's disk
-    # (the checkpoints refer to them by path, so a trial resumed on another node loses them: see docs/cluster.md)
-    loop_config["artifacts_dir"] = (storage.join("experiments", config["experiment"], "artifacts", trial_id)
-                                    if storage.is_local else
-                                    str(Path(tempfile.gettempdir()) / "bam-artifacts" / config["experiment"] / trial_id))
-    loop_config["run_id"] = trial_id
-    loop_config["experiment"] = config["experiment"]
     pointer = pointer_of(ray.tune.get_checkpoint())
     run_name, resume_from = train_run_for(trial_id, pointer)
-    if resume_from:                                  # another trial's checkpoint: PBT exploited it
-        loop_config["resume_from"] = resume_from
-    history = ReportHistory(loop_config["storage"], experiment=config["experiment"], trial_id=trial_id,
-                            run_name=run_name)
+    cfg = build_trial_config(config, trial_id=trial_id, resume_from=resume_from)
+    history = ReportHistory(cfg.storage, experiment=cfg.experiment, trial_id=trial_id, run_name=run_name)
     if pointer is None:          # restarted with no Tune checkpoint: Tune begins its result.json afresh
         for row in history.replay():
             ray.tune.report(row)
     bridge = bool(config.get("tune_checkpoints"))   # PBT: Tune needs a checkpoint to hand to another trial
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0}) if bridge else None
-    trainer = TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if res["use_gpu"] else "gloo"),
-        scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=res["use_gpu"],
-                                     resources_per_worker={"CPU": res["cpus_per_worker"],
-                                                           **({"GPU": 1} if res["use_gpu"] else {})}),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage.join("experiments", config["experiment"], "train"),
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=config.get("metric", "glue_avg"),
-                                               checkpoint_score_order="max"),   # the best, and always the latest
-            failure_config=FailureConfig(max_failures=res.get("max_failures", 1)),
-            callbacks=[ToTune(queue, history) if bridge else RecordedTuneReport(history)],
-        ),
-    )
+    trainer = torch_trainer(cfg, run_name=run_name, resources=config["resources"],
+                            metric=config.get("metric", "glue_avg"),
+                            callback=ToTune(queue, history) if bridge else RecordedTuneReport(history))
     startup_mark("driver_fit", trial=trial_id)
     if bridge:
         fit_reporting_to_tune(trainer, queue, trial_id=trial_id, run_name=run_name)
     else:
         trainer.fit()
     startup_mark("driver_fit_returned", trial=trial_id)
+
+
+def build_trial_config(config: dict, *, trial_id: str, resume_from: str | None) -> TrialConfig:
+    """This trial's ``TrialConfig`` from its Tune config: the recipe with the sampled values, built once (a
+    sampled config that breaks a rule fails here), the experiment, run id, artifacts folder and, after a PBT
+    exploit, the checkpoint folder to start from."""
+    loop = config["loop"]
+    recipe = recipe_from_dict(with_params(loop["recipe"], config.get("params") or {}), source="sampled config")
+    cfg = TrialConfig.from_dict({**loop, "recipe": recipe})
+    experiment = config["experiment"]
+    cfg = cfg.replace(experiment=experiment, run_id=trial_id,
+                      artifacts_dir=artifacts_dir(cfg.storage, experiment=experiment, trial_id=trial_id))
+    return cfg.replace(resume_from=resume_from) if resume_from else cfg
+
+
+def artifacts_dir(storage_root: str, *, experiment: str, trial_id: str) -> str:
+    """Soft labels and switch snapshots: under the experiment on local storage; on a URI, on this node's disk
+    (the checkpoints refer to them by path, so a trial resumed on another node loses them: see docs/cluster.md)."""
+    storage = Storage.resolve(storage_root)
+    if storage.is_local:
+        return storage.join("experiments", experiment, "artifacts", trial_id)
+    return str(Path(tempfile.gettempdir()) / "bam-artifacts" / experiment / trial_id)
+
+
+def torch_trainer(cfg: TrialConfig, *, run_name: str, resources: dict, metric: str, callback):
+    """The trial's ``TorchTrainer``: ``resources["workers"]`` workers running ``train_fn_per_worker`` on
+    ``cfg.to_dict()``; Train keeps the best checkpoint by ``metric`` and always the latest."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    res = resources
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config=cfg.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if res["use_gpu"] else "gloo"),
+        scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=res["use_gpu"],
+                                     resources_per_worker={"CPU": res["cpus_per_worker"],
+                                                           **({"GPU": 1} if res["use_gpu"] else {})}),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=Storage.resolve(cfg.storage).join("experiments", cfg.experiment, "train"),
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                               checkpoint_score_order="max"),   # the best, and always the latest
+            failure_config=FailureConfig(max_failures=res.get("max_failures", 1)),
+            callbacks=[callback],
+        ),
+    )

@@ -46,5 +46,10 @@ class TrialConfig:
         recipe = data["recipe"]
         return cls(**{**data, "recipe": recipe if isinstance(recipe, Recipe) else recipe_from_dict(recipe, source=source)})
 
+    @classmethod
+    def of(cls, config: TrialConfig | dict) -> TrialConfig:
+        """``config`` itself, or read from its plain dict (Ray Train's ``train_loop_config``, tests, benches)."""
+        return config if isinstance(config, cls) else cls.from_dict(config)
+
     def replace(self, **changes) -> TrialConfig:
         return dataclasses.replace(self, **changes)

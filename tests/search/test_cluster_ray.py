@@ -122,7 +122,7 @@ def make_teachers(storage: Path) -> list[dict]:
                "cache_dir": os.environ["BAM_CACHE_DIR"], "recipe": recipe}
         run = trial.setup_run(cfg)
         run_training(run, report=lambda m, r: None)
-        records.append(teachers.finish_teacher(run, config=cfg))
+        records.append(teachers.finish_teacher(run, storage=cfg["storage"]))
     return records
 
 

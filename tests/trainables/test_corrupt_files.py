@@ -18,7 +18,8 @@ import torch
 
 from trainables import loop, trial
 from trainables.errors import UserError
-from trainables.checkpoint import checkpoint_siblings, restore_latest_good, verify_checkpoint
+from trainables.checkpoint import (checkpoint_siblings, load_checkpoint, restore_latest_good, save_checkpoint,
+                                   save_rng, save_snapshots, verify_checkpoint)
 from trainables.loop import run_training
 from trainables.storage import sha256_file
 from trainables.teacher_store import StoreError, atomic_save_npy
@@ -65,7 +66,7 @@ def checkpoints(tmp_path):
     torch.manual_seed(0)
     run = make_run(tmp_path)
     root = tmp_path / "train-x"
-    run_training(run, report=lambda m, r: r.save_checkpoint(root / f"checkpoint-step{r.step:07d}"))
+    run_training(run, report=lambda m, r: save_checkpoint(r, root / f"checkpoint-step{r.step:07d}"))
     dirs = sorted(root.iterdir())
     assert [d.name for d in dirs] == [f"checkpoint-step{s:07d}" for s in (2, 4, 6, 8)]
     return tmp_path, run, dirs
@@ -88,7 +89,7 @@ def test_truncated_checkpoint_file_is_named(checkpoints, name):
     fresh = make_run(tmp)
     before = params(fresh)
     with pytest.raises(UserError, match=name):
-        fresh.load_checkpoint(dirs[-1])
+        load_checkpoint(fresh, dirs[-1])
     assert fresh.step == 0 and all(torch.equal(before[k], v) for k, v in params(fresh).items())
 
 
@@ -104,9 +105,9 @@ def test_other_ranks_rng_is_checksummed_too(tmp_path):
     """A rank > 0 adds its RNG file and its own checksum file to the same folder (Ray merges the ranks')."""
     run = make_run(tmp_path)
     d = tmp_path / "ck"
-    run.save_checkpoint(d)
+    save_checkpoint(run, d)
     run.world.rank = 1                                          # what rank 1 writes into its folder
-    run.save_rng(d)
+    save_rng(run, d)
     run.world.rank = 0
     assert json.loads((d / "checksums-rank1.json").read_text()).keys() == {"rng-rank1.pt"}
     verify_checkpoint(d)
@@ -131,7 +132,7 @@ def test_truncated_snapshot_is_named_and_nothing_is_loaded(checkpoints):
     truncate(snap)
     fresh = make_run(tmp)
     with pytest.raises(UserError) as e:
-        fresh.load_checkpoint(dirs[0])
+        load_checkpoint(fresh, dirs[0])
     assert str(snap) in str(e.value) and "snapshot" in str(e.value)
     assert fresh.step == 0 and fresh.snapshots == {}
 
@@ -142,7 +143,7 @@ def test_truncated_soft_labels_are_named(checkpoints):
     truncate(soft)
     fresh = make_run(tmp)
     with pytest.raises(UserError) as e:                          # on resume, before anything is loaded
-        fresh.load_checkpoint(dirs[-1])
+        load_checkpoint(fresh, dirs[-1])
     assert str(soft) in str(e.value) and "syn_similarity" in str(e.value)
     assert fresh.step == 0
     # and in a running trial (the file went bad after the switch): the read names it too
@@ -218,7 +219,7 @@ def test_crash_mid_checkpoint_leaves_no_file_under_a_final_name(tmp_path, monkey
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(Crash):
-        run.save_checkpoint(d)
+        save_checkpoint(run, d)
     assert sorted(p.name for p in d.iterdir()) == ["rng-rank0.pt"]   # no model.pt, no temporary file left
     with pytest.raises(UserError, match="incomplete"):
         verify_checkpoint(d)
@@ -231,7 +232,7 @@ def test_crash_mid_snapshot_write_leaves_nothing(tmp_path, monkeypatch):
     assert run.snapshots
     monkeypatch.setattr(torch, "save", _crash_after_partial_write(torch.save))
     with pytest.raises(Crash):
-        run.state()
+        save_snapshots(run)
     snaps = tmp_path / "art" / "snapshots"
     assert not snaps.exists() or list(snaps.iterdir()) == []
 
@@ -268,7 +269,7 @@ def test_old_format_checkpoint_without_snapshot_sums_still_loads(checkpoints):
     sums["state.json"] = hashlib.sha256(data).hexdigest()
     (d / "checksums.json").write_text(json.dumps(sums))
     run = make_run(tmp)
-    run.load_checkpoint(d)
+    load_checkpoint(run, d)
     assert run.step == 2 and run.snapshots
 
 
@@ -290,7 +291,7 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path):
     torch.manual_seed(0)
     run = make_run(tmp_path)
     d = tmp_path / "checkpoint-step0000000"
-    run.save_checkpoint(d)
+    save_checkpoint(run, d)
     marker = tmp_path / "code-ran"
     torch.save({"model": _Planted(marker)}, d / "model.pt")
     sums = json.loads((d / "checksums.json").read_text())
@@ -298,7 +299,7 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path):
     (d / "checksums.json").write_text(json.dumps(sums))
     before = params(run)
     with pytest.raises(UserError, match=r"model\.pt: refused: not a plain tensor file"):
-        run.load_checkpoint(d)
+        load_checkpoint(run, d)
     assert not marker.exists()
     assert all(torch.equal(before[k], v) for k, v in params(run).items())
 

@@ -16,7 +16,7 @@ from trainables import schedules, teachers, trial
 from trainables.errors import UserError
 from trainables.losses import (annealed_target_probs, dwa_weights, pcgrad, soft_cross_entropy, task_loss,
                                uncertainty_weighted)
-from trainables.checkpoint import verify_checkpoint
+from trainables.checkpoint import load_checkpoint, save_checkpoint, verify_checkpoint
 from trainables.loop import Run, run_training
 from trainables.metrics import compute_metrics, glue_average
 from trainables.model import layer_depths
@@ -249,7 +249,7 @@ def test_checkpoint_resumes_exactly(tmp_path, case):
 
     def save_at_8(m, r):
         if r.step == 8:
-            r.save_checkpoint(ck)
+            save_checkpoint(r, ck)
             at_8.update(params(r))
 
     ra = train(a, save_at_8)
@@ -258,7 +258,7 @@ def test_checkpoint_resumes_exactly(tmp_path, case):
     torch.manual_seed(999)                                             # a different RNG: the checkpoint must fix it
     b = make_run(tmp_path, rec)
     assert not all(torch.equal(at_8[k], v) for k, v in params(b).items())
-    b.load_checkpoint(ck)
+    load_checkpoint(b, ck)
     assert b.step == 8 and len(b.evals) == 2
     assert all(torch.equal(at_8[k], v) for k, v in params(b).items())
     rb = train(b)
@@ -285,7 +285,7 @@ def test_verify_checkpoint_detects_damage(tmp_path):
     run = make_run(tmp_path, recipe(["syn_noisy"], evals=1, optim={"steps": 2}))
     train(run)
     good = tmp_path / "good"
-    run.save_checkpoint(good)
+    save_checkpoint(run, good)
     verify_checkpoint(good)                                            # intact: no error
 
     bad = tmp_path / "bad"
@@ -297,7 +297,7 @@ def test_verify_checkpoint_detects_damage(tmp_path):
     assert str(bad / "model.pt") in str(e.value) and "truncated or corrupt" in str(e.value)
     fresh = make_run(tmp_path, recipe(["syn_noisy"], evals=1, optim={"steps": 2}))
     with pytest.raises(UserError, match="model.pt"):
-        fresh.load_checkpoint(bad)
+        load_checkpoint(fresh, bad)
     assert fresh.step == 0                                             # nothing was half-loaded
 
     shutil.rmtree(bad)
@@ -317,12 +317,12 @@ def test_an_older_checkpoint_stays_loadable(tmp_path):
     run = make_run(tmp_path, rec)
     run.step = 2
     run.after_eval({"syn_similarity": 10.0})                           # best -> snapshot of step 2
-    run.save_checkpoint(tmp_path / "ck2")
+    save_checkpoint(run, tmp_path / "ck2")
     run.step = 4
     run.after_eval({"syn_similarity": 20.0})                           # new best -> step-2 snapshot dropped
-    run.save_checkpoint(tmp_path / "ck4")
+    save_checkpoint(run, tmp_path / "ck4")
     fresh = make_run(tmp_path, rec)
-    fresh.load_checkpoint(tmp_path / "ck2")                            # e.g. the step-4 report never reached storage
+    load_checkpoint(fresh, tmp_path / "ck2")                            # e.g. the step-4 report never reached storage
     assert fresh.step == 2 and set(fresh.snapshots) == {2}
 
 
@@ -335,7 +335,7 @@ def test_teacher_runs_feed_the_student(tmp_path):
         trec = recipe([t], evals=1, optim={"steps": 3})
         trun = make_run(tmp_path, trec, job="teacher")
         train(trun)
-        record = teachers.finish_teacher(trun, config={"storage": str(tmp_path / "storage")})
+        record = teachers.finish_teacher(trun, storage=str(tmp_path / "storage"))
         assert record["task"] == t and record["n_train"] == 48 and record["score"] == trun.switch[t].best
         teacher_preds[t] = trun.predict(t, trun.data[t].train)
     records = BaselineRegistry(tmp_path / "storage").records(strict=True)

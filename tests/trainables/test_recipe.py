@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from trainables.errors import UserError
-from trainables.recipe import (ANNEAL_SCHEDULES, SWITCH_CRITERIA, Recipe, apply_overrides, dump_recipe, load_recipe,
-                               load_yaml, parse_override, recipe_from_dict)
+from trainables.recipe import Recipe, apply_overrides, dump_recipe, load_recipe, load_yaml, parse_override, recipe_from_dict
+from trainables.schedules import ANNEAL as ANNEAL_SCHEDULES
+from trainables.switch import CRITERIA as SWITCH_CRITERIA
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from trainables.recipe import ANNEAL_SCHEDULES, SAMPLING_METHODS
+from trainables.schedules import ANNEAL as ANNEAL_SCHEDULES, SAMPLERS as SAMPLING_METHODS
 from trainables.schedules import anneal_lambda, layer_lr_scale, lr_multiplier, sampling_weights, unfrozen_layers
 
 GRID = np.linspace(0, 1, 201)

@@ -6,8 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from trainables.recipe import SWITCH_CRITERIA
-from trainables.switch import TaskSwitch, switch_steps
+from trainables.switch import CRITERIA as SWITCH_CRITERIA, TaskSwitch, switch_steps
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])

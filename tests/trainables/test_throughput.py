@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainables.data import TokenizedSplit
-from trainables.loop import autocast_dtype
+from trainables.precision import autocast_dtype
 
 from test_model_loop import _cpu, _one_thread, make_run, recipe  # noqa: F401 (fixtures)
 
