@@ -112,7 +112,10 @@ def main() -> None:
 
     from search.ray_env import choose_resources, init_ray
     from search.spaces import load_space
-    from search.experiment import run_experiment, trial_results
+    from search.experiment import run_experiment
+    from search.preflight import trial_config
+    from search.results import trial_results
+    from trainables.recipe import recipe_from_dict
 
     storage = args.storage or tempfile.mkdtemp(prefix="bam-asha-")
     data = {k: v for k, v in (("max_train_examples", args.max_train_examples), ("max_length", args.max_length)) if v}
@@ -132,8 +135,7 @@ def main() -> None:
     space = load_space(args.space, base_recipe=base)
     configs = draw(space, n=args.trials, seed=args.draw_seed)
     resources = choose_resources(init_ray(address=None), trials=args.trials)
-    loop = {"recipe": space["base"], "job": "student", "storage": storage,
-            "cache_dir": os.environ.get("BAM_CACHE_DIR") or str(Path(storage) / "cache"), "wandb": None}
+    trial = trial_config(storage, recipe_from_dict(space["base"], source=space["path"]), job="student", wandb=False)
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "trials": args.trials, "space": args.space, "base": base, "at_once": resources.max_concurrent,
            "configs": configs}
@@ -142,7 +144,7 @@ def main() -> None:
     out["early_stopping"] = early
     for arm, scheduler in (("asha", "asha"), ("full", "none")):
         t = time.time()
-        run_experiment(name=f"asha-{arm}", storage=storage, loop=loop, params=tune_params(configs),
+        run_experiment(name=f"asha-{arm}", trial=trial, params=tune_params(configs),
                        resources=resources, num_samples=1, searcher="random", scheduler=scheduler,
                        progress=False, disk_budget=None, early_stopping=early if scheduler == "asha" else None)
         out[arm] = {"wall_s": round(time.time() - t, 1), **summarize(trial_results(storage, f"asha-{arm}"),

@@ -208,12 +208,15 @@ class Protocol:
     def experiment(group: str) -> str:
         return f"q-{group}"
 
-    def _args(self):
-        return argparse.Namespace(storage=str(self.storage), no_wandb=not self.wandb)
+    @property
+    def storage_root(self) -> str:
+        from trainables.storage import storage_uri
+        return storage_uri(str(self.storage))
 
-    def _loop(self, recipe: dict, *, job: str) -> dict:
-        from search.cli import _loop
-        return _loop(self._args(), recipe, job=job)
+    def _trial(self, recipe: dict, *, job: str, source: str = "recipe"):
+        from search.preflight import trial_config
+        from trainables.recipe import recipe_from_dict
+        return trial_config(self.storage_root, recipe_from_dict(recipe, source=source), job=job, wandb=self.wandb)
 
     def _resources(self, trials: int):
         from search.ray_env import choose_resources, init_ray
@@ -286,12 +289,11 @@ class Protocol:
     def run_teachers(self) -> None:
         from ray import tune
 
-        from search.cli import teacher_recipe
         from search.experiment import run_experiment
+        from search.preflight import teacher_recipe
         base = teacher_recipe(self.budget.base_recipe(glue_dir=self.glue_dir))
         n = len(self.budget.tasks) * self.budget.seeds
-        run_experiment(name=self.experiment("teachers"), storage=str(self.storage),
-                       loop=self._loop(base, job="teacher"),
+        run_experiment(name=self.experiment("teachers"), trial=self._trial(base, job="teacher"),
                        params={"tasks": tune.grid_search([[t] for t in self.budget.tasks]),
                                "seed": tune.grid_search(list(range(self.budget.seeds)))},
                        resources=self._resources(n), num_samples=1, live_title="teachers", total_trials=n)
@@ -306,28 +308,28 @@ class Protocol:
     def run_train(self, group: str, recipe: dict) -> None:
         from ray import tune
 
-        from search.cli import _check_teachers
         from search.experiment import run_experiment
-        from trainables.recipe import recipe_from_dict
-        _check_teachers(self._args(), recipe_from_dict(recipe))
+        from search.preflight import check_teachers
+        trial = self._trial(recipe, job="student")
+        check_teachers(self.storage_root, trial.recipe)
         seeds = list(range(self.budget.seeds))
-        run_experiment(name=self.experiment(group), storage=str(self.storage), loop=self._loop(recipe, job="student"),
+        run_experiment(name=self.experiment(group), trial=trial,
                        params={"seed": tune.grid_search(seeds)} if len(seeds) > 1 else {"seed": seeds[0]},
                        resources=self._resources(len(seeds)), num_samples=1, live_title=group,
                        total_trials=len(seeds))
         self._check_finished(group, len(seeds))
 
     def run_sweep(self) -> None:
-        from search.cli import _check_teachers
-        from search.spaces import load_space, to_tune
         from search.experiment import run_experiment
-        from trainables.recipe import recipe_from_dict
+        from search.preflight import check_teachers
+        from search.spaces import load_space, to_tune
         space = load_space(REPO / SPACE, base_recipe=self.budget.base_recipe(glue_dir=self.glue_dir))
-        _check_teachers(self._args(), recipe_from_dict(space["base"], source=space["path"]))
+        trial = self._trial(space["base"], job="student", source=space["path"])
+        check_teachers(self.storage_root, trial.recipe)
         name = self.experiment("sweep")
         self.say(f"sweep {name}: {self.budget.trials} trials of {SPACE}, Optuna TPE + ASHA "
                  f"(an interrupted sweep continues from here, or: bam-search resume {name} --storage {self.storage})")
-        run_experiment(name=name, storage=str(self.storage), loop=self._loop(space["base"], job="student"),
+        run_experiment(name=name, trial=trial,
                        params=to_tune(space, searcher="optuna"), resources=self._resources(self.budget.trials),
                        num_samples=self.budget.trials, searcher="optuna", scheduler="asha",
                        seed=self.budget.searcher_seed, live_title="sweep", total_trials=self.budget.trials)
@@ -335,15 +337,12 @@ class Protocol:
 
     def best(self) -> tuple[dict, Path]:
         """The sweep's best trial as a recipe (``bam-search best --export``), written next to the report."""
-        from search.cli import best_recipe
-        from trainables.recipe import dump_recipe, recipe_from_dict
-        from trainables.storage import atomic_write
+        from search.results import best_recipe, export_recipe
         recipe, top = best_recipe(str(self.storage), self.experiment("sweep"))
         path = self.report_dir / "best_recipe.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = dump_recipe(recipe_from_dict(recipe, source=f"best trial of {self.experiment('sweep')}"),
-                           command=f"bam-search train {path.name} --seeds {self.budget.seeds}")
-        atomic_write(path, text.encode())
+        export_recipe(recipe, path, command=f"bam-search train {path.name} --seeds {self.budget.seeds}",
+                      source=f"best trial of {self.experiment('sweep')}")
         self.say(f"best sweep trial {top['trial_id']}: glue_avg {top['best']:.2f}  "
                  f"{json.dumps(top['params'], default=str)}")
         return recipe, path
@@ -386,8 +385,7 @@ class Protocol:
 
     def records(self) -> list[dict]:
         """Run records for ``search.report``: teachers from the baseline registry, students from Tune's files."""
-        from search.cli import _curves, _switches, summarize
-        from search.experiment import trial_results
+        from search.results import curves, summarize, switches, trial_results
         tasks = list(self.budget.tasks)
         per_seed: dict[int, dict] = {}
         for (task, seed), rec in self.teacher_records().items():
@@ -399,7 +397,7 @@ class Protocol:
                 row = t["best_row"]
                 seed = (t["params"] or {}).get("seed", i)
                 runs.append({"group": group, "seed": int(seed), "scores": {k: row[f"{k}/best"] for k in tasks},
-                             "curves": _curves(t, tasks), "switch_steps": _switches(t)})
+                             "curves": curves(t, tasks), "switch_steps": switches(t)})
         return runs
 
     def report(self) -> dict:

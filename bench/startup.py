@@ -266,17 +266,18 @@ def main() -> None:
 
         from search.ray_env import choose_resources, init_ray
         from search.experiment import run_experiment
+        from trainables.recipe import recipe_from_dict
+        from trainables.trial_config import TrialConfig
         cache = storage / "cache"
         load = os.getloadavg()
         t0 = time.time()
         cluster = init_ray(address=None)
         ray_up = time.time() - t0
         res = choose_resources(cluster, trials=args.trials, max_concurrent=args.max_concurrent)
-        loop = {"recipe": recipe(args), "job": "student", "storage": str(storage), "cache_dir": str(cache),
-                "wandb": None}
+        trial = TrialConfig(recipe=recipe_from_dict(recipe(args)), storage=str(storage), cache_dir=str(cache))
         t1 = time.time()
         with CpuSampler() as cpu:
-            run_experiment(name=f"startup-{int(t1)}", storage=str(storage), loop=loop,
+            run_experiment(name=f"startup-{int(t1)}", trial=trial,
                            params={"seed": tune.grid_search(list(range(args.trials)))}, resources=res,
                            num_samples=1, progress=False)
         wall = time.time() - t1

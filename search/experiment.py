@@ -10,6 +10,7 @@ from pathlib import Path
 
 from trainables.errors import UserError
 from trainables.storage import Storage
+from trainables.trial_config import TrialConfig
 
 from .ray_env import DRIVER_CPU, Resources
 
@@ -64,13 +65,21 @@ def make_searcher(kind: str, *, metric: str, seed: int, max_concurrent: int):
     raise UserError(f"--searcher {kind!r}: one of optuna, random, grid")
 
 
-def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resources: Resources, num_samples: int,
+def check_pbt(*, scheduler: str, searcher: str, storage: str) -> None:
+    """PBT samples its own population (random or grid searcher) and links checkpoint files (local storage)."""
+    if scheduler == "pbt" and (searcher not in ("random", "grid") or not Storage.resolve(storage).is_local):
+        raise UserError("--scheduler pbt samples its own population: use --searcher random or grid, and a local "
+                        "--storage (the receiving trial links the donor's checkpoint files)")
+
+
+def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Resources, num_samples: int,
                    searcher: str = "random", scheduler: str = "none", metric: str = "glue_avg", seed: int = 0,
                    progress: bool = True, live_title: str | None = None, total_trials: int | None = None,
                    disk_budget: int | str | None = "20GB", pbt: dict | None = None,
                    early_stopping: dict | None = None):
-    """Run (or continue) one Tune experiment; returns the ResultGrid.
+    """Run (or continue) one Tune experiment under ``trial.storage``; returns the ResultGrid.
 
+    ``trial``: what every trial gets (Tune's param space holds ``trial.to_dict()`` under ``loop``).
     ``disk_budget``: bytes (or a size such as ``2GB``; None: no limit) the experiment's folder may hold;
     ended trials keep only their best checkpoint either way (``search/budget.py``).
     ``pbt``: with ``scheduler="pbt"``, ``{"mutations", "bounds", "interval"}`` (``search/pbt.py``).
@@ -79,77 +88,67 @@ def run_experiment(*, name: str, storage: str, loop: dict, params: dict, resourc
 
     from trainables.trial import train_driver_fn
 
-    from .budget import DiskBudget, parse_size
+    from .budget import parse_size
     budget = parse_size(disk_budget)
-
-    st = Storage.resolve(storage)
+    st = Storage.resolve(trial.storage)
     exp = st.join("experiments", name)
     trainable = tune.with_resources(train_driver_fn, {"CPU": DRIVER_CPU})
+    check_pbt(scheduler=scheduler, searcher=searcher, storage=trial.storage)
+    if tune.Tuner.can_restore(exp):
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=False, restart_errored=False)
+        return tuner.fit()
+    local_exp = st.local / "experiments" / name if st.is_local else None
+    loop = trial.to_dict()                           # the trial side rebuilds it: TrialConfig.from_dict
     space = {"loop": loop, "resources": resources.as_dict(), "experiment": name, "params": params,
              "metric": metric,                       # Train keeps each trial's best checkpoint by it
              "tune_checkpoints": scheduler == "pbt"}  # PBT exploits Tune checkpoints: trainables/tune_bridge.py
-    if scheduler == "pbt" and (searcher not in ("random", "grid") or not st.is_local):
-        raise UserError("--scheduler pbt samples its own population: use --searcher random or grid, and a local "
-                        "--storage (the receiving trial links the donor's checkpoint files)")
-    max_t = int(loop["recipe"].get("evals", 10))
-    callbacks = []
-    if loop.get("wandb"):
-        from .tracking import WandbTrials
-        callbacks.append(WandbTrials(settings=loop["wandb"], experiment=name))
-    if live_title:
-        from .progress import LiveTable
-        callbacks.append(LiveTable(title=live_title, total_trials=total_trials or num_samples,
-                                   concurrency=resources.max_concurrent, metric=metric))
-    if st.is_local:                                  # ended trials keep their best checkpoint; bytes sampled
-        callbacks.append(DiskBudget(experiment_dir=st.local / "experiments" / name, metric=metric, budget=budget))
+    callbacks = _callbacks(name=name, trial=trial, resources=resources, metric=metric, budget=budget,
+                           local_exp=local_exp, live_title=live_title, total_trials=total_trials or num_samples)
     run_config = tune.RunConfig(name=name, storage_path=st.join("experiments"),
                                 verbose=0 if (live_title or not progress) else 1, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(max_failures=0))
-    if tune.Tuner.can_restore(exp):
-        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=False, restart_errored=False)
-    else:
-        tuner = tune.Tuner(trainable, param_space=space, run_config=run_config,
-                           tune_config=tune.TuneConfig(
-                               metric=metric, mode="max", num_samples=num_samples,
-                               max_concurrent_trials=resources.max_concurrent,
-                               search_alg=make_searcher(searcher, metric=metric, seed=seed,
-                                                        max_concurrent=resources.max_concurrent),
-                               scheduler=make_scheduler(scheduler, max_t=max_t, metric=metric, pbt=pbt,
-                                                        experiment_dir=st.local / "experiments" / name
-                                                        if st.is_local else None, **(early_stopping or {}))))
-        st.write_bytes("experiments", name, "bam_experiment.json", data=json.dumps(  # what `resume` reads: atomic
-            {"name": name, "loop": loop, "params": _describe(params), "num_samples": num_samples,
-             "searcher": searcher, "scheduler": scheduler, "metric": metric, "resources": resources.as_dict(),
-             "disk_budget": budget, "pbt": pbt, "early_stopping": early_stopping},
-            indent=1, default=str).encode())
+    tuner = tune.Tuner(trainable, param_space=space, run_config=run_config,
+                       tune_config=tune.TuneConfig(
+                           metric=metric, mode="max", num_samples=num_samples,
+                           max_concurrent_trials=resources.max_concurrent,
+                           search_alg=make_searcher(searcher, metric=metric, seed=seed,
+                                                    max_concurrent=resources.max_concurrent),
+                           scheduler=make_scheduler(scheduler, max_t=trial.recipe.evals, metric=metric, pbt=pbt,
+                                                    experiment_dir=local_exp, **(early_stopping or {}))))
+    st.write_bytes("experiments", name, "bam_experiment.json", data=json.dumps(  # what `resume` reads: atomic
+        {"name": name, "loop": loop, "params": _describe(params), "num_samples": num_samples,
+         "searcher": searcher, "scheduler": scheduler, "metric": metric, "resources": resources.as_dict(),
+         "disk_budget": budget, "pbt": pbt, "early_stopping": early_stopping},
+        indent=1, default=str).encode())
     return tuner.fit()
+
+
+def _callbacks(*, name: str, trial: TrialConfig, resources: Resources, metric: str, budget: int | None,
+               local_exp: Path | None, live_title: str | None, total_trials: int) -> list:
+    """W&B runs (unless off), the live table (with ``live_title``), the disk budget (local storage)."""
+    callbacks = []
+    if trial.wandb:
+        from .tracking import WandbTrials
+        callbacks.append(WandbTrials(settings=trial.wandb, experiment=name))
+    if live_title:
+        from .progress import LiveTable
+        callbacks.append(LiveTable(title=live_title, total_trials=total_trials,
+                                   concurrency=resources.max_concurrent, metric=metric))
+    if local_exp is not None:                        # ended trials keep their best checkpoint; bytes sampled
+        from .budget import DiskBudget
+        callbacks.append(DiskBudget(experiment_dir=local_exp, metric=metric, budget=budget))
+    return callbacks
+
+
+def run_plan(plan, resources: Resources, *, progress: bool = True, live_title: str | None = None,
+             total_trials: int | None = None):
+    """``run_experiment`` with a ``preflight.Plan``'s settings."""
+    return run_experiment(name=plan.name, trial=plan.trial, params=plan.params, resources=resources,
+                          num_samples=plan.num_samples, searcher=plan.searcher, scheduler=plan.scheduler,
+                          metric=plan.metric, seed=plan.searcher_seed, progress=progress, live_title=live_title,
+                          total_trials=total_trials, disk_budget=plan.disk_budget, pbt=plan.pbt,
+                          early_stopping=plan.early_stopping)
 
 
 def _describe(params: dict) -> dict:
     return {k: str(v) for k, v in params.items()}
-
-
-def trial_results(storage: str, name: str) -> list[dict]:
-    """Every trial of an experiment from Tune's own files: params, every reported row, state."""
-    st = Storage.resolve(storage)
-    if not st.is_dir("experiments", name):
-        raise UserError(f"no experiment {name!r} under {st.join('experiments')}")
-    trials = []
-    for d in st.listdir("experiments", name):
-        if not st.is_file("experiments", name, d, "params.json"):
-            continue
-        try:
-            params = json.loads(st.read_bytes("experiments", name, d, "params.json"))
-        except json.JSONDecodeError:
-            continue
-        rows = []
-        files = set(st.listdir("experiments", name, d))
-        if "result.json" in files:
-            for line in st.read_bytes("experiments", name, d, "result.json").decode().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break                                 # a torn last line after a crash
-        trials.append({"dir": st.join("experiments", name, d), "trial_id": rows[-1]["trial_id"] if rows else d,
-                       "params": params, "rows": rows, "error": bool({"error.txt", "error.pkl"} & files)})
-    return trials

@@ -37,6 +37,25 @@ class Resources:
         return {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "use_gpu": self.use_gpu}
 
 
+@dataclass(frozen=True)
+class ResourceRequest:
+    """What the command line asks of Ray: which cluster, and how much per trial (None: choose)."""
+    address: str | None = None
+    workers: int = 1
+    cpus_per_worker: float | None = None
+    use_gpu: bool | None = None
+    max_concurrent: int | None = None
+    shared_storage: bool = False             # --storage-is-shared
+
+
+def start_ray(request: ResourceRequest, *, storage: str, trials: int | None = None) -> Resources:
+    """Start or join Ray, check the cluster can share ``storage``, and choose each trial's resources."""
+    cluster = init_ray(address=request.address)
+    check_shared_storage(storage=storage, shared=request.shared_storage)
+    return choose_resources(cluster, workers=request.workers, cpus_per_worker=request.cpus_per_worker,
+                            use_gpu=request.use_gpu, max_concurrent=request.max_concurrent, trials=trials)
+
+
 def init_ray(*, address: str | None, quiet: bool = True) -> dict:
     import ray
     address = address or os.environ.get("RAY_ADDRESS")

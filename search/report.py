@@ -20,6 +20,9 @@ Public API
 - :func:`compare` -- per-task statistics of every group, candidate vs. baseline tests.
 - :func:`write_report` -- ``report.html``, ``report.md``, ``comparison.json``, ``bars.png``
   and ``curves.png`` into a directory (every file written atomically).
+- :func:`report_records` / :func:`publish_report` -- ``bam-search report``: the run records of an
+  experiment (teachers from the baseline registry, its students, plain multi-task runs) and the report
+  written under ``<storage>/reports/<name>/`` (the records are read with lazy imports of ``search.results``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ __all__ = [
     "holm",
     "load_runs",
     "paired_bootstrap",
+    "publish_report",
+    "report_records",
     "write_report",
 ]
 
@@ -307,14 +312,10 @@ def _test(
     return out
 
 
-def _compare(
-    runs: list[dict],
-    *,
-    baseline: str,
-    candidate: str,
-    tasks: list[str] | None,
-    groups: list[str] | None,
-) -> dict:
+def _check_groups(
+    runs: list[dict], *, baseline: str, candidate: str, groups: list[str] | None
+) -> tuple[list[str], dict[str, list[dict]]]:
+    """(the groups in order, their runs); ValueError for bad records, groups or seeds."""
     if not isinstance(runs, (list, tuple)) or not runs:
         raise ValueError("compare: 'runs' must be a non-empty list of run records")
     for i, run in enumerate(runs):
@@ -342,7 +343,11 @@ def _compare(
         dupes = sorted({s for s in seeds if seeds.count(s) > 1})
         if dupes:
             raise ValueError(f"group {g!r} has several runs with seed(s) {dupes}; seeds must be unique per group")
+    return groups, by_group
 
+
+def _check_tasks(tasks: list[str] | None, groups: list[str], by_group: dict[str, list[dict]]) -> list[str]:
+    """The tasks to compare (default: every scored task, in order of appearance); each run must score them."""
     if tasks is None:
         tasks = []
         for g in groups:
@@ -363,32 +368,47 @@ def _compare(
                 raise ValueError(
                     f"task(s) {lacking} have no score in group {g!r} (run with seed {r['seed']})"
                 )
+    return tasks
 
-    rows = []
-    for task in tasks:
-        stats_by_group = {}
-        for g in groups:
-            members = sorted(by_group[g], key=lambda r: r["seed"])
-            scores = [float(r["scores"][task]) for r in members]
-            mean, sd = _mean_sd(scores)
-            stats_by_group[g] = {
-                "mean": mean,
-                "sd": sd,
-                "n": len(scores),
-                "seeds": [int(r["seed"]) for r in members],
-                "scores": scores,
-            }
-        base_mean = stats_by_group[baseline]["mean"]
-        row: dict[str, Any] = {
-            "task": task,
-            "groups": stats_by_group,
-            "deltas": {g: stats_by_group[g]["mean"] - base_mean for g in groups},
-            "delta": stats_by_group[candidate]["mean"] - base_mean,
+
+def _task_row(task: str, by_group: dict[str, list[dict]], *, baseline: str, candidate: str) -> dict:
+    """One task: every group's mean / sd / n / scores, deltas to the baseline, the candidate's test."""
+    stats_by_group = {}
+    for g, runs in by_group.items():
+        members = sorted(runs, key=lambda r: r["seed"])
+        scores = [float(r["scores"][task]) for r in members]
+        mean, sd = _mean_sd(scores)
+        stats_by_group[g] = {
+            "mean": mean,
+            "sd": sd,
+            "n": len(scores),
+            "seeds": [int(r["seed"]) for r in members],
+            "scores": scores,
         }
-        row.update(_test(task, by_group[baseline], by_group[candidate], baseline, candidate))
-        row["p_adj"] = None
-        row["significant"] = False
-        rows.append(row)
+    base_mean = stats_by_group[baseline]["mean"]
+    row: dict[str, Any] = {
+        "task": task,
+        "groups": stats_by_group,
+        "deltas": {g: stats_by_group[g]["mean"] - base_mean for g in by_group},
+        "delta": stats_by_group[candidate]["mean"] - base_mean,
+    }
+    row.update(_test(task, by_group[baseline], by_group[candidate], baseline, candidate))
+    row["p_adj"] = None
+    row["significant"] = False
+    return row
+
+
+def _compare(
+    runs: list[dict],
+    *,
+    baseline: str,
+    candidate: str,
+    tasks: list[str] | None,
+    groups: list[str] | None,
+) -> dict:
+    groups, by_group = _check_groups(runs, baseline=baseline, candidate=candidate, groups=groups)
+    tasks = _check_tasks(tasks, groups, by_group)
+    rows = [_task_row(task, by_group, baseline=baseline, candidate=candidate) for task in tasks]
 
     tested = [row for row in rows if row["p"] is not None]
     for row, p_adj in zip(tested, holm([row["p"] for row in tested])):
@@ -765,3 +785,66 @@ def write_report(
     atomic_write(html_path, _render_html(comparison, title=title, recipe_yaml=recipe_yaml, images=images))
     written["html"] = str(html_path)
     return written
+
+
+# --------------------------------------------------------------------------- bam-search report
+
+
+def _teacher_records(storage: str, recipe: dict) -> list[dict]:
+    """One record per teacher seed that covers every task of ``recipe`` (the baseline registry's scores)."""
+    from trainables.teacher_store import BaselineRegistry
+
+    teachers: dict[int, dict] = {}
+    for rec in BaselineRegistry(storage).records():
+        if rec["task"] in recipe["tasks"] and rec.get("model_name", recipe.get("model")) == recipe.get("model"):
+            teachers.setdefault(rec["seed"], {})[rec["task"]] = rec["score"]
+    return [{"group": "teachers", "seed": s, "scores": sc} for s, sc in teachers.items()
+            if set(sc) >= set(recipe["tasks"])]
+
+
+def report_records(storage: str, name: str, *, students=(), multitask=()) -> tuple[list[dict], dict]:
+    """(run records, the best recipe) of experiment ``name``: the teachers, the students (the retrains of the
+    best recipe in ``students`` when given, since they reproduce it over seeds, else the sweep's best trial)
+    and the plain multi-task experiments in ``multitask``. No teacher baselines: a UserError."""
+    from trainables.errors import UserError
+    from trainables.teacher_store import BaselineRegistry
+
+    from .results import best_recipe, curves, summarize, switches, trial_results
+
+    recipe, top = best_recipe(storage, name)
+    tasks = recipe["tasks"]
+    records = _teacher_records(storage, recipe)
+    runs = [t for n in students for t in summarize(trial_results(storage, n))]
+    if not runs:
+        runs = [t for t in summarize(trial_results(storage, name)) if t["trial_id"] == top["trial_id"]]
+    for seed, t in enumerate(runs):
+        row = t["best_row"]
+        records.append({"group": "student", "seed": seed, "scores": {k: row[f"{k}/best"] for k in tasks},
+                        "curves": curves(t, tasks), "switch_steps": switches(t)})
+    for n in multitask:
+        for i, t in enumerate(summarize(trial_results(storage, n))):
+            records.append({"group": "multitask", "seed": i, "scores": {k: t["best_row"][f"{k}/best"] for k in tasks}})
+    if not any(r["group"] == "teachers" for r in records):
+        raise UserError(f"no teacher baselines for tasks {','.join(tasks)} in {BaselineRegistry(storage).location}")
+    return records, recipe
+
+
+def publish_report(storage: str, name: str, *, records: list[dict], recipe: dict) -> str:
+    """Write the report under ``<storage>/reports/<name>/`` (on a URI: here first, then copied up); returns
+    where its ``report.html`` is."""
+    import tempfile
+
+    from trainables.errors import UserError
+    from trainables.storage import Storage
+
+    st = Storage.resolve(storage)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = st.local / "reports" / name if st.is_local else Path(tmp)
+        try:
+            paths = write_report(runs=records, out_dir=out, title=f"bam-search report: {name}", recipe=recipe,
+                                 baseline="teachers", candidate="student")
+        except ValueError as e:
+            raise UserError(f"report {name}: {e}") from None
+        if not st.is_local:
+            st.upload(out, "reports", name)
+    return paths["html"] if st.is_local else st.join("reports", name, Path(paths["html"]).name)

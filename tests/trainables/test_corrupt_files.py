@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables import loop, trial
+from trainables import trial
 from trainables.errors import UserError
 from trainables.checkpoint import (checkpoint_siblings, load_checkpoint, restore_latest_good, save_checkpoint,
                                    save_rng, save_snapshots, verify_checkpoint)

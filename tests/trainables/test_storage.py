@@ -225,7 +225,8 @@ def _fake_experiment(st: Storage) -> None:
 
 
 def test_trial_results_read_the_same_from_a_uri_root(tmp_path):
-    from search.experiment import experiment_dir, trial_results
+    from search.experiment import experiment_dir
+    from search.results import trial_results
     local, mem = Storage.resolve(tmp_path), memory_storage()
     for st in (local, mem):
         _fake_experiment(st)
@@ -265,7 +266,7 @@ def test_teacher_then_student_through_a_uri_root(tmp_path, monkeypatch):
     cfg = {"job": "teacher", "storage": st, "artifacts_dir": str(tmp_path / "art"), "cache_dir": str(tmp_path / "c")}
     trun = trial.setup_run({**cfg, "recipe": base})
     run_training(trun, report=lambda m, r: None)
-    record = teachers.finish_teacher(trun, config=cfg)
+    record = teachers.finish_teacher(trun, storage=cfg["storage"])
     assert [r["key"] for r in BaselineRegistry(st).records(strict=True)] == [record["key"]]
     assert st.listdir("teachers", record["key"]) == ["ids.npy", "meta.json", "model.pt", "predictions.npy"]
     assert not (tmp_path / "teachers").exists()

