@@ -385,7 +385,7 @@ class Protocol:
 
     def records(self) -> list[dict]:
         """Run records for ``search.report``: teachers from the baseline registry, students from Tune's files."""
-        from search.results import curves, summarize, switches, trial_results
+        from search.results import best_scores, curves, summarize, switches, trial_results
         tasks = list(self.budget.tasks)
         per_seed: dict[int, dict] = {}
         for (task, seed), rec in self.teacher_records().items():
@@ -394,9 +394,8 @@ class Protocol:
                 if set(sc) >= set(tasks)]
         for group in ("multitask", "bam_linear", "kd_switch", "searched"):
             for i, t in enumerate(summarize(trial_results(str(self.storage), self.experiment(group)))):
-                row = t["best_row"]
                 seed = (t["params"] or {}).get("seed", i)
-                runs.append({"group": group, "seed": int(seed), "scores": {k: row[f"{k}/best"] for k in tasks},
+                runs.append({"group": group, "seed": int(seed), "scores": best_scores(t, tasks),
                              "curves": curves(t, tasks), "switch_steps": switches(t)})
         return runs
 

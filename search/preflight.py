@@ -166,9 +166,25 @@ def check_data(recipe: Recipe) -> None:
             load_examples(task=t, split=split, glue_dir=recipe.data.glue_dir)
 
 
+def check_model(recipe: Recipe) -> None:
+    """``student.init: extract`` keeps fewer layers than the base model has: its depth, from its config."""
+    if recipe.student.init != "extract":
+        return
+    from transformers import AutoConfig
+
+    from trainables.model import _pick_layers, resolve_model
+    try:
+        depth = AutoConfig.from_pretrained(resolve_model(recipe.model)).num_hidden_layers
+    except (OSError, ValueError):
+        return                                   # not readable here (a hub name offline): the trial says so
+    _pick_layers(depth, recipe.student.num_layers)
+
+
 def check_teachers(storage: str, recipe: Recipe) -> None:
-    """Every teacher the recipe distils from is stored, and its predictions match the data now."""
-    from trainables.teachers import missing_teachers
+    """Every teacher the recipe distils from is stored, and its predictions match the data now; a teacher
+    encoder for hidden-state distillation shares the student's tokenizer."""
+    from trainables.teachers import check_teacher_tokenizer, missing_teachers
+    check_teacher_tokenizer(recipe)                    # before "train them first": training would not help
     missing = missing_teachers(recipe, storage=storage)
     if missing:
         tasks = ",".join(sorted({t for t, _ in missing}))
@@ -209,12 +225,22 @@ def _check_teacher_predictions(storage: str, recipe: Recipe) -> None:
                                  f"{bad} non-finite values: re-run bam-search teachers")
 
 
-def check_metric(metric: str, recipe: Recipe) -> None:
-    """--metric must be something every trial reports, or Tune would compare trials on nothing."""
+def check_metric(metric: str, recipe: Recipe, space: dict | None = None) -> None:
+    """--metric must be something every trial reports, or Tune would compare trials on nothing. Under
+    ``switch.mode: sequential`` (the recipe's, or one the space samples) only the first task of the order is
+    reported from the start, so only its ``TASK/*`` metrics are."""
+    tasks = recipe.tasks
+    if _can_be_sequential(recipe, space):
+        tasks = (recipe.switch.order or recipe.tasks)[:1]
     allowed = ["glue_avg", "glue_avg_best", "delta_vs_teachers",
-               *(f"{t}/{k}" for t in recipe.tasks for k in ("score", "best", "delta_vs_teachers"))]
+               *(f"{t}/{k}" for t in tasks for k in ("score", "best", "delta_vs_teachers"))]
     if metric not in allowed:
         raise UserError(f"--metric {metric!r}: not reported by these trials; use one of {', '.join(allowed)}")
+
+
+def _can_be_sequential(recipe: Recipe, space: dict | None) -> bool:
+    spec = ((space or {}).get("parameters") or {}).get("switch.mode") or {}
+    return recipe.switch.mode == "sequential" or "sequential" in (spec.get("values") or [spec.get("value")])
 
 
 def _check_not_searched(args, space: dict) -> None:
@@ -294,6 +320,7 @@ def plan_teachers(args) -> Plan:
     seeds = list(range(args.seeds)) if args.seeds is not None else [0]
     recipe = recipe_from_dict(base, source="teachers")
     check_data(recipe)
+    check_model(recipe)
     storage = storage_root(args)
     _writable(storage)
     return Plan(kind="teachers", name=args.name or f"teachers-{_digest([base, seeds])}",
@@ -313,6 +340,7 @@ def plan_train(args) -> Plan:
         overrides.insert(0, f"data.glue_dir={glue_dir(args)}")
     recipe = load_recipe(args.recipe, overrides=overrides)
     check_data(recipe)
+    check_model(recipe)
     storage = storage_root(args)
     check_teachers(storage, recipe)
     seeds = list(range(args.seeds))
@@ -332,9 +360,10 @@ def plan_sweep(args) -> Plan:
     space = load_space(args.space, base_recipe=base_recipe(args))
     _check_not_searched(args, space)
     recipe = recipe_from_dict(space["base"], source=space["path"])
-    check_metric(args.metric, recipe)
+    check_metric(args.metric, recipe, space)
     early = _early_stopping(args, recipe)
     check_data(recipe)
+    check_model(recipe)
     storage = storage_root(args)
     check_teachers(storage, recipe)
     _check_delta_baselines(args.metric, storage, recipe)

@@ -809,7 +809,7 @@ def report_records(storage: str, name: str, *, students=(), multitask=()) -> tup
     from trainables.errors import UserError
     from trainables.teacher_store import BaselineRegistry
 
-    from .results import best_recipe, curves, summarize, switches, trial_results
+    from .results import best_recipe, best_scores, curves, summarize, switches, trial_results
 
     recipe, top = best_recipe(storage, name)
     tasks = recipe["tasks"]
@@ -818,12 +818,11 @@ def report_records(storage: str, name: str, *, students=(), multitask=()) -> tup
     if not runs:
         runs = [t for t in summarize(trial_results(storage, name)) if t["trial_id"] == top["trial_id"]]
     for seed, t in enumerate(runs):
-        row = t["best_row"]
-        records.append({"group": "student", "seed": seed, "scores": {k: row[f"{k}/best"] for k in tasks},
+        records.append({"group": "student", "seed": seed, "scores": best_scores(t, tasks),
                         "curves": curves(t, tasks), "switch_steps": switches(t)})
     for n in multitask:
         for i, t in enumerate(summarize(trial_results(storage, n))):
-            records.append({"group": "multitask", "seed": i, "scores": {k: t["best_row"][f"{k}/best"] for k in tasks}})
+            records.append({"group": "multitask", "seed": i, "scores": best_scores(t, tasks)})
     if not any(r["group"] == "teachers" for r in records):
         raise UserError(f"no teacher baselines for tasks {','.join(tasks)} in {BaselineRegistry(storage).location}")
     return records, recipe

@@ -114,3 +114,15 @@ def switches(trial_summary: dict) -> dict:
         for t in filter(None, (r.get("switched_now") or "").split(",")):
             out.setdefault(t, r["step"])
     return out
+
+
+def best_scores(trial: dict, tasks) -> dict[str, float]:
+    """A summarized trial's best dev score per task (``TASK/best`` of its best row). A task the trial never
+    reported (``switch.mode: sequential`` that never reached it) is one UserError naming it."""
+    row = trial["best_row"]
+    missing = [t for t in tasks if f"{t}/best" not in row]
+    if missing:
+        raise UserError(f"trial {trial['trial_id']} has no score for {', '.join(missing)}: it never reached "
+                        f"{'that task' if len(missing) == 1 else 'those tasks'} (switch.mode sequential joins a "
+                        f"task only after the previous ones switched); give it a longer run or another order")
+    return {t: row[f"{t}/best"] for t in tasks}

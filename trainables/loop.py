@@ -3,8 +3,9 @@
 Each step: p = step/total; pick the task (single-task batches) or the task mix (mixed batches) from
 ``sampling_weights``; target = annealed mix of gold and teacher, or, after a task's KD switch, of gold and
 the task's own snapshot predictions; weighted loss; manual gradient all-reduce across Train workers.
-Every ``total/evals`` steps: evaluate every task on dev, update each task's ``TaskSwitch``, fire switches,
-report metrics with a checkpoint that resumes the run exactly.
+Every ``total/evals`` steps: evaluate the joined tasks (all, unless ``switch.mode`` is sequential) on dev,
+update each task's ``TaskSwitch``, fire switches (a sequential run's next task joins), report metrics with a
+checkpoint that resumes the run exactly.
 """
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ class Run:
         order = list(recipe.switch.order or self.tasks)
         self.active = order[:1] if recipe.switch.mode == "sequential" else list(self.tasks)
         self.order = order
+        self.joined_at: dict[str, int] = {t: 0 for t in self.active}   # sequential: the step each task joined
         self.soft_labels: dict[str, dict] = {}                  # task -> {"path", "sha256", "step"}
         self._soft_cache: dict[str, np.ndarray] = {}
         self.snapshots: dict[int, dict] = {}                    # eval step -> CPU state dict (best of some task)
@@ -134,9 +136,9 @@ class Run:
         if self.r.student.hidden_distill > 0:
             if not self.hidden_teachers:
                 raise UserError("student.hidden_distill > 0 needs teacher weights in the store")
-            ht = next(iter(self.hidden_teachers.values())).config.hidden_size
+            ht = next(iter(self.hidden_teachers.values())).encoder.config.hidden_size   # a MultiTaskModel
             model.projections = nn.ModuleList(nn.Linear(model.encoder.config.hidden_size, ht)
-                                              for _ in range(model.num_layers))
+                                              for _ in range(model.num_layers))   # student layer i -> teacher's
 
     def _optimizer(self) -> torch.optim.AdamW:
         """AdamW with layer-wise lr decay (one group per depth scale), no weight decay on biases and norms."""
@@ -156,6 +158,12 @@ class Run:
     def progress(self) -> float:
         return self.step / self.total
 
+    def task_progress(self, task: str) -> float:
+        """Progress over ``task``'s own span, from the step it joined to the end: a task that joins a sequential
+        run late anneals its λ from 0 at its joining step, as every task of a joint run does from step 0."""
+        start = self.joined_at.get(task, 0)
+        return (self.step - start) / max(1, self.total - start)
+
     def target_source(self, task: str, index: np.ndarray) -> tuple[torch.Tensor | None, float]:
         """(predictions to distil from, weight of gold) for these train examples of ``task``."""
         if task in self.soft_labels:
@@ -164,7 +172,7 @@ class Run:
         teacher = self.data[task].teacher
         if teacher is None or not self.r.teacher.use:
             return None, 1.0
-        lam = schedules.anneal_lambda(self.progress(), **vars(self.r.anneal_for(task)))
+        lam = schedules.anneal_lambda(self.task_progress(task), **vars(self.r.anneal_for(task)))
         return torch.from_numpy(teacher[index]), lam
 
     def _soft(self, task: str) -> np.ndarray:
@@ -312,8 +320,10 @@ class Run:
         return preds
 
     def evaluate(self) -> dict:
+        """Dev scores of the joined tasks (all of them in joint mode): a sequential run's later tasks are
+        neither trained nor evaluated before they join."""
         scores, metrics = {}, {}
-        for t in self.tasks:
+        for t in self.active:
             td = self.data[t]
             split_scores = []
             for name, split in td.dev.items():
@@ -347,10 +357,11 @@ class Run:
                 self.snapshots.pop(s)
                 self.snapshot_files.pop(s, None)
                 self.snapshot_sha.pop(s, None)
-        if self.r.switch.mode == "sequential":
-            for t in self.order:
+        if self.r.switch.mode == "sequential":       # the next task joins once every joined one has switched:
+            for t in self.order:                      # trained from the next step, reported from the next eval
                 if t not in self.active and all(self.switch[a].switched for a in self.active):
                     self.active.append(t)
+                    self.joined_at[t] = self.step
         return fired
 
     def best_weights(self, task: str) -> dict | None:
@@ -382,7 +393,7 @@ class Run:
             "streams": {t: s.state() for t, s in self.streams.items()},
             "rng": self.rng.bit_generator.state,
             "switch": {t: s.to_dict() for t, s in self.switch.items()},
-            "active": self.active, "soft_labels": self.soft_labels,
+            "active": self.active, "joined_at": self.joined_at, "soft_labels": self.soft_labels,
             "snapshot_files": {str(k): v for k, v in self.snapshot_files.items()},
             "snapshot_sha256": {str(k): v for k, v in self.snapshot_sha.items()},
             "loss_history": self.loss_history, "evals": self.evals,
@@ -407,6 +418,7 @@ class Run:
         self.rng.bit_generator.state = st["rng"]
         self.switch = {t: TaskSwitch.from_dict(d) for t, d in st["switch"].items()}
         self.active = st["active"]
+        self.joined_at = st.get("joined_at") or {t: 0 for t in self.active}   # older checkpoints: none joined late
         self.soft_labels = st["soft_labels"]
         self._soft_cache = {}
         self.snapshot_files = {int(k): v for k, v in st["snapshot_files"].items()}
@@ -420,6 +432,38 @@ class Run:
 # --------------------------------------------------------------------------------------------- driving
 
 Reporter = Callable[[dict, "Run | None"], None]
+
+
+def eval_metrics(run: Run, ev: dict, *, fired: list[str], train_time: float) -> dict:
+    """One evaluation's report. Per-task keys (``TASK/score``, ``/best``, ...) and the averages (``glue_avg``,
+    ``glue_avg_best``) cover the evaluated tasks, ``joined``: in a sequential run a task that has not joined
+    has no ``TASK/*`` key at all, so neither ranks nor early stopping count it; ``joined_now`` names the task
+    that joins at this step (trained from the next step, reported from the next evaluation)."""
+    scores = ev["scores"]
+    metrics = dict(ev["metrics"])
+    for t in scores:
+        metrics[f"{t}/score"] = scores[t]
+        metrics[f"{t}/best"] = run.switch[t].best
+        metrics[f"{t}/switched"] = int(run.switch[t].switched)
+        metrics[f"{t}/loss"] = run.loss_history[-1].get(t, float("nan"))
+        metrics[f"{t}/joined_at"] = run.joined_at[t]
+    metrics["glue_avg"] = glue_average(scores)
+    metrics["glue_avg_best"] = glue_average({t: run.switch[t].best for t in scores})
+    metrics["lambda"] = schedules.anneal_lambda(run.progress(), **vars(run.r.anneal))
+    for t, w in run.current_weights().items():
+        if t in scores:
+            metrics[f"{t}/sampling_weight"] = w
+    metrics["joined"] = ",".join(scores)
+    metrics["joined_now"] = ",".join(t for t in run.active if t not in scores)
+    metrics["switched"] = ",".join(t for t in run.tasks if run.switch[t].switched)
+    metrics["switched_now"] = ",".join(fired)
+    metrics["step"] = run.step
+    metrics["progress"] = run.progress()
+    metrics["examples_per_s"] = run.examples_seen * run.world.size / max(train_time, 1e-9)
+    metrics["tokens_per_s"] = run.tokens_seen * run.world.size / max(train_time, 1e-9)
+    metrics["train_s"] = train_time
+    metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return metrics
 
 
 def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] = lambda: False,
@@ -439,25 +483,7 @@ def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] 
             run._window = {t: [] for t in run.tasks}
             ev = run.evaluate()
             fired = run.after_eval(ev["scores"])
-            metrics = dict(ev["metrics"])
-            for t in run.tasks:
-                metrics[f"{t}/score"] = ev["scores"][t]
-                metrics[f"{t}/best"] = run.switch[t].best
-                metrics[f"{t}/switched"] = int(run.switch[t].switched)
-                metrics[f"{t}/loss"] = run.loss_history[-1].get(t, float("nan"))
-            metrics["glue_avg"] = glue_average(ev["scores"])
-            metrics["glue_avg_best"] = glue_average({t: b for t in run.tasks if (b := run.switch[t].best) is not None})
-            metrics["lambda"] = schedules.anneal_lambda(run.progress(), **vars(run.r.anneal))
-            for t, w in run.current_weights().items():
-                metrics[f"{t}/sampling_weight"] = w
-            metrics["switched"] = ",".join(t for t in run.tasks if run.switch[t].switched)
-            metrics["switched_now"] = ",".join(fired)
-            metrics["step"] = run.step
-            metrics["progress"] = run.progress()
-            metrics["examples_per_s"] = run.examples_seen * run.world.size / max(train_time, 1e-9)
-            metrics["tokens_per_s"] = run.tokens_seen * run.world.size / max(train_time, 1e-9)
-            metrics["train_s"] = train_time
-            metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            metrics = eval_metrics(run, ev, fired=fired, train_time=train_time)
             run.evals.append({"step": run.step, "scores": ev["scores"], "switched_now": fired})
             run.last_metrics = metrics
             report(metrics, run)

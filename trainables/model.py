@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import UserError
 from .pooling import POOLING
+from .recipe import check_student_shape
 from .tasks import Task
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -73,37 +74,49 @@ def load_tokenizer(name: str, *, cache_dir: str | Path | None = None):
 
 def _pick_layers(n_from: int, n_to: int) -> list[int]:
     """Evenly spaced layers to keep, always ending with the top one (XtremeDistil-style extraction)."""
-    if n_to > n_from:
-        raise UserError(f"student.num_layers={n_to} exceeds the base model's {n_from} layers")
+    if not 0 < n_to < n_from:
+        raise UserError(f"student.num_layers: init extract keeps fewer than the base model's {n_from} layers, "
+                        f"not {n_to}")
     return [round((i + 1) * n_from / n_to) - 1 for i in range(n_to)]
+
+
+def _heads_for(hidden: int, at_most: int) -> int:
+    """The most attention heads, at most ``at_most``, that divide ``hidden``."""
+    return next(h for h in range(max(1, min(at_most, hidden)), 0, -1) if hidden % h == 0)
+
+
+def _resize(cfg, *, num_layers: int | None, hidden_size: int | None) -> None:
+    """A compact student's config: ``num_layers`` layers, width ``hidden_size`` (the base model's
+    feed-forward ratio and, as far as the width allows, its attention head size)."""
+    if num_layers:
+        cfg.num_hidden_layers = num_layers
+    if hidden_size:
+        ratio = cfg.intermediate_size // cfg.hidden_size
+        head_size = cfg.hidden_size // cfg.num_attention_heads
+        cfg.num_attention_heads = _heads_for(hidden_size, max(1, hidden_size // head_size))
+        cfg.hidden_size, cfg.intermediate_size = hidden_size, ratio * hidden_size
 
 
 def build_encoder(name: str, *, vocab_size: int, num_layers: int | None = None, hidden_size: int | None = None,
                   init: str = "pretrained", dropout: float | None = None):
-    """The encoder. ``init``: pretrained | extract (keep evenly spaced layers) | random (a config only)."""
-    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+    """The encoder (``student.init``, checked by ``recipe.check_student_shape``): ``pretrained`` = the base model
+    as it is; ``extract`` = its pretrained weights with ``num_layers`` evenly spaced layers kept
+    (``_pick_layers``; the width stays); ``random`` = a fresh encoder from the base model's config, with
+    ``num_layers`` / ``hidden_size`` when given. ``tiny`` has no pretrained weights: it is always built from its
+    config (seeded by the caller), so ``pretrained`` and ``random`` are the same for it."""
+    from transformers import AutoConfig, AutoModel, BertConfig
 
+    check_student_shape(name, init=init, num_layers=num_layers, hidden_size=hidden_size)
     drop = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
-    if name == "tiny":
-        cfg = BertConfig(vocab_size=vocab_size, **TINY, **drop)
-        if num_layers:
-            cfg.num_hidden_layers = num_layers
-        if hidden_size:
-            cfg.hidden_size, cfg.intermediate_size = hidden_size, 2 * hidden_size
-        return BertModel(cfg, add_pooling_layer=False)
+    if name == "tiny" or init == "random":
+        cfg = (BertConfig(vocab_size=vocab_size, **TINY, **drop) if name == "tiny"
+               else AutoConfig.from_pretrained(resolve_model(name), **drop))
+        _resize(cfg, num_layers=num_layers, hidden_size=hidden_size)
+        return AutoModel.from_config(cfg, **({"add_pooling_layer": False} if cfg.model_type == "bert" else {}))
     path = resolve_model(name)
-    if init == "random" or hidden_size:
-        cfg = AutoConfig.from_pretrained(path, **drop)
-        if num_layers:
-            cfg.num_hidden_layers = num_layers
-        if hidden_size:
-            cfg.hidden_size = hidden_size
-            cfg.intermediate_size = 4 * hidden_size
-            cfg.num_attention_heads = max(1, hidden_size // 64)
-        return AutoModel.from_config(cfg)
     extra = {"add_pooling_layer": False} if _is_bert(path) else {}
     enc = AutoModel.from_pretrained(path, **extra, **drop)
-    if num_layers and num_layers != enc.config.num_hidden_layers:
+    if init == "extract":
         keep = _pick_layers(enc.config.num_hidden_layers, num_layers)
         enc.encoder.layer = nn.ModuleList(enc.encoder.layer[i] for i in keep)
         enc.config.num_hidden_layers = num_layers

@@ -88,10 +88,10 @@ class Switch:
 
 @dataclass(frozen=True)
 class Student:
-    init: str = setting("pretrained", choices=("pretrained", "extract", "random"))   # extract: every k-th layer
-    num_layers: int | None = None
-    hidden_size: int | None = None
-    hidden_distill: float = 0.0          # weight of hidden-state MSE to the teachers (needs teacher weights)
+    init: str = setting("pretrained", choices=("pretrained", "extract", "random"))   # check_student_shape
+    num_layers: int | None = None        # extract: how many evenly spaced pretrained layers; random: any
+    hidden_size: int | None = None       # random only (tiny: always built from its config, never extracted)
+    hidden_distill: float = 0.0          # weight of hidden-state MSE to the teachers (XtremeDistil; their weights)
     unfreeze: str = setting("none", choices=("none", "gradual"))   # gradual: one layer per stage from the top
     pooling: str = setting("cls", choices=POOLING)
     dropout: float = 0.1
@@ -251,6 +251,8 @@ def _validate_anneal(r: Recipe, tasks: tuple) -> None:
 
 def _validate_switch(r: Recipe, tasks: tuple) -> None:
     _check_per_task(r.switch.per_task, Switch, tasks, "switch.per_task")
+    if r.switch.order and sorted(r.switch.order) != sorted(tasks):
+        raise UserError("switch.order: must list exactly this run's tasks")
     for t in tasks:
         sw = r.switch_for(t)
         where = f"switch.per_task.{t}" if t in r.switch.per_task else "switch"
@@ -262,6 +264,11 @@ def _validate_switch(r: Recipe, tasks: tuple) -> None:
             raise UserError(f"{where}.at_step: required by criterion fixed_step")
         if not 0 <= sw.gold_weight <= 1:
             raise UserError(f"{where}.gold_weight: must be in [0, 1]")
+        if sw.criterion == "never" and r.switch.mode == "sequential":
+            key = f"switch.per_task.{t}" if "criterion" in (r.switch.per_task.get(t) or {}) else "switch"
+            fires = ", ".join(c for c in CRITERIA if c != "never")
+            raise UserError(f"{key}.criterion: never with switch.mode sequential: {t} would never switch, and a "
+                            f"task joins only when every task before it has switched; use one that fires: {fires}")
 
 
 def validate(r: Recipe) -> None:
@@ -304,15 +311,50 @@ def validate(r: Recipe) -> None:
         if any((not isinstance(v, (int, float))) or v < 0 for v in w.values()) or sum(w.values()) <= 0:
             raise UserError("sampling.weights: weights must be >= 0 and sum to a positive number")
     _validate_switch(r, tasks)
-    if r.switch.order and sorted(r.switch.order) != sorted(tasks):
-        raise UserError("switch.order: must list exactly this run's tasks")
-    if r.student.hidden_distill < 0:
-        raise UserError("student.hidden_distill: must be >= 0")
+    _validate_student(r)
     for t in (r.mtl.weights or {}):
         if t not in tasks:
             raise UserError(f"mtl.weights.{t}: task not in this run")
     if not r.teacher.seeds:
         raise UserError("teacher.seeds: at least one seed")
+
+
+def check_student_shape(model: str, *, init: str, num_layers: int | None, hidden_size: int | None) -> None:
+    """What ``student.init`` means (``model.build_encoder``): pretrained = the base model as it is; extract =
+    some of its pretrained layers, evenly spaced, at its width; random = a fresh encoder of any size. ``tiny``
+    has no pretrained weights (it is always built from its config), so it cannot be extracted from."""
+    for key, v in (("num_layers", num_layers), ("hidden_size", hidden_size)):
+        if v is not None and v < 1:
+            raise UserError(f"student.{key}: must be >= 1 (or null: the base model's)")
+    if init == "pretrained" and (num_layers or hidden_size):
+        raise UserError(f"student.{'num_layers' if num_layers else 'hidden_size'}: init pretrained keeps the base "
+                        "model as it is; for a compact student use init random (a fresh encoder of this size) or "
+                        "init extract (fewer of the pretrained layers)")
+    if init != "extract":
+        return
+    if model == "tiny":
+        raise UserError("student.init: extract needs pretrained weights and model tiny has none (it is always "
+                        "built from its config): use init random")
+    if hidden_size is not None:
+        raise UserError("student.hidden_size: init extract keeps the base model's width; use init random for "
+                        "another width")
+    if num_layers is None:
+        raise UserError("student.num_layers: required by init extract (how many evenly spaced layers to keep)")
+
+
+def _validate_student(r: Recipe) -> None:
+    """The student's shape and init, and what hidden-state distillation (XtremeDistil) needs."""
+    st = r.student
+    check_student_shape(r.model, init=st.init, num_layers=st.num_layers, hidden_size=st.hidden_size)
+    if st.hidden_distill < 0:
+        raise UserError("student.hidden_distill: must be >= 0")
+    if st.hidden_distill > 0 and not r.teacher.use:
+        raise UserError("student.hidden_distill: needs teacher.use true (it distils the stored teachers' "
+                        "hidden states)")
+    if st.hidden_distill > 0 and r.teacher.ensemble and len(r.teacher.seeds) > 1:
+        raise UserError("teacher.ensemble: not with student.hidden_distill > 0, which distils one teacher's "
+                        "hidden states per task (seeds' encoders do not share a hidden space, so their states "
+                        "cannot be averaged); set teacher.ensemble false (the first seed's) or hidden_distill 0")
 
 
 # ------------------------------------------------------------------------------------------------ the fields

@@ -9,10 +9,11 @@ import time
 import numpy as np
 import torch
 
-from .data import TaskData, load_examples
+from .data import TaskData, load_examples, tokenizer_fingerprint
+from .errors import UserError
 from .loop import Run
 from .checkpoint import load_tensors
-from .model import MultiTaskModel, build_encoder, get_device, model_identity
+from .model import MultiTaskModel, build_encoder, get_device, load_tokenizer, model_identity
 from .recipe import Recipe
 from .tasks import get_task
 from .teacher_store import BaselineRegistry, StoreError, TeacherStore, teacher_key
@@ -101,15 +102,33 @@ def student_baselines(run: Run, *, storage: str) -> dict[str, float] | None:
         return None
 
 
+def check_teacher_tokenizer(recipe: Recipe, *, student_tokenizer=None) -> None:
+    """Hidden-state distillation feeds the student's token ids to the teacher encoder: refuse (one line) a
+    ``teacher.model`` that tokenizes differently. Predictions alone are matched by example id, so logit
+    distillation takes a teacher of any tokenizer. Called before Ray starts (preflight) and in the trial."""
+    tname = recipe.teacher.model or recipe.model
+    if not (recipe.teacher.use and recipe.student.hidden_distill > 0) or tname == recipe.model:
+        return
+    student = student_tokenizer if student_tokenizer is not None else load_tokenizer(recipe.model)
+    if tokenizer_fingerprint(load_tokenizer(tname)) != tokenizer_fingerprint(student):
+        raise UserError(f"teacher.model: {tname} tokenizes differently from model {recipe.model}, and "
+                        "student.hidden_distill feeds the student's token ids to the teacher encoder; use a "
+                        "teacher of the same tokenizer or student.hidden_distill 0")
+
+
 def load_teacher_encoders(recipe, found, *, storage, tokenizer) -> dict:
+    """Each task's teacher (its first seed; the recipe refuses ``teacher.ensemble`` with hidden distillation)
+    as a frozen ``MultiTaskModel`` of the teacher's own model (``teacher.model``); ``tokenizer``: the student's."""
+    check_teacher_tokenizer(recipe, student_tokenizer=tokenizer)
     out = {}
     tname = recipe.teacher.model or recipe.model
+    vocab = len(load_tokenizer(tname))                                 # the teacher's own vocabulary
+    store = TeacherStore(storage)
     for t, recs in found.items():
-        store = TeacherStore(storage)
         if not store.has_file(recs[0]["key"], "model.pt"):
             raise StoreError(f"{store.dir(recs[0]['key'])}/model.pt: teacher weights missing "
                              "(student.hidden_distill needs them)")
-        enc = build_encoder(tname, vocab_size=len(tokenizer))
+        enc = build_encoder(tname, vocab_size=vocab, init="random")    # the skeleton; every weight is loaded
         m = MultiTaskModel(enc, {t: get_task(t)})
         m.load_state_dict(load_tensors(io.BytesIO(store.read_file(recs[0]["key"], "model.pt")), map_location="cpu",
                                        name=f"{store.dir(recs[0]['key'])}/model.pt"))

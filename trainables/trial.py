@@ -134,7 +134,8 @@ def train_reporter(cfg: TrialConfig, *, baselines: dict[str, float] | None, timi
     def report(metrics: dict, r: Run, *, checkpoint_path: str | None = None) -> None:
         metrics = {**metrics, "job": cfg.job, "node_id": ray.get_runtime_context().get_node_id()}   # which machine
         if baselines:
-            metrics.update(delta_vs_teachers({t: metrics[f"{t}/score"] for t in r.tasks}, baselines))
+            joined = {t: metrics[f"{t}/score"] for t in r.tasks if f"{t}/score" in metrics}   # sequential: so far
+            metrics.update(delta_vs_teachers(joined, baselines))
             r.last_metrics = metrics               # the checkpoint carries the sweep metric (best-checkpoint choice)
         if timing and len(r.evals) <= 1 and r.world.rank == 0:
             startup_mark("first_report", trial=cfg.run_id, train_s=metrics.get("train_s"))

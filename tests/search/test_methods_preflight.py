@@ -1,0 +1,39 @@
+"""Method settings the driver refuses before Ray starts, and the report on a sequential trial (issue 17)."""
+import pytest
+
+from search import results
+from search.cli import main
+from trainables.errors import UserError
+
+
+def _refused(capsys, argv) -> str:
+    import ray
+    assert main(argv) == 2
+    assert not ray.is_initialized()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("bam-search: error:"), err
+    return err[0]
+
+
+def test_a_task_metric_a_sequential_trial_may_not_report_yet_is_refused(tmp_path, capsys):
+    """kd_switch.yaml samples switch.mode sequential: only the first task of the order is reported from the
+    start, so ranking trials on the second task's score would error those trials mid-sweep."""
+    line = _refused(capsys, ["sweep", "kd_switch", "--tasks", "syn_noisy,syn_pairmatch", "--model", "tiny",
+                             "--metric", "syn_pairmatch/score", "--storage", str(tmp_path)])
+    assert "--metric 'syn_pairmatch/score'" in line and "syn_noisy/score" in line
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_extracting_as_many_layers_as_the_base_model_has_is_refused(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("tasks: [syn_noisy]\nmodel: minilm\nteacher: {use: false}\n"
+                      "student: {init: extract, num_layers: 6}\n")
+    line = _refused(capsys, ["train", str(recipe), "--storage", str(tmp_path / "st")])
+    assert "student.num_layers" in line and "6 layers" in line
+
+
+def test_a_task_a_trial_never_reached_is_named_not_a_key_error():
+    trial = {"trial_id": "t1", "best_row": {"syn_noisy/best": 61.0}}
+    assert results.best_scores(trial, ["syn_noisy"]) == {"syn_noisy": 61.0}
+    with pytest.raises(UserError, match="trial t1 has no score for syn_pairmatch: it never reached that task"):
+        results.best_scores(trial, ["syn_noisy", "syn_pairmatch"])
