@@ -24,6 +24,10 @@ EPILOG = """examples:
 """
 
 
+# resume restores the experiment's trials with the resources they were recorded with (bam_experiment.json)
+RESUME_REFUSED = ("--workers-per-trial", "--cpus-per-worker", "--max-concurrent", "--disk-budget")
+
+
 def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--storage", help="storage root: a local path or a URI such as s3://BUCKET/PATH, gs://BUCKET/PATH "
                                      "(default ./bam-storage or $BAM_STORAGE)")
@@ -255,8 +259,8 @@ def _experiment_commands(sub) -> None:
         if cmd == "resume":
             s.add_argument("--address"); s.add_argument("--quiet", action="store_true")
             s.add_argument("--storage-is-shared", action="store_true")
-            s.add_argument("--workers-per-trial", type=int, default=1); s.add_argument("--cpus-per-worker", type=float)
-            s.add_argument("--max-concurrent", type=int)
+            for flag in RESUME_REFUSED:             # parsed only to be refused in one line (preflight.plan_resume)
+                s.add_argument(flag, default=None, help=argparse.SUPPRESS)
     b = _command(sub, "best", cmd_best, "the best trial; --export writes it as a runnable recipe",
                  "example:\n  bam-search best NAME --export best.yaml --storage runs")
     b.add_argument("name"); b.add_argument("--storage"); b.add_argument("--export")

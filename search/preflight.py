@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.errors import UserError
-from trainables.recipe import Recipe, recipe_from_dict
+from trainables.recipe import Recipe, apply_overrides, recipe_from_dict
 from trainables.trial_config import TrialConfig
 
 from .ray_env import ResourceRequest, Resources
@@ -99,7 +99,6 @@ def glue_dir(args) -> str | None:
 
 def base_recipe(args, *, defaults: dict | None = None) -> dict:
     """The recipe the command line gives: --tasks, --model, the recipe flags, --glue-dir, then --set."""
-    from trainables.recipe import apply_overrides
     from trainables.tasks import UnknownTaskError, parse_tasks
     r: dict = json.loads(json.dumps(defaults or {}))
 
@@ -383,7 +382,12 @@ def plan_sweep(args) -> Plan:
 def plan_resume(args) -> Plan:
     """``bam-search resume``: the experiment's own settings, from its ``bam_experiment.json``."""
     from trainables.storage import Storage
-    check_flags(args)
+    given = [f for f in ("workers_per_trial", "cpus_per_worker", "max_concurrent", "disk_budget")
+             if getattr(args, f, None) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UserError(f"{flag}: resume continues the experiment with its recorded resources and disk budget "
+                        f"(experiments/{args.name}/bam_experiment.json); drop {flag}, or start a new sweep")
     storage = storage_root(args)
     st = Storage.resolve(storage)
     if not st.is_file("experiments", args.name, "bam_experiment.json"):
@@ -391,8 +395,11 @@ def plan_resume(args) -> Plan:
     meta = json.loads(st.read_bytes("experiments", args.name, "bam_experiment.json"))
     r = meta["resources"]
     _writable(storage)
-    return Plan(kind="resume", name=args.name, request=_request(args), params={}, num_samples=meta["num_samples"],
+    request = ResourceRequest(address=args.address, workers=r["workers"], cpus_per_worker=r["cpus_per_worker"],
+                              use_gpu=r["use_gpu"], shared_storage=args.storage_is_shared)
+    return Plan(kind="resume", name=args.name, request=request, params={}, num_samples=meta["num_samples"],
                 trial=TrialConfig.from_dict(meta["loop"], source=f"experiment {args.name}"),
+                disk_budget=meta.get("disk_budget", Plan.disk_budget),
                 resources=Resources(workers=r["workers"], cpus_per_worker=r["cpus_per_worker"],
                                     use_gpu=r["use_gpu"], max_concurrent=1))
 
@@ -425,18 +432,20 @@ def plan_demo(args) -> DemoPlan:
 
     from .spaces import load_space, to_tune
     check_flags(args)
-    model = _demo_model(args.model)
-    glue = glue_dir(args)
-    tasks = GLUE5 if glue else SYNTHETIC
-    base = {"tasks": tasks, "model": model, **demo_budget(model=model, quick=args.quick)}
+    glue, model = glue_dir(args), _demo_model(args.model)
+    base = {"tasks": GLUE5 if glue else SYNTHETIC, "model": model, **demo_budget(model=model, quick=args.quick)}
     if glue:
         base.setdefault("data", {})["glue_dir"] = glue
+    base = apply_overrides(base, args.set or [])          # --set beats the demo's own settings
     storage = storage_root(args)
     if "://" in storage:
         raise UserError(f"--storage {storage}: the demo keeps its files on this machine; give a local path "
                         "(teachers, sweep, best and report take URIs)")
-    check_data(recipe_from_dict(base, source="demo"))
+    demo_recipe = recipe_from_dict(base, source="demo")
+    check_data(demo_recipe)
+    model, tasks = demo_recipe.model, list(demo_recipe.tasks)
     space = load_space("demo", base_recipe=base)
+    _check_not_searched(args, space)
     request, wandb = _request(args), not args.no_wandb
     teachers = Plan(kind="teachers", name="demo-teachers", request=request,
                     trial=trial_config(storage, recipe_from_dict(teacher_recipe(base), source="demo"),

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,14 +169,27 @@ def load_examples(*, task: str, split: str, glue_dir: str | None) -> Examples:
         raise UserError(f"task {t.name} has no split {split!r}; it has train, {', '.join(t.dev_splits)}")
     from . import synthetic
     if synthetic.is_synthetic(t.name):
-        return synthetic.load_examples(task=t.name, split=split)
+        return unit_scores(synthetic.load_examples(task=t.name, split=split), t)
     glue_dir = resolve_glue_dir(glue_dir)
     if glue_dir is None:
-        return load_hub(task=t, split=split)
+        return unit_scores(load_hub(task=t, split=split), t)
     root = Path(glue_dir)
     if not root.is_dir():
         raise UserError(f"{root}: GLUE directory not found (--glue-dir / {GLUE_DIR_ENV})")
-    return read_glue_tsv(root / t.dir_name / f"{split}.tsv", task=t, split=split)
+    return unit_scores(read_glue_tsv(root / t.dir_name / f"{split}.tsv", task=t, split=split), t)
+
+
+def unit_scores(ex: Examples, task: Task) -> Examples:
+    """Regression scores mapped from ``task.score_range`` to [0, 1], the targets BAM trains on
+    (``RegressionTask._add_features``: ``(label - min_value) / max_value``, STS-B 0 and 5); classes unchanged.
+
+    Every model of the task (teacher, student, soft labels) then predicts on that scale, and the metrics
+    (Pearson, Spearman) are the same on either scale. The data fingerprint changes with it, so teacher
+    predictions made on the 0-5 scale are never matched to these labels."""
+    if not task.is_regression:
+        return ex
+    lo, hi = task.score_range
+    return replace(ex, labels=((ex.labels - lo) / (hi - lo)).astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------------------- tokenise once

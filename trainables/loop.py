@@ -248,6 +248,48 @@ class Run:
                 i = int(name.split("layer.")[1].split(".")[0])
                 p.requires_grad_(i >= L - n)
 
+    def _shared_params(self) -> list[nn.Parameter]:
+        """What PCGrad projects: every trained parameter but the task heads and the uncertainty log-variances
+        (a task's own parameters get only its own gradient, which no other task's can conflict with)."""
+        own = {id(p) for m in (self.model.heads, getattr(self.model, "log_vars", None)) if m is not None
+               for p in m.parameters()}
+        return [p for p in self.params if p.requires_grad and id(p) not in own]
+
+    @staticmethod
+    def _take_shared_grad(shared: list[nn.Parameter], used: set[int]) -> torch.Tensor:
+        """One task's gradient on ``shared``, flat; their ``.grad`` is cleared for the next task's backward and
+        the indices of those that got one are added to ``used``."""
+        flat = []
+        for k, p in enumerate(shared):
+            if p.grad is not None:
+                used.add(k)
+            flat.append((p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float())
+            p.grad = None
+        return torch.cat(flat)
+
+    def _step_tasks(self, local) -> list[str]:
+        """The tasks of this step on any worker, in the recipe's order (a worker's share of a task may be empty)."""
+        present = set(local)
+        if self.world.size > 1:
+            present = present.union(*self.world.gather(sorted(present)))
+        return [t for t in self.tasks if t in present]
+
+    def _project_shared(self, task_grads: dict[str, torch.Tensor], shared: list[nn.Parameter], used: set[int]) -> None:
+        """PCGrad (Yu et al. 2020) on the shared parameters: each task's gradient is first averaged over the
+        workers, so every worker projects the same gradients in the same order and stays in step."""
+        names = self._step_tasks(task_grads)
+        zero = torch.zeros(sum(p.numel() for p in shared), device=self.device)
+        grads = torch.stack([task_grads.get(t, zero) for t in names])
+        if self.world.size > 1:
+            self.world.dist.all_reduce(grads)
+            grads /= self.world.size
+            used = set(range(len(shared)))      # as World.allreduce_grads: every worker gets every gradient
+        flat = pcgrad(list(grads), generator=torch.Generator().manual_seed(self.step))
+        i = 0
+        for k, p in enumerate(shared):
+            p.grad = flat[i:i + p.numel()].view_as(p).to(p.dtype).clone() if k in used else None
+            i += p.numel()
+
     def train_step(self) -> dict[str, float]:
         self.model.train()
         self._set_frozen()
@@ -259,7 +301,8 @@ class Run:
         parts = self._task_batches()
         n_local = sum(len(v) for v in parts.values())
         losses: dict[str, float] = {}
-        task_grads = []
+        shared = self._shared_params() if self.r.mtl.pcgrad else []
+        task_grads: dict[str, torch.Tensor] = {}
         used: set[int] = set()
         for task, index in parts.items():
             loss = self._forward_loss(task, index)
@@ -268,25 +311,15 @@ class Run:
             losses[task] = float(loss.detach())
             self._window[task].append(losses[task])
             loss = self._weighted(loss, task) * len(index) / n_local
-            if self.r.mtl.pcgrad and len(parts) > 1:
-                self.opt.zero_grad(set_to_none=True)
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-                used |= {i for i, p in enumerate(self.params) if p.grad is not None}
-                task_grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                                             for p in self.params]))
-            elif self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
-        if task_grads:
-            flat = pcgrad(task_grads, generator=torch.Generator().manual_seed(self.step))
-            i = 0
-            for k, p in enumerate(self.params):
-                p.grad = flat[i:i + p.numel()].view_as(p).clone() if k in used else None
-                i += p.numel()
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            if shared:                          # heads and log_vars accumulate; shared gradients are kept apart
+                task_grads[task] = self._take_shared_grad(shared, used)
+        if shared:
+            self._project_shared(task_grads, shared, used)
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
-        self.world.allreduce_grads([p for p in self.params if p.requires_grad])
+        projected = {id(p) for p in shared}     # averaged over workers before projection
+        self.world.allreduce_grads([p for p in self.params if p.requires_grad and id(p) not in projected])
         if self.r.optim.clip > 0:
             torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.r.optim.clip)
         if self.scaler is not None:
@@ -447,9 +480,10 @@ def eval_metrics(run: Run, ev: dict, *, fired: list[str], train_time: float) -> 
         metrics[f"{t}/switched"] = int(run.switch[t].switched)
         metrics[f"{t}/loss"] = run.loss_history[-1].get(t, float("nan"))
         metrics[f"{t}/joined_at"] = run.joined_at[t]
+        metrics[f"{t}/lambda"] = schedules.anneal_lambda(run.task_progress(t), **vars(run.r.anneal_for(t)))
     metrics["glue_avg"] = glue_average(scores)
     metrics["glue_avg_best"] = glue_average({t: run.switch[t].best for t in scores})
-    metrics["lambda"] = schedules.anneal_lambda(run.progress(), **vars(run.r.anneal))
+    metrics["lambda"] = schedules.anneal_lambda(run.progress(), **vars(run.r.anneal))   # the recipe's own anneal
     for t, w in run.current_weights().items():
         if t in scores:
             metrics[f"{t}/sampling_weight"] = w

@@ -50,14 +50,21 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, temperatur
 
 def task_loss(*, logits: torch.Tensor, gold: torch.Tensor, teacher: torch.Tensor | None, lam: float,
               regression: bool, temperature: float = 1.0, kind: str = "ce") -> torch.Tensor:
-    """The loss of one task's batch against its annealed target (regression: mse to the mixed value)."""
+    """The loss of one task's batch against gold (weight ``lam``) and the teacher (weight 1 - ``lam``).
+
+    Classification (Hinton et al. 2015): lam * CE(gold, softmax(z)) + (1-lam) * T^2 * KD(softmax(t/T),
+    softmax(z/T)); the gold term at T = 1, the soft one times T^2 so that its gradients keep their size as T
+    grows. At T = 1 and ``kind="ce"`` this is BAM's CE to the mixed target ``annealed_target_probs``.
+    Regression (BAM): MSE to lam * gold + (1-lam) * teacher."""
+    import torch.nn.functional as F
     if regression:
-        import torch.nn.functional as F
         target = gold.float() if teacher is None or lam >= 1.0 else lam * gold.float() + (1 - lam) * teacher.float()
         return F.mse_loss(logits.float(), target)
-    target = annealed_target_probs(gold=gold, teacher_logits=teacher, lam=lam, num_classes=logits.shape[-1],
-                                   temperature=temperature)
-    return soft_cross_entropy(logits, target, temperature=temperature, kind=kind)
+    hard = soft_cross_entropy(logits, F.one_hot(gold.long(), logits.shape[-1]).float(), kind=kind)  # = CE, kl too
+    if teacher is None or lam >= 1.0:
+        return hard
+    soft = soft_cross_entropy(logits, (teacher.float() / temperature).softmax(-1), temperature=temperature, kind=kind)
+    return lam * hard + (1 - lam) * temperature ** 2 * soft
 
 
 def hidden_mse(student_states, teacher_states, projections, *, attention_mask) -> torch.Tensor:

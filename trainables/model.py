@@ -261,16 +261,18 @@ class MultiTaskModel(nn.Module):
 
 
 def layer_depths(model: MultiTaskModel) -> dict[str, int]:
-    """Depth of each parameter for layer-wise LR decay: embeddings 0, layer i -> i+1, heads top."""
-    top = model.num_layers + 1
+    """Depth of each parameter for layer-wise LR decay, BAM's ``get_key_to_depths``: embeddings 0, layer i ->
+    i+1, pooler L+1, everything task-specific (heads, loss modules) L+2. (Our encoders have no pooler.)"""
     depths = {}
     for name, _ in model.named_parameters():
         if name.startswith("encoder.embeddings"):
             depths[name] = 0
         elif ".layer." in name:
             depths[name] = int(name.split(".layer.")[1].split(".")[0]) + 1
+        elif name.startswith("encoder.pooler"):
+            depths[name] = model.num_layers + 1
         else:
-            depths[name] = top
+            depths[name] = model.num_layers + 2
     return depths
 
 

@@ -58,7 +58,7 @@ class Anneal:
     w: float = setting(0.5, mutable=True)                     # constant: lambda = w
     p0: float = setting(0.5, mutable=True)                    # step / delayed_linear / sigmoid: where lambda rises
     k: float = setting(10.0, mutable=True)                    # exponential / sigmoid: steepness
-    temperature: float = setting(1.0, mutable=True)           # softmax temperature on teacher and student logits
+    temperature: float = setting(1.0, mutable=True)           # T of the soft term (times T^2, Hinton); gold at T=1
     loss: str = setting("ce", choices=KD_LOSSES, mutable=True)  # regression always uses mse
     per_task: dict = setting(factory=dict, mutable=True)      # {task: {schedule: ..., ...}}
 
@@ -102,7 +102,7 @@ class MTL:
     weighting: str = setting("static", choices=WEIGHTINGS)   # uncertainty (Kendall) | dwa (Liu et al.)
     weights: dict | None = setting(None, mutable=True)        # static loss weights {task: w}
     dwa_temperature: float = setting(2.0, mutable=True)
-    pcgrad: bool = False
+    pcgrad: bool = False                 # Yu et al.: shared (encoder) gradients only; needs sampling.batches mixed
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Teacher:
     use: bool = True                     # False: plain multi-task, no KD at all
     model: str | None = None             # the teachers' model (default: the recipe's model)
     seeds: tuple = (0,)
-    ensemble: bool = False               # mean of the seeds' logits; else the first seed
+    ensemble: bool = False               # mean of the seeds' probabilities (regression: values); else the first seed
 
 
 @dataclass(frozen=True)
@@ -310,6 +310,9 @@ def validate(r: Recipe) -> None:
             raise UserError(f"sampling.weights.{sorted(unknown)[0]}: task not in this run")
         if any((not isinstance(v, (int, float))) or v < 0 for v in w.values()) or sum(w.values()) <= 0:
             raise UserError("sampling.weights: weights must be >= 0 and sum to a positive number")
+    if r.mtl.pcgrad and s.batches == "single":
+        raise UserError("mtl.pcgrad: needs sampling.batches mixed (single-task batches give one task's gradient "
+                        "per step, so there is nothing to project)")
     _validate_switch(r, tasks)
     _validate_student(r)
     for t in (r.mtl.weights or {}):

@@ -129,8 +129,9 @@ def lr_multiplier(step: int, *, total: int, warmup: float, decay: str = "linear"
 
 
 def layer_lr_scale(depth: int, *, num_layers: int, decay: float) -> float:
-    """Layer-wise LR decay: the top (heads, depth num_layers+1) gets 1, each layer below decay times less."""
-    return decay ** (num_layers + 1 - depth)
+    """Layer-wise LR decay as BAM's ``optimization._get_edecay_lrs``: lr * decay^(num_layers+2-depth), depths
+    from ``model.layer_depths`` (embeddings 0, layer i -> i+1, pooler num_layers+1, heads num_layers+2)."""
+    return decay ** (num_layers + 2 - depth)
 
 
 def unfrozen_layers(p: float, *, num_layers: int) -> int:

@@ -28,6 +28,7 @@ class Task:
     tsv: TsvLayout
     dev_splits: tuple[str, ...] = ("dev",)
     hub_dev_splits: tuple[str, ...] = ("validation",)
+    score_range: tuple[float, float] = (0.0, 5.0)   # regression: the scores' range, mapped to [0, 1] (BAM)
 
     @property
     def is_regression(self) -> bool:

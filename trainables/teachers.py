@@ -28,8 +28,10 @@ def teacher_config(recipe: Recipe) -> dict:
     """What makes two teachers of the same task, data, model and seed the same."""
     optim = {k: v for k, v in recipe.to_dict()["optim"].items()
              if not (k in LATER_OPTIM_DEFAULTS and v == LATER_OPTIM_DEFAULTS[k])}
+    # BAM's depths (pooler L+1, heads L+2: the top layer at decay^2) changed decayed rates: such teachers re-key
+    extra = {"layer_depths": "bam"} if recipe.optim.layer_decay != 1 else {}
     return {"optim": optim, "max_length": recipe.data.max_length,
-            "precision": recipe.precision, "evals": recipe.evals, "pooling": recipe.student.pooling}
+            "precision": recipe.precision, "evals": recipe.evals, "pooling": recipe.student.pooling, **extra}
 
 
 def missing_teachers(recipe: Recipe, *, storage: str) -> list[tuple[str, int]]:
@@ -68,13 +70,31 @@ def find_teachers(recipe: Recipe, data: dict[str, TaskData], *, storage: str) ->
     return found
 
 
+def ensemble_predictions(preds: list[np.ndarray], *, regression: bool) -> np.ndarray:
+    """Several teachers' predictions as one teacher (Hinton et al. 2015: an ensemble's soft targets are its
+    members' averaged probabilities). Classification: the log of the mean of the seeds' softmax, so the
+    student's softmax(teacher / T) gives back exactly the mean probabilities at T = 1; at T != 1 it gives the
+    mean probabilities sharpened (T < 1) or flattened (T > 1) as p^(1/T) renormalised, not the mean of the
+    seeds' own tempered softmaxes. Regression: the mean value."""
+    stack = np.stack([np.asarray(p, dtype=np.float64) for p in preds])
+    if regression:
+        return stack.mean(0).astype(np.float32)
+    logp = stack - stack.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))                  # each seed's log-softmax
+    m = logp.max(0)                                                       # log mean exp over seeds, stably
+    return (m + np.log(np.exp(logp - m).mean(0))).astype(np.float32)
+
+
 def attach_teacher_predictions(recipe: Recipe, data: dict[str, TaskData], *, storage: str) -> dict[str, list[dict]]:
+    """Each task's teacher predictions on its train set: the first seed's, or with ``teacher.ensemble`` all
+    seeds' as one (``ensemble_predictions``)."""
     found = find_teachers(recipe, data, storage=storage)
     store = TeacherStore(storage)
     for t, recs in found.items():
         preds = [store.load(r["key"], task=t, expect_ids=data[t].train.ids, fingerprint=data[t].train.fingerprint)
                  for r in recs]
-        data[t].teacher = np.mean(preds, axis=0) if recipe.teacher.ensemble else preds[0]
+        data[t].teacher = (ensemble_predictions(preds, regression=data[t].task.is_regression)
+                           if recipe.teacher.ensemble else preds[0])
     return found
 
 

@@ -105,13 +105,13 @@ def test_layer_depths_for_layer_decay(tmp_path):
     L = run.model.num_layers
     assert set(depths) == {n for n, _ in run.model.named_parameters()}
     assert all(d == 0 for n, d in depths.items() if n.startswith("encoder.embeddings"))
-    assert all(d == L + 1 for n, d in depths.items() if n.startswith("heads."))
+    assert all(d == L + 2 for n, d in depths.items() if n.startswith("heads."))     # BAM: pooler L+1, heads L+2
     assert {d for n, d in depths.items() if ".layer." in n} == set(range(1, L + 1))
     # the optimizer's learning rates follow the depths
     lr = run.r.optim.lr
     by_param = {id(p): g["base_lr"] for g in run.opt.param_groups for p in g["params"]}
     for n, p in run.model.named_parameters():
-        assert by_param[id(p)] == pytest.approx(lr * run.r.optim.layer_decay ** (L + 1 - depths[n])), n
+        assert by_param[id(p)] == pytest.approx(lr * run.r.optim.layer_decay ** (L + 2 - depths[n])), n
 
 
 def test_setup_respects_data_limits(tmp_path):
@@ -448,7 +448,8 @@ def test_task_loss_classification():
     target = 0.4 * F.one_hot(gold, 3) + 0.6 * torch.softmax(teacher, -1)
     assert float(got) == pytest.approx(float(-(target * torch.log_softmax(logits, -1)).sum(-1).mean()), rel=1e-6)
     kl = task_loss(logits=logits, gold=gold, teacher=teacher, lam=0.4, regression=False, kind="kl")
-    want_kl = F.kl_div(torch.log_softmax(logits, -1), target, reduction="batchmean")
+    want_kl = 0.4 * F.cross_entropy(logits, gold) + 0.6 * F.kl_div(torch.log_softmax(logits, -1),
+                                                                   torch.softmax(teacher, -1), reduction="batchmean")
     assert float(kl) == pytest.approx(float(want_kl), rel=1e-5)
     # KL to the student's own distribution is 0, CE is its entropy
     p = torch.softmax(logits, -1)

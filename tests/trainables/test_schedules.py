@@ -161,11 +161,11 @@ def test_lr_multiplier_constant_after_warmup(total, warmup):
 
 def test_layer_lr_scale():
     L, d = 6, 0.8
-    scales = [layer_lr_scale(depth, num_layers=L, decay=d) for depth in range(L + 2)]
-    assert scales[-1] == 1.0                                                  # heads
-    assert scales[0] == pytest.approx(d ** (L + 1))                            # embeddings
+    scales = [layer_lr_scale(depth, num_layers=L, decay=d) for depth in range(L + 3)]
+    assert scales[-1] == 1.0                                                  # heads (BAM depth L+2)
+    assert scales[0] == pytest.approx(d ** (L + 2))                            # embeddings
     assert all(b / a == pytest.approx(1 / d) for a, b in zip(scales, scales[1:]))
-    assert all(layer_lr_scale(x, num_layers=L, decay=1.0) == 1.0 for x in range(L + 2))
+    assert all(layer_lr_scale(x, num_layers=L, decay=1.0) == 1.0 for x in range(L + 3))
 
 
 @pytest.mark.parametrize("L", [1, 2, 6, 12])

@@ -175,7 +175,8 @@ def test_teacher_keys_survive_options_added_later():
     base = teacher_config(recipe_from_dict({"tasks": ["rte"], "model": "tiny"}))
     assert base == {"optim": {"lr": 5e-5, "weight_decay": 0.01, "layer_decay": 0.9, "warmup": 0.1, "clip": 1.0,
                               "batch_size": 32, "epochs": 3.0, "steps": None},
-                    "max_length": 128, "precision": "auto", "evals": 10, "pooling": "cls"}
+                    "max_length": 128, "precision": "auto", "evals": 10, "pooling": "cls",
+                    "layer_depths": "bam"}
     const = teacher_config(recipe_from_dict({"tasks": ["rte"], "model": "tiny", "optim": {"decay": "constant"}}))
     assert const["optim"]["decay"] == "constant"
     key = lambda cfg: teacher_key(task="rte", fingerprint=FP, model="tiny", teacher_config=cfg, seed=0)  # noqa: E731
