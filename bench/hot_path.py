@@ -100,7 +100,8 @@ def main(argv=None) -> int:
             rounds.append({"side": side, "round": i, **r})
             print(f"[{time.strftime('%H:%M:%S')}] {side} round {i}: {r['tokens_per_s']:.0f} tokens/s", file=sys.stderr)
     med = {s: statistics.median(r["tokens_per_s"] for r in rounds if r["side"] == s) for s in trees}
-    doc = {"base": trees["base"][1], "head": trees["head"][1], "recipe": recipe, "steps": a.steps,
+    shown = {**recipe, "data": {**recipe["data"], "glue_dir": a.glue_dir}}    # as given: no path of this machine
+    doc = {"base": trees["base"][1], "head": trees["head"][1], "recipe": shown, "steps": a.steps,
            "threads": a.threads, "rounds": rounds, "median_tokens_per_s": med,
            "ratio_head_over_base": med["head"] / med["base"], "cpu_flags": cpu_flags(),
            "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
