@@ -24,10 +24,6 @@ EPILOG = """examples:
 """
 
 
-# resume restores the experiment's trials with the resources they were recorded with (bam_experiment.json)
-RESUME_REFUSED = ("--workers-per-trial", "--cpus-per-worker", "--max-concurrent", "--disk-budget")
-
-
 def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--storage", help="storage root: a local path or a URI such as s3://BUCKET/PATH, gs://BUCKET/PATH "
                                      "(default ./bam-storage or $BAM_STORAGE)")
@@ -259,8 +255,9 @@ def _experiment_commands(sub) -> None:
         if cmd == "resume":
             s.add_argument("--address"); s.add_argument("--quiet", action="store_true")
             s.add_argument("--storage-is-shared", action="store_true")
-            for flag in RESUME_REFUSED:             # parsed only to be refused in one line (preflight.plan_resume)
-                s.add_argument(flag, default=None, help=argparse.SUPPRESS)
+            from .preflight import RESUME_REFUSED   # parsed only to be refused in one line (plan_resume)
+            for dest in RESUME_REFUSED:
+                s.add_argument("--" + dest.replace("_", "-"), default=None, help=argparse.SUPPRESS)
     b = _command(sub, "best", cmd_best, "the best trial; --export writes it as a runnable recipe",
                  "example:\n  bam-search best NAME --export best.yaml --storage runs")
     b.add_argument("name"); b.add_argument("--storage"); b.add_argument("--export")

@@ -24,6 +24,8 @@ FLAG_KEYS = {"evals": "evals", "max_train_examples": "data.max_train_examples", 
              "epochs": "optim.epochs", "lr": "optim.lr", "batch_size": "optim.batch_size"}
 SYNTHETIC = ["syn_sentiment", "syn_pairmatch", "syn_similarity", "syn_noisy"]
 GLUE5 = ["cola", "sst2", "mrpc", "stsb", "rte"]
+# resume restores the trials with the resources and disk budget recorded in bam_experiment.json: these are refused
+RESUME_REFUSED = ("workers_per_trial", "cpus_per_worker", "max_concurrent", "disk_budget")
 
 
 @dataclass(frozen=True)
@@ -382,8 +384,7 @@ def plan_sweep(args) -> Plan:
 def plan_resume(args) -> Plan:
     """``bam-search resume``: the experiment's own settings, from its ``bam_experiment.json``."""
     from trainables.storage import Storage
-    given = [f for f in ("workers_per_trial", "cpus_per_worker", "max_concurrent", "disk_budget")
-             if getattr(args, f, None) is not None]
+    given = [f for f in RESUME_REFUSED if getattr(args, f, None) is not None]
     if given:
         flag = "--" + given[0].replace("_", "-")
         raise UserError(f"{flag}: resume continues the experiment with its recorded resources and disk budget "
