@@ -49,16 +49,19 @@ class World:
         self.rank = self.dist.get_rank() if self.dist else 0
 
     def allreduce_grads(self, params: list[nn.Parameter]) -> None:
+        """Average gradients over workers. A parameter no worker has a gradient for (the head of a task no worker
+        sampled this step) keeps ``grad = None``, as with one worker, so AdamW neither moves nor decays it."""
         if self.size == 1:
             return
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
-                          for p in params])
+                          for p in params] + [torch.tensor([float(p.grad is not None) for p in params])])
         self.dist.all_reduce(flat)
+        had = flat[-len(params):] if params else flat[:0]
         flat /= self.size
         i = 0
-        for p in params:
+        for k, p in enumerate(params):
             n = p.numel()
-            p.grad = flat[i:i + n].view_as(p).to(p.dtype)
+            p.grad = flat[i:i + n].view_as(p).to(p.dtype) if had[k] > 0 else None
             i += n
 
     def gather(self, obj):
@@ -95,7 +98,6 @@ class Run:
         total_examples = sum(self.sizes.values())
         self.total = o.steps or max(1, math.ceil(o.epochs * total_examples / o.batch_size))
         self.eval_steps = {max(1, round(self.total * i / recipe.evals)) for i in range(1, recipe.evals + 1)}
-        self.local_batch = max(1, math.ceil(o.batch_size / world.size))
         self.amp = autocast_dtype(recipe.precision, device)
         self.attention = set_attention(model, device)
         set_dropout(model, device)
@@ -122,7 +124,7 @@ class Run:
         self.snapshot_files: dict[int, str] = {}
         self.snapshot_sha: dict[int, str] = {}                 # eval step -> sha256 of its snapshot file
         self.loss_history: list[dict[str, float]] = []          # DWA: mean loss per task per eval window
-        self._window: dict[str, list[float]] = {t: [] for t in self.tasks}
+        self._window: dict[str, list[tuple]] = {t: [] for t in self.tasks}   # (step, mean loss, examples)
         self.evals: list[dict] = []
         self.examples_seen = 0
         self.tokens_seen = 0
@@ -188,6 +190,8 @@ class Run:
     # ----------------------------------------------------------------------------------- one step
 
     def _task_batches(self) -> dict[str, np.ndarray]:
+        """This step's batch over all workers, task -> example indices: the same on every worker (one seeded
+        stream per task, one task-choice generator); each worker trains its share ``[rank::size]``."""
         weights = self.current_weights()
         names = list(weights)
         probs = np.asarray([weights[t] for t in names])
@@ -197,13 +201,7 @@ class Run:
             counts = {task: B}
         else:
             counts = {t: int(c) for t, c in zip(names, self.rng.multinomial(B, probs)) if c > 0}
-        out = {}
-        for t, c in counts.items():
-            idx = self.streams[t].take(c)
-            mine = idx[self.world.rank::self.world.size]
-            if len(mine):
-                out[t] = mine
-        return out
+        return {t: self.streams[t].take(c) for t, c in counts.items()}
 
     def _weighted(self, loss: torch.Tensor, task: str) -> torch.Tensor:
         """The task's loss under the recipe's MTL weighting (``losses.WEIGHTINGS``) and static weight."""
@@ -283,7 +281,7 @@ class Run:
         if self.world.size > 1:
             self.world.dist.all_reduce(grads)
             grads /= self.world.size
-            used = set(range(len(shared)))      # as World.allreduce_grads: every worker gets every gradient
+            used = set().union(*self.world.gather(sorted(used)))   # a gradient on any worker is one on all
         flat = pcgrad(list(grads), generator=torch.Generator().manual_seed(self.step))
         i = 0
         for k, p in enumerate(shared):
@@ -298,8 +296,9 @@ class Run:
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * mult
         self.opt.zero_grad(set_to_none=True)
-        parts = self._task_batches()
-        n_local = sum(len(v) for v in parts.values())
+        batch = self._task_batches()
+        n_step = sum(len(v) for v in batch.values())
+        parts = {t: mine for t, idx in batch.items() if len(mine := idx[self.world.rank::self.world.size])}
         losses: dict[str, float] = {}
         shared = self._shared_params() if self.r.mtl.pcgrad else []
         task_grads: dict[str, torch.Tensor] = {}
@@ -309,8 +308,10 @@ class Run:
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"non-finite loss ({loss.item()}) on task {task} at step {self.step}")
             losses[task] = float(loss.detach())
-            self._window[task].append(losses[task])
-            loss = self._weighted(loss, task) * len(index) / n_local
+            self._window[task].append((self.step, losses[task], len(index)))
+            # each example's share of the whole step's batch (summed over workers, then averaged by allreduce):
+            # the same gradient as one worker taking the whole batch, however the examples fall on the workers
+            loss = self._weighted(loss, task) * len(index) * self.world.size / n_step
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             if shared:                          # heads and log_vars accumulate; shared gradients are kept apart
                 task_grads[task] = self._take_shared_grad(shared, used)
@@ -329,6 +330,22 @@ class Run:
             self.opt.step()
         self.step += 1
         return losses
+
+    def close_window(self) -> dict[str, float]:
+        """Each task's mean training loss since the last evaluation (DWA's history), over every worker's examples:
+        per step the example-weighted mean of the workers' shares, then the mean over steps, as one worker."""
+        per_step: dict[tuple[str, int], list[float]] = {}
+        for window in self.world.gather(self._window):
+            for t, items in window.items():
+                for step, loss, n in items:
+                    acc = per_step.setdefault((t, step), [0.0, 0])
+                    acc[0] += loss * n
+                    acc[1] += n
+        means: dict[str, list[float]] = {}
+        for (t, _), (total, n) in sorted(per_step.items()):
+            means.setdefault(t, []).append(total / n)
+        self._window = {t: [] for t in self.tasks}
+        return {t: float(np.mean(v)) for t, v in means.items()}
 
     # ----------------------------------------------------------------------------------- evaluation
 
@@ -513,8 +530,7 @@ def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] 
         if on_step is not None:
             on_step(run)
         if run.step in run.eval_steps:
-            run.loss_history.append({t: float(np.mean(v)) for t, v in run._window.items() if v})
-            run._window = {t: [] for t in run.tasks}
+            run.loss_history.append(run.close_window())
             ev = run.evaluate()
             fired = run.after_eval(ev["scores"])
             metrics = eval_metrics(run, ev, fired=fired, train_time=train_time)

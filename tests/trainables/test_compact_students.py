@@ -304,7 +304,7 @@ MATRIX = [   # (model, student settings, None: runs one step and one evaluation 
 @pytest.mark.parametrize("model,student,error", MATRIX,
                          ids=[f"{m}-{'-'.join(f'{k}={v}' for k, v in s.items())}" for m, s, _ in MATRIX])
 def test_hidden_distill_by_student_size(env, model, student, error):
-    rec = recipe(model=env["deep"] if model == "deep" else model, optim={"steps": 1},
+    rec = recipe(model=env["deep"] if model == "deep" else model, optim={"steps": 2},
                  student={**student, "hidden_distill": 1.0})
     if error:
         with pytest.raises(UserError) as e:
@@ -318,4 +318,4 @@ def test_hidden_distill_by_student_size(env, model, student, error):
     assert len(run.model.projections) == enc.num_hidden_layers
     assert run.model.projections[0].in_features == enc.hidden_size and run.model.projections[0].out_features == 32
     reports = train(run)
-    assert run.step == 1 and len(reports) == 1 and all(np.isfinite(reports[0][f"{t}/score"]) for t in TASKS)
+    assert run.step == 2 and len(reports) == 1 and all(np.isfinite(reports[0][f"{t}/score"]) for t in TASKS)

@@ -1,5 +1,5 @@
 """Every method family is one registry: each name is accepted by the schema, listed by ``bam-search spaces``,
-and runs one training step and one evaluation in-process on the tiny model; a new entry needs no schema change.
+and runs two training steps and one evaluation in-process on the tiny model; a new entry needs no schema change.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _cpu_one_thread(monkeypatch):
 
 def base_recipe() -> dict:
     return {"tasks": TASKS, "model": "tiny", "precision": "fp32", "evals": 1, "teacher": {"use": False},
-            "optim": {"steps": 1, "batch_size": 8, "lr": 1e-3},
+            "optim": {"steps": 2, "batch_size": 8, "lr": 1e-3},
             "data": {"max_train_examples": 16, "max_dev_examples": 16, "max_length": 32}}
 
 
@@ -54,12 +54,12 @@ def with_value(key: str, name: str) -> dict:
 
 
 def step_and_evaluate(tmp: Path, rec: dict, cache_dir: str) -> dict:
-    """One training step and one evaluation of ``rec``; the metrics reported."""
+    """Two training steps and one evaluation of ``rec``; the metrics reported."""
     run = trial.setup_run({"recipe": rec, "job": "student", "storage": str(tmp / "storage"),
                            "artifacts_dir": str(tmp / "art"), "cache_dir": cache_dir})
     reports = []
     run_training(run, report=lambda metrics, r: reports.append(metrics))
-    assert run.step == 1 and len(reports) == 1
+    assert run.step == 2 and len(reports) == 1
     return reports[0]
 
 
