@@ -224,21 +224,28 @@ def _training_commands(sub) -> None:
                   "example:\n  bam-search sweep spaces/smoke.yaml --tasks rte,mrpc --model tiny "
                   "--num-samples 8 --scheduler asha --storage runs")
     sw.add_argument("space"); _recipe_args(sw); _common(sw)
-    sw.add_argument("--name"); sw.add_argument("--num-samples", type=int, default=8)
+    # flags given here beat the space's W&B keys (method, metric, early_terminate, name), which beat the
+    # defaults shown: so these default to None and preflight.sweep_settings merges
+    sw.add_argument("--name", help="experiment name (default: the space's name:, else sweep-SPACE-DATE-TIME)")
+    sw.add_argument("--num-samples", type=int, default=8)
     sw.add_argument("--searcher", default=None, choices=["optuna", "random", "grid"],
-                    help="default optuna (random with --scheduler pbt)")
-    sw.add_argument("--scheduler", default="asha", choices=["asha", "median", "pbt", "none"],
-                    help="asha (default), median, pbt (population-based training: mutates optim.lr, anneal.*, "
-                         "sampling.* ... during the run), none")
+                    help="default: the space's method: (grid, random, bayes = Optuna's TPE), else optuna "
+                         "(random with --scheduler pbt)")
+    sw.add_argument("--scheduler", default=None, choices=["asha", "median", "pbt", "none"],
+                    help="asha (default; also what a space's early_terminate: {type: hyperband} runs as), "
+                         "median, pbt (population-based training: mutates optim.lr, anneal.*, sampling.* ... "
+                         "during the run), none")
     sw.add_argument("--grace-period", type=int, default=None, metavar="EVALS",
-                    help="asha/median: evaluations every trial runs before it may be stopped (default evals/4)")
+                    help="asha/median: evaluations every trial runs before it may be stopped (default: the "
+                         "space's early_terminate min_iter, else evals/4)")
     sw.add_argument("--reduction-factor", type=float, default=None, metavar="F",
-                    help="asha: keep 1/F of the trials at each rung (default 2; Tune's own default is 4)")
+                    help="asha: keep 1/F of the trials at each rung (default: the space's early_terminate eta, "
+                         "else 2; Tune's own default is 4)")
     sw.add_argument("--perturbation-interval", type=int, default=None,
                     help="pbt: evaluations between exploit/explore steps (default evals/4)")
-    sw.add_argument("--metric", default="glue_avg",
-                    help="glue_avg (default), delta_vs_teachers (mean over tasks of student minus single-task "
-                         "teacher dev score), or TASK/score")
+    sw.add_argument("--metric", default=None,
+                    help="glue_avg (default, or the space's metric: name), delta_vs_teachers (mean over tasks of "
+                         "student minus single-task teacher dev score), or TASK/score; always maximized")
     sw.add_argument("--disk-budget", default=None, metavar="SIZE",
                     help="bytes the experiment may hold on disk, e.g. 2GB (default 20GB; none for no limit); "
                          "ended trials keep only their best checkpoint")

@@ -121,8 +121,16 @@ def base_recipe(args, *, defaults: dict | None = None) -> dict:
 
 
 def teacher_recipe(base: dict) -> dict:
-    """Teachers: one task each, gold labels only, no switch."""
+    """Teachers: one task each, gold labels only, no switch; at their model's full size (a student finds its
+    teachers by model, so a compact one stored under it would pass for a full-size teacher: refused)."""
     r = json.loads(json.dumps(base))
+    student = r.get("student") if isinstance(r.get("student"), dict) else {}
+    for key in ("num_layers", "hidden_size", "init"):
+        if student.get(key) not in (None, "pretrained"):
+            raise UserError(f"student.{key}: teachers are trained at their model's full size, pretrained (a "
+                            "student finds its teachers by model, so a compact teacher would pass for a full-size "
+                            f"one); drop student.{key} here and set it on the student (train or sweep "
+                            f"--set student.{key}=...)")
     r.setdefault("anneal", {})["schedule"] = "none"
     r.setdefault("teacher", {})["use"] = False
     r["switch"] = {"criterion": "never"}
@@ -182,11 +190,16 @@ def check_model(recipe: Recipe) -> None:
 
 
 def check_teachers(storage: str, recipe: Recipe) -> None:
-    """Every teacher the recipe distils from is stored, and its predictions match the data now; a teacher
-    encoder for hidden-state distillation shares the student's tokenizer."""
-    from trainables.teachers import check_teacher_tokenizer, missing_teachers
+    """Every teacher the recipe distils from is stored, one config per task and seed (or the one
+    ``teacher.experiment`` names), and its predictions match the data now; a teacher encoder for hidden-state
+    distillation shares the student's tokenizer."""
+    from trainables.teachers import check_teacher_tokenizer, teacher_records, train_examples
     check_teacher_tokenizer(recipe)                    # before "train them first": training would not help
-    missing = missing_teachers(recipe, storage=storage)
+    if not recipe.teacher.use:
+        return
+    _check_teacher_experiments(storage, recipe)
+    examples = train_examples(recipe)
+    found, missing = teacher_records(recipe, {t: ex.fingerprint() for t, ex in examples.items()}, storage=storage)
     if missing:
         tasks = ",".join(sorted({t for t, _ in missing}))
         seeds = max(s for _, s in missing) + 1
@@ -194,49 +207,54 @@ def check_teachers(storage: str, recipe: Recipe) -> None:
                + (f" --max-train-examples {recipe.data.max_train_examples}" if recipe.data.max_train_examples else "")
                + (f" --glue-dir {recipe.data.glue_dir}" if recipe.data.glue_dir else "")
                + f" --storage {storage}")
-        raise UserError(f"teacher predictions missing for {', '.join(f'{t} seed {s}' for t, s in missing)}; "
-                        f"train them first: {cmd}")
-    _check_teacher_predictions(storage, recipe)
+        within = (f" in teacher.experiment {','.join(recipe.teacher.experiment)} (add the new experiment's name "
+                  "to teacher.experiment after)" if recipe.teacher.experiment else "")
+        raise UserError(f"teacher predictions missing for {', '.join(f'{t} seed {s}' for t, s in missing)}"
+                        f"{within}; train them first: {cmd}")
+    _check_teacher_predictions(storage, found, examples)
 
 
-def _check_teacher_predictions(storage: str, recipe: Recipe) -> None:
-    """Load every teacher prediction file the recipe distils from and check it against the data now: a
-    truncated file (checksum), other rows or ids, other data, or NaN values fail before Ray starts."""
+def _check_teacher_experiments(storage: str, recipe: Recipe) -> None:
+    """Every name in ``teacher.experiment`` is a ``bam-search teachers`` experiment with stored teachers."""
+    from trainables.teacher_store import BaselineRegistry
+    if not recipe.teacher.experiment:
+        return
+    known = sorted({r["experiment"] for r in BaselineRegistry(storage).records() if r.get("experiment")})
+    for name in recipe.teacher.experiment:
+        if name not in known:
+            raise UserError(f"teacher.experiment: no stored teacher comes from experiment {name!r} under {storage} "
+                            f"(teacher experiments there: {', '.join(known) or 'none'})")
+
+
+def _check_teacher_predictions(storage: str, found: dict[str, list[dict]], examples: dict) -> None:
+    """Load every teacher prediction file the recipe distils from (``found``: task -> its records) and check it
+    against the data now (``examples``): a truncated file (checksum), other rows or ids, other data, or NaN values
+    fail before Ray starts."""
     import numpy as np
 
-    from trainables.data import load_examples
-    from trainables.model import model_identity
-    from trainables.teacher_store import BaselineRegistry, StoreError, TeacherStore
-    if not recipe.teacher.use:
-        return
-    model = model_identity(recipe.teacher.model or recipe.model)
-    records = BaselineRegistry(storage).records()
+    from trainables.teacher_store import StoreError, TeacherStore
     store = TeacherStore(storage)
-    for t in recipe.tasks:
-        ex = load_examples(task=t, split="train", glue_dir=recipe.data.glue_dir)
-        ex = ex.subsample(max_examples=recipe.data.max_train_examples, seed=recipe.data.data_seed)
-        fp = ex.fingerprint()
-        for seed in recipe.teacher.seeds:
-            rec = [r for r in records if r["task"] == t and r["seed"] == seed and r["fingerprint"] == fp
-                   and r["model"] == model][-1]
+    for t, recs in found.items():
+        ex, fp = examples[t], examples[t].fingerprint()
+        for rec in recs:
             preds = store.load(rec["key"], task=t, expect_ids=ex.ids, fingerprint=fp)
             bad = int(np.size(preds) - np.isfinite(preds).sum())
             if bad:
-                raise StoreError(f"teacher predictions for task {t} seed {seed} ({store.dir(rec['key'])}) hold "
-                                 f"{bad} non-finite values: re-run bam-search teachers")
+                raise StoreError(f"teacher predictions for task {t} seed {rec['seed']} ({store.dir(rec['key'])}) "
+                                 f"hold {bad} non-finite values: re-run bam-search teachers")
 
 
-def check_metric(metric: str, recipe: Recipe, space: dict | None = None) -> None:
-    """--metric must be something every trial reports, or Tune would compare trials on nothing. Under
-    ``switch.mode: sequential`` (the recipe's, or one the space samples) only the first task of the order is
-    reported from the start, so only its ``TASK/*`` metrics are."""
+def check_metric(metric: str, recipe: Recipe, space: dict | None = None, *, source: str = "--metric") -> None:
+    """--metric (or the space's ``metric.name``: ``source``) must be something every trial reports, or Tune
+    would compare trials on nothing. Under ``switch.mode: sequential`` (the recipe's, or one the space
+    samples) only the first task of the order is reported from the start, so only its ``TASK/*`` metrics are."""
     tasks = recipe.tasks
     if _can_be_sequential(recipe, space):
         tasks = (recipe.switch.order or recipe.tasks)[:1]
     allowed = ["glue_avg", "glue_avg_best", "delta_vs_teachers",
                *(f"{t}/{k}" for t in tasks for k in ("score", "best", "delta_vs_teachers"))]
     if metric not in allowed:
-        raise UserError(f"--metric {metric!r}: not reported by these trials; use one of {', '.join(allowed)}")
+        raise UserError(f"{source} {metric!r}: not reported by these trials; use one of {', '.join(allowed)}")
 
 
 def _can_be_sequential(recipe: Recipe, space: dict | None) -> bool:
@@ -256,33 +274,65 @@ def _check_not_searched(args, space: dict) -> None:
                             f"replace this value; drop it from the command line or from the space's parameters")
 
 
-def _early_stopping(args, recipe: Recipe) -> dict | None:
-    """--grace-period / --reduction-factor, checked against the scheduler and the recipe's evaluations."""
-    grace, rf = args.grace_period, args.reduction_factor
+SWEEP_FLAGS = {"searcher": "--searcher", "scheduler": "--scheduler", "metric": "--metric",
+               "grace_period": "--grace-period", "reduction_factor": "--reduction-factor", "name": "--name"}
+SWEEP_DEFAULTS = {"scheduler": "asha", "metric": "glue_avg"}    # what `bam-search sweep --help` shows
+HYPERBAND = ("scheduler", "grace_period", "reduction_factor", "max_iter")   # the space's early_terminate
+
+
+def sweep_settings(args, space: dict) -> dict[str, tuple]:
+    """Each sweep setting as (value, origin): the flag if given on the command line, else the space's W&B
+    key (``spaces.sweep_keys``: method, metric, early_terminate, name), else the default. ``origin`` is the
+    flag, or file:line and key, for errors. A --scheduler other than asha replaces the space's
+    ``early_terminate`` (hyperband, run as ASHA) whole; --grace-period / --reduction-factor beat its parts."""
+    from_file = dict(space.get("sweep") or {})
+    if args.scheduler not in (None, "asha"):
+        for key in HYPERBAND:
+            from_file.pop(key, None)
+    out = {}
+    for key, flag in SWEEP_FLAGS.items():
+        given = getattr(args, key, None)
+        out[key] = (given, flag) if given is not None else from_file.get(key, (SWEEP_DEFAULTS.get(key), flag))
+    if "max_iter" in from_file:
+        out["max_iter"] = from_file["max_iter"]
+    return out
+
+
+def _early_stopping(sw: dict, recipe: Recipe) -> dict | None:
+    """The grace period and reduction factor (``sweep_settings``), checked against the scheduler and the
+    recipe's evaluations; a space's hyperband ``max_iter`` must be those evaluations (ASHA's max_t)."""
+    (grace, grace_from), (rf, rf_from), scheduler = sw["grace_period"], sw["reduction_factor"], sw["scheduler"][0]
+    if "max_iter" in sw and sw["max_iter"][0] != recipe.evals:
+        raise UserError(f"{sw['max_iter'][1]} {sw['max_iter'][0]}: ASHA runs a trial up to the recipe's evals "
+                        f"({recipe.evals}); set max_iter: {recipe.evals}, or give min_iter")
     if grace is None and rf is None:
         return None
-    if rf is not None and args.scheduler != "asha":
-        raise UserError(f"--reduction-factor: only with --scheduler asha (not {args.scheduler})")
-    if grace is not None and args.scheduler not in ("asha", "median"):
-        raise UserError(f"--grace-period: only with --scheduler asha or median (not {args.scheduler})")
+    if rf is not None and scheduler != "asha":
+        raise UserError(f"{rf_from}: only with --scheduler asha (not {scheduler})")
+    if grace is not None and scheduler not in ("asha", "median"):
+        raise UserError(f"{grace_from}: only with --scheduler asha or median (not {scheduler})")
     if grace is not None and not 1 <= grace <= recipe.evals:
-        raise UserError(f"--grace-period {grace}: must be between 1 and the recipe's evals ({recipe.evals})")
+        raise UserError(f"{grace_from} {grace}: must be between 1 and the recipe's evals ({recipe.evals})")
     if rf is not None and not rf > 1:
-        raise UserError(f"--reduction-factor {rf}: must be > 1 (ASHA keeps 1/reduction-factor of the trials per rung)")
+        raise UserError(f"{rf_from} {rf}: must be > 1 (ASHA keeps 1/reduction-factor of the trials per rung)")
     return {k: v for k, v in (("grace_period", grace), ("reduction_factor", rf)) if v is not None}
 
 
-def _check_delta_baselines(metric: str, storage: str, recipe: Recipe) -> None:
-    """--metric delta_vs_teachers needs every task's teacher dev score in the baseline registry."""
+def _check_delta_baselines(metric: str, storage: str, recipe: Recipe, *, source: str = "--metric") -> None:
+    """--metric delta_vs_teachers needs every task's teacher dev score in the baseline registry: one teacher
+    config per task and seed (or the one ``teacher.experiment`` names), as the trial looks it up."""
     import dataclasses
 
     from trainables.teachers import missing_teachers
     if "delta_vs_teachers" in metric:
         with_teachers = dataclasses.replace(recipe, teacher=dataclasses.replace(recipe.teacher, use=True))
+        _check_teacher_experiments(storage, with_teachers)
         missing = missing_teachers(with_teachers, storage=storage)
+        within = (f" (teacher.experiment {','.join(recipe.teacher.experiment)})"
+                  if recipe.teacher.experiment else "")
         if missing:
-            raise UserError(f"--metric {metric}: no teacher dev score for "
-                            f"{', '.join(f'{t} seed {s}' for t, s in missing)} in the baseline registry; "
+            raise UserError(f"{source} {metric}: no teacher dev score for "
+                            f"{', '.join(f'{t} seed {s}' for t, s in missing)} in the baseline registry{within}; "
                             f"run bam-search teachers for these tasks first")
 
 
@@ -298,17 +348,27 @@ def _check_disk_budget(args, storage: str, recipe: Recipe) -> int | None:
     return budget
 
 
-def _scheduler_settings(args, space: dict) -> tuple[str, dict | None]:
-    """(searcher, PBT settings): PBT samples its population at random (or from a grid) and then mutates it."""
-    if args.scheduler != "pbt":
-        return args.searcher or "optuna", None
-    if args.searcher == "optuna":
-        raise UserError("--scheduler pbt: PBT samples and mutates its own population; use --searcher random or grid")
+def _scheduler_settings(args, space: dict, sw: dict) -> tuple[str, dict | None]:
+    """(searcher, PBT settings): PBT samples its population at random (or from a grid) and then mutates it.
+    ``sw``: ``sweep_settings`` (the searcher may come from the space's ``method``)."""
+    (searcher, searcher_from), scheduler = sw["searcher"], sw["scheduler"][0]
+    if scheduler != "pbt":
+        return searcher or "optuna", None
+    if searcher == "optuna":
+        if searcher_from == "--searcher":
+            raise UserError("--scheduler pbt: PBT samples and mutates its own population; "
+                            "use --searcher random or grid")
+        raise UserError(f"{searcher_from}: --scheduler pbt samples and mutates its own population; use method: "
+                        f"random or grid (or --searcher random)")
     from .pbt import pbt_mutations
     mutations, bounds = pbt_mutations(space)
+    weighted = [n for n in mutations if "probabilities" in space["parameters"][n]]
+    if weighted:
+        raise UserError(f"{space['where'][weighted[0]]}: parameter {weighted[0]}: probabilities: PBT's explore step "
+                        f"resamples it uniformly from its values; drop probabilities or use another --scheduler")
     if args.perturbation_interval is not None and args.perturbation_interval < 1:
         raise UserError("--perturbation-interval: must be >= 1 (evaluations)")
-    return args.searcher or "random", {"mutations": mutations, "bounds": bounds, "interval": args.perturbation_interval}
+    return searcher or "random", {"mutations": mutations, "bounds": bounds, "interval": args.perturbation_interval}
 
 
 # ------------------------------------------------------------------------------------------------ plans
@@ -360,24 +420,27 @@ def plan_sweep(args) -> Plan:
     check_flags(args)
     space = load_space(args.space, base_recipe=base_recipe(args))
     _check_not_searched(args, space)
+    sw = sweep_settings(args, space)                  # flags beat the space's W&B keys, which beat the defaults
+    space["settings_from"] = {k: origin for k, (_, origin) in sw.items()}   # which source won, quietly
+    (metric, metric_from), scheduler = sw["metric"], sw["scheduler"][0]
     recipe = recipe_from_dict(space["base"], source=space["path"])
-    check_metric(args.metric, recipe, space)
-    early = _early_stopping(args, recipe)
+    check_metric(metric, recipe, space, source=metric_from)
+    early = _early_stopping(sw, recipe)
     check_data(recipe)
     check_model(recipe)
     storage = storage_root(args)
     check_teachers(storage, recipe)
-    _check_delta_baselines(args.metric, storage, recipe)
+    _check_delta_baselines(metric, storage, recipe, source=metric_from)
     budget = _check_disk_budget(args, storage, recipe)
-    searcher, pbt = _scheduler_settings(args, space)
-    check_pbt(scheduler=args.scheduler, searcher=searcher, storage=storage)
-    name = args.name or f"sweep-{Path(space['path']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    searcher, pbt = _scheduler_settings(args, space, sw)
+    check_pbt(scheduler=scheduler, searcher=searcher, storage=storage)
+    name = sw["name"][0] or f"sweep-{Path(space['path']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     params = to_tune(space, searcher=searcher)                  # a space the searcher cannot take fails here
     _writable(storage)
     return Plan(kind="sweep", name=name, trial=trial_config(storage, recipe, job="student", wandb=not args.no_wandb),
                 params=params, request=_request(args),
                 trials=trial_count(space, searcher=searcher, num_samples=args.num_samples), space=space,
-                num_samples=args.num_samples, searcher=searcher, scheduler=args.scheduler, metric=args.metric,
+                num_samples=args.num_samples, searcher=searcher, scheduler=scheduler, metric=metric,
                 searcher_seed=args.seed, disk_budget=budget, pbt=pbt, early_stopping=early)
 
 

@@ -791,15 +791,27 @@ def write_report(
 
 
 def _teacher_records(storage: str, recipe: dict) -> list[dict]:
-    """One record per teacher seed that covers every task of ``recipe`` (the baseline registry's scores)."""
-    from trainables.teacher_store import BaselineRegistry
+    """One record per teacher seed that covers every task of ``recipe`` (the baseline registry's scores): the
+    teachers of this data and model (and of ``teacher.experiment`` when set), found as a student finds them
+    (``teacher_store.pick_teacher``; several teacher configs for one task and seed: one line, no silent pick)."""
+    from trainables.model import model_identity
+    from trainables.recipe import recipe_from_dict
+    from trainables.teacher_store import BaselineRegistry, pick_teacher
+    from trainables.teachers import train_examples
 
+    r = recipe_from_dict(recipe, source="the best trial's recipe")
+    fingerprints = {t: ex.fingerprint() for t, ex in train_examples(r).items()}
+    model = model_identity(r.teacher.model or r.model)
+    records = BaselineRegistry(storage).records()
     teachers: dict[int, dict] = {}
-    for rec in BaselineRegistry(storage).records():
-        if rec["task"] in recipe["tasks"] and rec.get("model_name", recipe.get("model")) == recipe.get("model"):
-            teachers.setdefault(rec["seed"], {})[rec["task"]] = rec["score"]
+    for seed in sorted({x["seed"] for x in records if x["task"] in r.tasks}):
+        for t in r.tasks:
+            rec = pick_teacher(records, task=t, seed=seed, fingerprint=fingerprints[t], model=model,
+                               experiments=r.teacher.experiment)
+            if rec is not None:
+                teachers.setdefault(seed, {})[t] = rec["score"]
     return [{"group": "teachers", "seed": s, "scores": sc} for s, sc in teachers.items()
-            if set(sc) >= set(recipe["tasks"])]
+            if set(sc) >= set(r.tasks)]
 
 
 def report_records(storage: str, name: str, *, students=(), multitask=()) -> tuple[list[dict], dict]:

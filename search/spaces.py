@@ -9,9 +9,19 @@
         parameters:
           p0: {distribution: uniform, min: 0.1, max: 0.7}
       optim.lr: {distribution: log_uniform_values, min: 1.0e-5, max: 1.0e-4}
+
+W&B's sweep keys mean what they say there (flags on the command line win; ``search/preflight.py`` merges):
+``method`` grid | random | bayes -> searcher grid | random | optuna (Optuna's TPE); ``metric: {name, goal}``
+-> --metric (goal maximize: every metric bam-search reports is higher-is-better); ``early_terminate: {type:
+hyperband, min_iter | max_iter + s, eta}`` -> ASHA with grace period min_iter (or max_iter / eta^s) and
+reduction factor eta (W&B's default 3); ``name`` -> the experiment's name; ``values`` + ``probabilities`` ->
+a weighted categorical (random search). ``program`` and anything else W&B knows but bam-search cannot honour
+are refused in one line naming file:line.
 """
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 from trainables.errors import UserError
@@ -19,7 +29,11 @@ from trainables.recipe import error_key, load_yaml, recipe_from_dict, with_param
 
 DISTRIBUTIONS = ("constant", "categorical", "uniform", "log_uniform_values", "int_uniform", "q_uniform",
                  "q_log_uniform_values", "normal")
-SPACE_KEYS = {"description", "base", "parameters", "metric", "method", "program", "name"}
+SPACE_KEYS = {"description", "base", "parameters", "metric", "method", "program", "name", "early_terminate"}
+METHODS = {"grid": "grid", "random": "random", "bayes": "optuna"}   # W&B method -> searcher (bayes: Optuna's TPE)
+HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta")
+HYPERBAND_ETA = 3                                                    # W&B's default eta
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 PARAM_KEYS = {"value", "values", "distribution", "min", "max", "q", "mu", "sigma", "parameters", "probabilities"}
 SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
 
@@ -71,9 +85,13 @@ def _kind(name: str, spec: dict, where: str) -> str:
 
 def check_param(name: str, spec: dict, where: str) -> str:
     kind = _kind(name, spec, where)
+    if "probabilities" in spec and kind != "categorical":
+        raise UserError(f"{where}: parameter {name}: probabilities go with values (a categorical), not {kind}")
     if kind == "categorical":
         if not isinstance(spec.get("values"), list) or not spec["values"]:
             raise UserError(f"{where}: parameter {name}: values must be a non-empty list")
+        if "probabilities" in spec:
+            check_probabilities(name, spec, where)
     elif kind in ("uniform", "log_uniform_values", "int_uniform", "q_uniform", "q_log_uniform_values"):
         lo, hi = spec.get("min"), spec.get("max")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
@@ -89,6 +107,19 @@ def check_param(name: str, spec: dict, where: str) -> str:
         if "mu" not in spec or "sigma" not in spec:
             raise UserError(f"{where}: parameter {name}: normal needs mu and sigma")
     return kind
+
+
+def check_probabilities(name: str, spec: dict, where: str) -> None:
+    """W&B's categorical with probabilities: one number >= 0 per value, summing to 1."""
+    p, n = spec["probabilities"], len(spec["values"])
+    if not isinstance(p, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p):
+        raise UserError(f"{where}: parameter {name}: probabilities must be a list of numbers, one per value")
+    if len(p) != n:
+        raise UserError(f"{where}: parameter {name}: {len(p)} probabilities for {n} values (one per value)")
+    if not all(math.isfinite(x) and x >= 0 for x in p):
+        raise UserError(f"{where}: parameter {name}: probabilities must be finite and >= 0")
+    if abs(sum(p) - 1) > 1e-6:
+        raise UserError(f"{where}: parameter {name}: probabilities sum to {sum(p):g}, not 1")
 
 
 def examples_of(spec: dict, kind: str) -> list:
@@ -124,6 +155,7 @@ def load_space(path: str | Path, *, base_recipe: dict) -> dict:
         line = keys.get((str(bad),))
         raise UserError(f"{where}{f':{line}' if line else ''}: unknown key {bad!r} "
                         f"(known: {', '.join(sorted(SPACE_KEYS))})")
+    sweep = sweep_keys(data, where=where, keys=keys)   # W&B's method, metric, early_terminate, name
     params = flatten_parameters(data.get("parameters") or {}, where=where, lines=lines)
     if not params:
         raise UserError(f"{where}: no parameters")
@@ -147,7 +179,99 @@ def load_space(path: str | Path, *, base_recipe: dict) -> dict:
         for value in examples_of(spec, kinds[name]):
             recipe_from_dict(with_params(base, {name: value}), source=f"{at(name)}: parameter {name}={value!r}")
     return {"path": str(path), "description": data.get("description", ""), "base": base, "parameters": params,
-            "kinds": kinds, "metric": data.get("metric")}
+            "kinds": kinds, "where": {n: at(n) for n in params}, "sweep": sweep}
+
+
+# ------------------------------------------------------------------------------- W&B's top-level sweep keys
+
+def sweep_keys(data: dict, *, where: str, keys: dict) -> dict[str, tuple]:
+    """What the space's W&B keys set, each as (value, origin): ``origin`` names file:line and the key, for
+    errors and for recording which source won. Keys: searcher, metric, scheduler, grace_period,
+    reduction_factor, max_iter, name. A key bam-search cannot honour is refused here."""
+    def at(*path: str) -> str:
+        line = keys.get(path) or keys.get(path[:1])
+        return f"{where}:{line}" if line else where
+    out: dict[str, tuple] = {}
+    if "program" in data:
+        raise UserError(f"{at('program')}: program: bam-search runs its own trainable in every trial "
+                        f"(trainables/trial.py), not a W&B agent's script; remove program")
+    if "method" in data:
+        method = data["method"]
+        if method not in METHODS:
+            raise UserError(f"{at('method')}: method {method!r}: one of grid, random, bayes (Optuna's TPE)")
+        out["searcher"] = (METHODS[method], f"{at('method')}: method {method}")
+    if "metric" in data:
+        out["metric"] = _metric_key(data["metric"], at)
+    if "early_terminate" in data:
+        out.update(_early_terminate_key(data["early_terminate"], at))
+    if "name" in data:
+        name = data["name"]
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise UserError(f"{at('name')}: name {name!r}: the experiment's folder (experiments/NAME) takes "
+                            f"letters, digits, '.', '_' and '-' (at most 100)")
+        out["name"] = (name, f"{at('name')}: name")
+    return out
+
+
+def _metric_key(metric, at) -> tuple:
+    """``metric: {name, goal}``: every metric bam-search reports is higher-is-better, so goal maximize."""
+    if not isinstance(metric, dict):
+        raise UserError(f"{at('metric')}: metric must be a mapping such as {{name: glue_avg, goal: maximize}}")
+    extra = sorted(set(metric) - {"name", "goal"}, key=str)
+    if extra:
+        raise UserError(f"{at('metric', str(extra[0]))}: metric.{extra[0]}: not supported (bam-search takes "
+                        f"metric.name and metric.goal)")
+    name, goal = metric.get("name"), metric.get("goal")
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{at('metric', 'name')}: metric.name: the metric to rank trials on, e.g. glue_avg")
+    if goal is None:
+        raise UserError(f"{at('metric')}: metric.goal missing: W&B's default is minimize, but {name} is "
+                        f"higher-is-better; write goal: maximize")
+    if goal == "minimize":
+        raise UserError(f"{at('metric', 'goal')}: metric.goal minimize: every metric bam-search reports "
+                        f"({name} among them) is higher-is-better and the best trial is the highest; "
+                        f"write goal: maximize")
+    if goal != "maximize":
+        raise UserError(f"{at('metric', 'goal')}: metric.goal {goal!r}: maximize (or W&B's minimize)")
+    return name, f"{at('metric', 'name')}: metric.name"
+
+
+def _early_terminate_key(et, at) -> dict[str, tuple]:
+    """W&B's hyperband stopping as ASHA: its first band (min_iter, or max_iter / eta^s) is ASHA's grace
+    period, eta its reduction factor; max_iter must be the recipe's evals (checked in preflight)."""
+    if not isinstance(et, dict):
+        raise UserError(f"{at('early_terminate')}: early_terminate must be a mapping such as "
+                        f"{{type: hyperband, min_iter: 1, eta: 2}}")
+    if et.get("type") != "hyperband":
+        raise UserError(f"{at('early_terminate', 'type')}: early_terminate.type {et.get('type')!r}: only "
+                        f"hyperband (run as ASHA); or choose with --scheduler")
+    extra = sorted(set(et) - set(HYPERBAND_KEYS), key=str)
+    if extra:
+        raise UserError(f"{at('early_terminate', str(extra[0]))}: early_terminate.{extra[0]}: not supported "
+                        f"(ASHA takes {', '.join(HYPERBAND_KEYS)})")
+    for k in ("min_iter", "max_iter", "s"):
+        v = et.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise UserError(f"{at('early_terminate', k)}: early_terminate.{k} {v!r}: a whole number >= 1 (evaluations)")
+    eta = et.get("eta", HYPERBAND_ETA)
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta > 1:
+        raise UserError(f"{at('early_terminate', 'eta')}: early_terminate.eta {eta!r}: must be > 1 (ASHA keeps "
+                        f"1/eta of the trials per rung)")
+    has_min, has_max = "min_iter" in et, "max_iter" in et or "s" in et
+    if has_min == has_max or ("max_iter" in et) != ("s" in et):
+        raise UserError(f"{at('early_terminate')}: early_terminate: give min_iter, or max_iter with s (not both)")
+    out = {"scheduler": ("asha", f"{at('early_terminate')}: early_terminate"),
+           "reduction_factor": (eta, f"{at('early_terminate', 'eta')}: early_terminate.eta"
+                                     + ("" if "eta" in et else f" (W&B's default {HYPERBAND_ETA})"))}
+    if has_min:
+        return {**out, "grace_period": (et["min_iter"],
+                                        f"{at('early_terminate', 'min_iter')}: early_terminate.min_iter")}
+    grace = int(et["max_iter"] / eta ** et["s"])           # W&B's first band
+    if grace < 1:
+        raise UserError(f"{at('early_terminate', 's')}: early_terminate: max_iter / eta^s = "
+                        f"{et['max_iter'] / eta ** et['s']:g}, below one evaluation; lower s or eta")
+    return {**out, "grace_period": (grace, f"{at('early_terminate', 's')}: early_terminate max_iter/eta^s"),
+            "max_iter": (et["max_iter"], f"{at('early_terminate', 'max_iter')}: early_terminate.max_iter")}
 
 
 def _attribute(message: str, *, where: str, keys: dict, params: list[str], at) -> str:
@@ -193,6 +317,10 @@ def to_tune(space: dict, *, searcher: str) -> dict:
         kind = space["kinds"][name]
         if kind == "constant":
             out[name] = spec["value"]
+        elif kind == "categorical" and "probabilities" in spec:
+            out[name] = weighted_choice(spec["values"], spec["probabilities"],
+                                        searcher=searcher,
+                                        where=f"{space.get('where', {}).get(name, space['path'])}: parameter {name}")
         elif kind == "categorical":
             out[name] = tune.grid_search(spec["values"]) if searcher == "grid" else tune.choice(spec["values"])
         elif searcher == "grid":
@@ -210,6 +338,40 @@ def to_tune(space: dict, *, searcher: str) -> dict:
         elif kind == "normal":
             out[name] = tune.randn(spec["mu"], spec["sigma"])
     return out
+
+
+class Weighted:
+    """A Tune sampler for a categorical domain: each value with its probability (W&B's ``probabilities``).
+    Tune's random search (BasicVariantGenerator) calls ``sample``; Optuna and the grid are refused before."""
+
+    def __init__(self, probabilities: list[float]):
+        total = float(sum(probabilities))
+        self.probabilities = [float(x) / total for x in probabilities]
+
+    def sample(self, domain, config=None, size: int = 1, random_state=None):
+        from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+        if not isinstance(random_state, _BackwardsCompatibleNumpyRng):
+            random_state = _BackwardsCompatibleNumpyRng(random_state)
+        picks = random_state.choice(len(domain.categories), size=size, p=self.probabilities)
+        items = [domain.categories[int(i)] for i in picks]        # by index: keeps each value's own type
+        return items if size > 1 else domain.cast(items[0])
+
+    def __str__(self) -> str:
+        return f"Weighted({self.probabilities})"
+
+
+def weighted_choice(values: list, probabilities: list, *, searcher: str, where: str):
+    """``values`` with ``probabilities``: a Tune categorical sampled with those weights (random search only)."""
+    from ray.tune.search.sample import Categorical
+    if searcher == "grid":
+        raise UserError(f"{where}: probabilities: the grid searcher runs every value once; use --searcher random "
+                        f"(method: random) or drop probabilities")
+    if searcher != "random":
+        raise UserError(f"{where}: probabilities: Optuna's TPE (--searcher optuna, method: bayes, the default) "
+                        f"takes no prior weights; use --searcher random (method: random) or drop probabilities")
+    domain = Categorical(values)
+    domain.set_sampler(Weighted(probabilities))
+    return domain
 
 
 def list_spaces() -> list[Path]:

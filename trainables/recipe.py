@@ -111,6 +111,8 @@ class Teacher:
     model: str | None = None             # the teachers' model (default: the recipe's model)
     seeds: tuple = (0,)
     ensemble: bool = False               # mean of the seeds' probabilities (regression: values); else the first seed
+    experiment: tuple = ()               # the `bam-search teachers` experiment(s) to take teachers from (NAME or A,B);
+                                         # empty: the one stored teacher config per task and seed (several: refused)
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,8 @@ def validate(r: Recipe) -> None:
             raise UserError(f"mtl.weights.{t}: task not in this run")
     if not r.teacher.seeds:
         raise UserError("teacher.seeds: at least one seed")
+    if not all(isinstance(n, str) and n for n in r.teacher.experiment):
+        raise UserError(f"teacher.experiment: expected experiment names, got {list(r.teacher.experiment)!r}")
 
 
 def check_student_shape(model: str, *, init: str, num_layers: int | None, hidden_size: int | None) -> None:

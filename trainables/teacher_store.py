@@ -170,6 +170,57 @@ def check_alignment(*, task: str, stored_ids: np.ndarray, stored_fingerprint: st
                          "(fingerprint differs): re-run bam-search teachers")
 
 
+class AmbiguousTeachers(StoreError):
+    """Several stored teacher configs match one (task, seed, data, model): the student must name one."""
+
+
+def pick_teacher(records: list[dict], *, task: str, seed: int, fingerprint: str, model: str,
+                 experiments: tuple = ()) -> dict | None:
+    """THE registry lookup of the teacher a student distils from for ``(task, seed)`` on this data and model,
+    taken only from the ``bam-search teachers`` experiments named in ``experiments`` (``teacher.experiment``)
+    when given. Records of one key are one teacher (the same config: the same stored predictions); its newest
+    record is returned. None: no teacher. Several keys (e.g. two teacher learning rates): ``AmbiguousTeachers``,
+    one line naming each candidate's experiment and differing settings, never a silent pick."""
+    newest: dict[str, dict] = {}
+    for r in records:                                # registry order is append order
+        if (r["task"] == task and r["seed"] == seed and r["fingerprint"] == fingerprint and r["model"] == model
+                and (not experiments or r.get("experiment") in experiments)):
+            newest.pop(r["key"], None)
+            newest[r["key"]] = r
+    if len(newest) > 1:
+        raise AmbiguousTeachers(_ambiguity(list(newest.values()), task=task, seed=seed, experiments=experiments))
+    return next(iter(newest.values()), None)
+
+
+def flat_settings(config: dict, prefix: str = "") -> dict:
+    """``{"optim": {"lr": 1e-3}}`` -> ``{"optim.lr": 1e-3}``."""
+    out = {}
+    for k, v in config.items():
+        out.update(flat_settings(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _ambiguity(cands: list[dict], *, task: str, seed: int, experiments: tuple) -> str:
+    """One line: each candidate's experiment and the settings in which the candidates differ; how to pick."""
+    flat = {r["key"]: flat_settings(r["config"]) for r in cands if isinstance(r.get("config"), dict)}
+    names = sorted({k for f in flat.values() for k in f})
+    differ = [k for k in names if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1]
+
+    def shown(r: dict) -> str:
+        f = flat.get(r["key"])
+        what = ", ".join(f"{k}={f.get(k)}" for k in differ) if f is not None and differ else f"key {r['key']}"
+        return f"{r.get('experiment') or '(no experiment recorded)'} ({what})"
+    exps = [r.get("experiment") for r in cands]
+    if all(exps) and len(set(exps)) == len(exps):
+        how = "name one with " + " or ".join(f"--set teacher.experiment={e}" for e in exps)
+    else:
+        how = ("they are not told apart by experiment name: re-train the one you want with `bam-search teachers "
+               "--name NAME` and pick it with --set teacher.experiment=NAME")
+    within = f" within teacher.experiment {','.join(experiments)}" if experiments else ""
+    return (f"teacher.experiment: {len(cands)} stored teachers match task {task} seed {seed} (this model and "
+            f"data){within}: {'; '.join(shown(r) for r in cands)}; {how}")
+
+
 class BaselineRegistry:
     """Append-only JSONL of teacher runs; each line holds a sha256 of its own content.
 

@@ -16,57 +16,79 @@ from .checkpoint import load_tensors
 from .model import MultiTaskModel, build_encoder, get_device, load_tokenizer, model_identity
 from .recipe import Recipe
 from .tasks import get_task
-from .teacher_store import BaselineRegistry, StoreError, TeacherStore, teacher_key
+from .teacher_store import BaselineRegistry, StoreError, TeacherStore, pick_teacher, teacher_key
 
 
 # Recipe options added after teacher keys were first written: left out of the key while at their default, so
 # that teachers already in a store keep their keys (and are not trained again).
 LATER_OPTIM_DEFAULTS = {"decay": "linear"}
+LATER_STUDENT_DEFAULTS = {"dropout": 0.1, "unfreeze": "none"}      # the teacher's own training settings
 
 
 def teacher_config(recipe: Recipe) -> dict:
-    """What makes two teachers of the same task, data, model and seed the same."""
+    """What makes two teachers of the same task, data, model and seed the same. The teacher's shape is not in
+    it: teachers are the full model (``search.preflight.teacher_recipe`` refuses a compact one)."""
     optim = {k: v for k, v in recipe.to_dict()["optim"].items()
              if not (k in LATER_OPTIM_DEFAULTS and v == LATER_OPTIM_DEFAULTS[k])}
     # BAM's depths (pooler L+1, heads L+2: the top layer at decay^2) changed decayed rates: such teachers re-key
     extra = {"layer_depths": "bam"} if recipe.optim.layer_decay != 1 else {}
+    student = {k: getattr(recipe.student, k) for k, v in LATER_STUDENT_DEFAULTS.items()
+               if getattr(recipe.student, k) != v}
+    if student:
+        extra["student"] = student
     return {"optim": optim, "max_length": recipe.data.max_length,
             "precision": recipe.precision, "evals": recipe.evals, "pooling": recipe.student.pooling, **extra}
+
+
+def train_examples(recipe: Recipe) -> dict:
+    """Each task's training examples as the trials will see them (subsampled): what teachers are matched on."""
+    out = {}
+    for t in recipe.tasks:
+        ex = load_examples(task=t, split="train", glue_dir=recipe.data.glue_dir)
+        out[t] = ex.subsample(max_examples=recipe.data.max_train_examples, seed=recipe.data.data_seed)
+    return out
+
+
+def teacher_records(recipe: Recipe, fingerprints: dict[str, str], *,
+                    storage: str) -> tuple[dict[str, list[dict]], list[tuple[str, int]]]:
+    """The teachers this student distils from, found the same way before Ray starts and in the trial
+    (``teacher_store.pick_teacher``, with ``teacher.experiment``): task -> one registry record per teacher seed,
+    and the (task, seed) pairs with none. Several teacher configs for one pair: ``AmbiguousTeachers``."""
+    model = model_identity(recipe.teacher.model or recipe.model)
+    records = BaselineRegistry(storage).records()
+    found: dict[str, list[dict]] = {}
+    missing: list[tuple[str, int]] = []
+    for t in recipe.tasks:
+        found[t] = []
+        for seed in recipe.teacher.seeds:
+            rec = pick_teacher(records, task=t, seed=seed, fingerprint=fingerprints[t], model=model,
+                               experiments=recipe.teacher.experiment)
+            if rec is None:
+                missing.append((t, seed))
+            else:
+                found[t].append(rec)
+    return found, missing
 
 
 def missing_teachers(recipe: Recipe, *, storage: str) -> list[tuple[str, int]]:
     """(task, seed) pairs whose teacher predictions are not in the store for this data: checked before Ray."""
     if not recipe.teacher.use:
         return []
-    model = model_identity(recipe.teacher.model or recipe.model)
-    records = BaselineRegistry(storage).records()
-    have = {(r["task"], r["seed"], r["fingerprint"]) for r in records if r["model"] == model}
-    missing = []
-    for t in recipe.tasks:
-        ex = load_examples(task=t, split="train", glue_dir=recipe.data.glue_dir)
-        fp = ex.subsample(max_examples=recipe.data.max_train_examples, seed=recipe.data.data_seed).fingerprint()
-        missing += [(t, s) for s in recipe.teacher.seeds if (t, s, fp) not in have]
-    return missing
+    fps = {t: ex.fingerprint() for t, ex in train_examples(recipe).items()}
+    return teacher_records(recipe, fps, storage=storage)[1]
 
 
 def find_teachers(recipe: Recipe, data: dict[str, TaskData], *, storage: str) -> dict[str, list[dict]]:
     """Registry records of the teachers this student distils from: task -> one record per seed."""
-    model = model_identity(recipe.teacher.model or recipe.model)
-    records = BaselineRegistry(storage).records()
-    found: dict[str, list[dict]] = {}
-    for t in recipe.tasks:
-        fp = data[t].train.fingerprint
-        per_seed = []
-        for seed in recipe.teacher.seeds:
-            matches = [r for r in records if r["task"] == t and r["seed"] == seed and r["fingerprint"] == fp
-                       and r["model"] == model]
-            if not matches:
-                raise StoreError(
-                    f"no teacher predictions for task {t} seed {seed} (model {recipe.teacher.model or recipe.model}, "
-                    f"these {len(data[t].train)} training examples) under {storage}: run "
-                    f"`bam-search teachers --tasks {t} --seeds {seed} ...` with the same data settings first")
-            per_seed.append(matches[-1])
-        found[t] = per_seed
+    found, missing = teacher_records(recipe, {t: data[t].train.fingerprint for t in recipe.tasks}, storage=storage)
+    if missing:
+        t, seed = missing[0]
+        within = (f" in teacher.experiment {','.join(recipe.teacher.experiment)}"
+                  if recipe.teacher.experiment else "")
+        raise StoreError(
+            f"no teacher predictions for task {t} seed {seed} (model {recipe.teacher.model or recipe.model}, "
+            f"these {len(data[t].train)} training examples){within} under {storage}: run "
+            f"`bam-search teachers --tasks {t} --seeds {seed + 1} ...` with the same data settings first")
     return found
 
 
@@ -172,18 +194,19 @@ def finish_teacher(run: Run, *, storage: str, experiment: str | None = None, wal
     if run.world.rank == 0:
         recipe = run.r
         td = run.data[task]
+        config = teacher_config(recipe)
         key = teacher_key(task=task, fingerprint=td.train.fingerprint, model=model_identity(recipe.model),
-                          teacher_config=teacher_config(recipe), seed=recipe.seed)
+                          teacher_config=config, seed=recipe.seed)
         store = TeacherStore(storage)
         store.save(key=key, predictions=preds, ids=td.train.ids,
                    meta={"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
-                         "model": model_identity(recipe.model), "n": len(td.train)})
+                         "model": model_identity(recipe.model), "n": len(td.train), "config": config})
         if not store.has_file(key, "model.pt"):          # atomic, local path or URI
             buf = io.BytesIO()
             torch.save(run.model.state_dict(), buf)
             store.write_file(key, "model.pt", buf.getvalue())
         record = {"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
-                  "model": model_identity(recipe.model), "model_name": recipe.model, "key": key,
+                  "model": model_identity(recipe.model), "model_name": recipe.model, "key": key, "config": config,
                   "score": sw.best, "best_step": sw.best_step, "dev": run.evals[-1]["scores"] if run.evals else {},
                   "history": sw.history, "n_train": len(td.train), "wall_s": wall_s,
                   "experiment": experiment, "time": time.time()}
