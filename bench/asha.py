@@ -122,8 +122,8 @@ def main() -> None:
     base = {"tasks": args.tasks.split(","), "model": args.model, "evals": args.evals,
             "optim": {"epochs": args.epochs}, **({"data": data} if data else {})}
     teach = [sys.executable, "-m", "search.cli", "teachers", "--tasks", args.tasks, "--model", args.model,
-             "--epochs", str(args.epochs), "--evals", str(args.evals), "--storage", storage, "--no-wandb", "--quiet",
-             "--name", "asha-teachers"]
+             "--patience", "0", "--epochs", str(args.epochs), "--evals", str(args.evals), "--storage", storage,
+             "--no-wandb", "--quiet", "--name", "asha-teachers"]               # the fixed budget it measured with
     if args.max_train_examples:
         teach += ["--max-train-examples", str(args.max_train_examples)]
     if args.max_length:

@@ -385,7 +385,7 @@ class Protocol:
 
     def records(self) -> list[dict]:
         """Run records for ``search.report``: teachers from the baseline registry, students from Tune's files."""
-        from search.results import best_scores, curves, summarize, switches, trial_results
+        from search.results import run_record, summarize, trial_results
         tasks = list(self.budget.tasks)
         per_seed: dict[int, dict] = {}
         for (task, seed), rec in self.teacher_records().items():
@@ -393,10 +393,11 @@ class Protocol:
         runs = [{"group": "teachers", "seed": s, "scores": sc} for s, sc in sorted(per_seed.items())
                 if set(sc) >= set(tasks)]
         for group in ("multitask", "bam_linear", "kd_switch", "searched"):
-            for i, t in enumerate(summarize(trial_results(str(self.storage), self.experiment(group)))):
+            name = self.experiment(group)
+            for i, t in enumerate(summarize(trial_results(str(self.storage), name))):
                 seed = (t["params"] or {}).get("seed", i)
-                runs.append({"group": group, "seed": int(seed), "scores": best_scores(t, tasks),
-                             "curves": curves(t, tasks), "switch_steps": switches(t)})
+                # one checkpoint's scores (the run's selected evaluation) and its dev predictions
+                runs.append(run_record(str(self.storage), name, t, tasks, group=group, seed=int(seed)))
         return runs
 
     def report(self) -> dict:
@@ -512,7 +513,9 @@ def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
         f"{budget.trials} sweep trials.",
         "",
         "Cells: dev score mean ± sd over seeds (GLUE ×100); for students (Δ vs teachers; Holm-adjusted p of "
-        "the paired t-test over seeds, * = p < 0.05), from `search.report.compare`.",
+        "the test the report names per task: the paired bootstrap over dev examples when every run stored its dev "
+        "predictions, else Welch's t over seeds; * = p < 0.05), from `search.report.compare`. Each student's "
+        "scores are one checkpoint's: its evaluation with the best GLUE average.",
         "",
         markdown_table(result, budget.tasks),
         "",

@@ -13,8 +13,8 @@ TASKS=cola,sst2,mrpc,stsb,rte
 SET=(--set "tasks=[cola,sst2,mrpc,stsb,rte]" --set model=minilm --set data.max_train_examples=2000
      --set optim.epochs=3 --set optim.lr=1e-4 --set evals=5 --set "data.glue_dir=$(realpath "$GLUE")")
 t0=$(date +%s)
-bam-search teachers --tasks $TASKS --model minilm --seeds 1 --max-train-examples 2000 --epochs 3 --evals 5 \
-    --lr 1e-4 --glue-dir "$GLUE" --storage "$STORAGE" --name q-teachers --no-wandb --quiet
+bam-search teachers --tasks $TASKS --model minilm --seeds 1 --max-train-examples 2000 --patience 0 --epochs 3 \
+    --evals 5 --lr 1e-4 --glue-dir "$GLUE" --storage "$STORAGE" --name q-teachers --no-wandb --quiet
 echo "teachers done: $(( $(date +%s) - t0 )) s"
 for r in multitask bam_linear kd_switch; do
   extra=()

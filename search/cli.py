@@ -123,11 +123,11 @@ def cmd_status(args) -> int:
 
 def cmd_best(args) -> int:
     from .preflight import storage_root
-    from .results import best_recipe, experiment_metric, export_recipe
+    from .results import best_recipe, export_recipe, selected_lines
     storage = storage_root(args)
     recipe, top = best_recipe(storage, args.name)
-    metric = experiment_metric(storage, args.name)
-    print(f"best trial {top['trial_id']}: {metric} {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
+    print(f"best trial {top['trial_id']}: {top['metric']} {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
+    print("\n".join(selected_lines(top)))
     if args.export:
         export_recipe(recipe, args.export, command=f"bam-search train {args.export} --seeds 3",
                       source=f"best trial of {args.name}")
@@ -148,7 +148,7 @@ def cmd_demo(args) -> int:
     from .experiment import run_plan
     from .preflight import plan_demo
     from .progress import phase
-    from .results import best_recipe, export_recipe
+    from .results import best_recipe, demo_headline, export_recipe
     console, t0 = Console(), time.time()
     demo = plan_demo(args)
     storage, name, tasks = demo.sweep.storage, demo.sweep.name, demo.tasks
@@ -157,7 +157,8 @@ def cmd_demo(args) -> int:
     resources = _start(demo.teachers)
     console.print(f"local Ray: {resources.max_concurrent} trials at once, {resources.workers} worker x "
                   f"{resources.cpus_per_worker:g} CPU each")
-    phase(console, 1, 4, "single-task teachers (the baselines; their train-set predictions are stored)")
+    phase(console, 1, 4, "single-task teachers, trained to convergence (early stopping on the dev score; the "
+                         "best weights' train-set predictions are stored)")
     run_plan(demo.teachers, resources, live_title="teachers", total_trials=len(tasks))
     phase(console, 2, 4, f"sweep of {args.trials} students with ASHA early stopping (spaces/demo.yaml)")
     run_plan(demo.sweep, resources, live_title="sweep", total_trials=args.trials)
@@ -170,6 +171,7 @@ def cmd_demo(args) -> int:
     console.print(f"best trial {top['trial_id']}: glue_avg {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
     phase(console, 4, 4, "report: best recipe vs single-task teachers")
     _report(storage, name)
+    console.print(f"[bold]{demo_headline(storage, name, teachers=demo.teachers.name)}[/]", highlight=False)
     console.print(f"\n[bold green]done in {time.time() - t0:.0f}s[/]")
     console.print(f"  report:     {out / 'report.html'}")
     console.print(f"  recipe:     {recipe_path}")
@@ -215,6 +217,11 @@ def _training_commands(sub) -> None:
                  "--max-train-examples 200 --storage runs")
     _recipe_args(t); _common(t)
     t.add_argument("--seeds", type=int, default=1, help="teachers per task (seeds 0..N-1)")
+    t.add_argument("--patience", type=int, default=None, metavar="EVALS",
+                   help="early stopping: stop after this many evaluations (one per epoch) without a better dev "
+                        "score and predict the train set with the best weights (default 2; 0: train --epochs)")
+    t.add_argument("--max-epochs", type=float, default=None,
+                   help="early stopping: the most epochs a teacher trains; its LR schedule spans them (default 10)")
     t.add_argument("--name"); t.add_argument("--quiet", action="store_true")
     tr = _command(sub, "train", cmd_train, "train the student of a recipe (N seeds), no search",
                   "example:\n  bam-search train best.yaml --seeds 3 --storage runs")

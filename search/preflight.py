@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.errors import UserError
-from trainables.recipe import Recipe, apply_overrides, recipe_from_dict
+from trainables.recipe import Recipe, apply_overrides, recipe_from_dict, with_params
 from trainables.trial_config import TrialConfig
 
 from .ray_env import ResourceRequest, Resources
@@ -135,6 +136,42 @@ def teacher_recipe(base: dict) -> dict:
     r.setdefault("teacher", {})["use"] = False
     r["switch"] = {"criterion": "never"}
     return r
+
+
+TEACHER_PATIENCE, TEACHER_MAX_EPOCHS = 2, 10.0     # `bam-search teachers`: trained to convergence by default
+
+
+def converged(patience: int, max_epochs: float) -> dict:
+    """Recipe settings (dotted keys) of teachers trained to convergence, as HF's and Keras' early stopping do:
+    at most ``max_epochs`` epochs (the LR schedule spans them), one evaluation per epoch, and a stop after
+    ``patience`` evaluations without a better dev score (the weights of the best one predict the train set).
+    ``patience`` 0: {} (the recipe's own fixed budget)."""
+    if not patience:
+        return {}
+    return {"early_stop.patience": patience, "optim.epochs": float(max_epochs), "evals": max(1, math.ceil(max_epochs))}
+
+
+def teacher_stopping(args) -> dict:
+    """``converged`` from ``bam-search teachers``' --patience / --max-epochs (default 2 and 10), checked: a
+    fixed --epochs budget goes with --patience 0 only, and --max-epochs with early stopping only."""
+    patience = TEACHER_PATIENCE if args.patience is None else args.patience
+    if patience < 0:
+        raise UserError(f"--patience {patience}: must be >= 0 evaluations (0: no early stopping, train --epochs)")
+    if args.max_epochs is not None and not args.max_epochs > 0:
+        raise UserError(f"--max-epochs {args.max_epochs:g}: must be more than 0")
+    if patience and args.epochs is not None:
+        raise UserError(f"--epochs: teachers stop early (--patience {patience}) within --max-epochs (default "
+                        f"{TEACHER_MAX_EPOCHS:g}); give --max-epochs, or --patience 0 for a fixed budget of --epochs")
+    if not patience and args.max_epochs is not None:
+        raise UserError("--max-epochs: only with early stopping (--patience >= 1); with --patience 0 a teacher "
+                        "trains a fixed budget: give --epochs")
+    settings = converged(patience, TEACHER_MAX_EPOCHS if args.max_epochs is None else args.max_epochs)
+    evals = args.evals or settings.get("evals")
+    if patience and patience > evals - 2 and not any(o.split("=")[0].strip() == "evals" for o in args.set or []):
+        raise UserError(f"--patience {patience}: a teacher evaluates {evals} times (once an epoch of --max-epochs, "
+                        f"or --evals) and stops at the earliest after patience + 1 of them: give --patience at most "
+                        f"{max(evals - 2, 0)}, or more --max-epochs or --evals")
+    return settings
 
 
 def trial_config(storage: str, recipe: Recipe, *, job: str, wandb: bool = True) -> TrialConfig:
@@ -374,10 +411,11 @@ def _scheduler_settings(args, space: dict, sw: dict) -> tuple[str, dict | None]:
 # ------------------------------------------------------------------------------------------------ plans
 
 def plan_teachers(args) -> Plan:
-    """``bam-search teachers``: one trial per task x seed, gold labels only."""
+    """``bam-search teachers``: one trial per task x seed, gold labels only, trained to convergence (early
+    stopping: ``teacher_stopping``) unless --patience 0."""
     from ray import tune
     check_flags(args)
-    base = teacher_recipe(base_recipe(args))
+    base = teacher_recipe(base_recipe(args, defaults=with_params({}, teacher_stopping(args))))
     seeds = list(range(args.seeds)) if args.seeds is not None else [0]
     recipe = recipe_from_dict(base, source="teachers")
     check_data(recipe)
@@ -479,6 +517,13 @@ def demo_budget(*, model: str, quick: bool) -> dict:
             "data": {"max_train_examples": 400, "max_dev_examples": 300, "max_length": 64}}
 
 
+def demo_teachers(*, quick: bool) -> dict:
+    """The demo's teachers on top of ``demo_budget`` (dotted keys): trained to convergence as ``bam-search
+    teachers`` trains them, so the headline compares the student with converged teachers (--quick: patience 1
+    within 3 epochs)."""
+    return converged(1, 3) if quick else converged(TEACHER_PATIENCE, TEACHER_MAX_EPOCHS)
+
+
 def _demo_model(model: str) -> str:
     """auto: MiniLM when its package is installed, else the tiny model."""
     if model != "auto":
@@ -497,10 +542,11 @@ def plan_demo(args) -> DemoPlan:
     from .spaces import load_space, to_tune
     check_flags(args)
     glue, model = glue_dir(args), _demo_model(args.model)
-    base = {"tasks": GLUE5 if glue else SYNTHETIC, "model": model, **demo_budget(model=model, quick=args.quick)}
+    own = {"tasks": GLUE5 if glue else SYNTHETIC, "model": model, **demo_budget(model=model, quick=args.quick)}
     if glue:
-        base.setdefault("data", {})["glue_dir"] = glue
-    base = apply_overrides(base, args.set or [])          # --set beats the demo's own settings
+        own.setdefault("data", {})["glue_dir"] = glue
+    base = apply_overrides(own, args.set or [])           # --set beats the demo's own settings
+    teacher_base = apply_overrides(with_params(own, demo_teachers(quick=args.quick)), args.set or [])
     storage = storage_root(args)
     if "://" in storage:
         raise UserError(f"--storage {storage}: the demo keeps its files on this machine; give a local path "
@@ -512,7 +558,7 @@ def plan_demo(args) -> DemoPlan:
     _check_not_searched(args, space)
     request, wandb = _request(args), not args.no_wandb
     teachers = Plan(kind="teachers", name="demo-teachers", request=request,
-                    trial=trial_config(storage, recipe_from_dict(teacher_recipe(base), source="demo"),
+                    trial=trial_config(storage, recipe_from_dict(teacher_recipe(teacher_base), source="demo"),
                                        job="teacher", wandb=wandb),
                     params={"tasks": tune.grid_search([[t] for t in tasks])})
     sweep = Plan(kind="sweep", name="demo-sweep", request=request, space=space,

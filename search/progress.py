@@ -30,7 +30,7 @@ class LiveTable(Callback):
             self.live.update(self._render())
 
     def _eta(self) -> str:
-        done = sum(1 for r in self.rows.values() if r["state"] in ("DONE", "STOPPED", "ERROR"))
+        done = sum(1 for r in self.rows.values() if r["state"] in ("DONE", "DONE (early stop)", "STOPPED", "ERROR"))
         if not self.durations or done >= self.total:
             return "-"
         mean = sum(self.durations) / len(self.durations)
@@ -66,13 +66,16 @@ class LiveTable(Callback):
         if r["metric"] is not None:
             r["best"] = r["metric"] if r["best"] is None else max(r["best"], r["metric"])
         r["switched"] = result.get("switched", "")
+        r["stopped_early"] = bool(result.get("stopped_early"))     # a teacher out of patience: converged
         self._update()
 
     def _finish(self, trial, state):
         r = self._row(trial)
         evals = trial.config.get("loop", {}).get("recipe", {}).get("evals")
-        r["state"] = "DONE" if state == "DONE" and (not evals or r["iter"] >= evals) else state
-        if state == "DONE" and evals and r["iter"] < evals:
+        r["state"] = state
+        if state == "DONE" and r.get("stopped_early"):
+            r["state"] = "DONE (early stop)"           # its own patience ran out: finished, not cut by the scheduler
+        elif state == "DONE" and evals and r["iter"] < evals:
             r["state"] = "STOPPED"
         self.durations.append(time.time() - r["t0"])
         self._update()

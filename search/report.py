@@ -7,16 +7,26 @@ A *run record* is a plain dict::
 
     {"group": "student",                  # any name: "teachers", "multitask", "student", ...
      "seed": 3,
-     "scores": {"rte": 71.2, ...},        # final dev score per task, GLUE convention (x100)
+     "scores": {"rte": 71.2, ...},        # dev score per task of ONE evaluation (one checkpoint), GLUE x100
+     "selected": "the evaluation with the highest glue_avg",   # optional: how that evaluation was chosen
+     "best_of_run": {"rte": 72.0},        # optional: each task's best over the run (different checkpoints)
      "curves": {"rte": [[step, score], ...]},          # optional validation curve per task
      "switch_steps": {"rte": 1200},                    # optional KD-switch step per task
-     "dev_predictions": {"rte": {"correct": [0, 1, ...]}}}   # optional, for the bootstrap
+     "dev_predictions": {"rte": {"metrics": ["accuracy"],               # optional, for the bootstrap:
+                                 "splits": {"dev": {"ids": [...], "gold": [...], "pred": [...]}}}}}
+
+(``dev_predictions``: the format of ``trainables/dev_predictions.py``: the evaluated model's predicted class,
+or value, of every dev example.)
+
+Tests (``search/stats.py``): teachers and students are independent runs, so per task a Welch t-test over
+seeds, and, when every run of both groups stored its dev predictions, a paired bootstrap over dev examples
+that recomputes the task's own metric; significance uses the bootstrap when it ran (it has power with 3
+seeds), else Welch; Holm over the tasks. The report says which test ran for each task and why.
 
 Public API
 ----------
 - :func:`load_runs` -- read a JSONL file of run records.
-- :func:`holm` -- Holm-Bonferroni adjusted p-values.
-- :func:`paired_bootstrap` -- two-sided paired bootstrap test over dev examples.
+- :func:`holm`, :func:`welch`, :func:`paired_bootstrap` -- the tests (from ``search.stats``).
 - :func:`compare` -- per-task statistics of every group, candidate vs. baseline tests.
 - :func:`write_report` -- ``report.html``, ``report.md``, ``comparison.json``, ``bars.png``
   and ``curves.png`` into a directory (every file written atomically).
@@ -33,14 +43,14 @@ import json
 import math
 import numbers
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from trainables.storage import atomic_write
+
+from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, holm, paired_bootstrap, welch
 
 __all__ = [
     "ALPHA",
@@ -52,15 +62,12 @@ __all__ = [
     "paired_bootstrap",
     "publish_report",
     "report_records",
+    "welch",
     "write_report",
 ]
 
 #: Family-wise significance level applied to the Holm-adjusted p-values.
 ALPHA = 0.05
-#: Number of bootstrap resamples for the dev-example bootstrap test.
-BOOTSTRAP_RESAMPLES = 10_000
-#: Fixed seed of the bootstrap, so reports are reproducible.
-BOOTSTRAP_SEED = 0
 _DPI = 100
 
 
@@ -92,23 +99,7 @@ def _validate_run(run: Any, where: str) -> None:
             raise ValueError(f"{where}: task names must be strings, got {task!r}")
         if not _is_real(score):
             raise ValueError(f"{where}: score of task {task!r} must be a finite number, got {score!r}")
-    curves = run.get("curves")
-    if curves is not None:
-        if not isinstance(curves, dict):
-            raise ValueError(f"{where}: 'curves' must be a {{task: [[step, score], ...]}} mapping")
-        for task, points in curves.items():
-            if not isinstance(points, (list, tuple)):
-                raise ValueError(f"{where}: curve of task {task!r} must be a list of [step, score]")
-            for point in points:
-                if (
-                    not isinstance(point, (list, tuple))
-                    or len(point) != 2
-                    or not all(_is_real(v) for v in point)
-                ):
-                    raise ValueError(
-                        f"{where}: curve of task {task!r} has a bad point {point!r} "
-                        "(expected [step, score] with finite numbers)"
-                    )
+    _validate_curves(run.get("curves"), where)
     switch_steps = run.get("switch_steps")
     if switch_steps is not None:
         if not isinstance(switch_steps, dict):
@@ -116,18 +107,46 @@ def _validate_run(run: Any, where: str) -> None:
         for task, step in switch_steps.items():
             if step is not None and not _is_real(step):
                 raise ValueError(f"{where}: switch step of task {task!r} must be a number, got {step!r}")
-    preds = run.get("dev_predictions")
-    if preds is not None:
-        if not isinstance(preds, dict):
-            raise ValueError(f"{where}: 'dev_predictions' must be a {{task: {{'correct': [...]}}}} mapping")
-        for task, entry in preds.items():
-            correct = entry.get("correct") if isinstance(entry, dict) else None
-            if not isinstance(correct, (list, tuple)) or not correct:
-                raise ValueError(
-                    f"{where}: dev_predictions[{task!r}] must be {{'correct': [0/1, ...]}} (non-empty)"
-                )
-            if not all((_is_real(c) or isinstance(c, bool)) and 0 <= c <= 1 for c in correct):
-                raise ValueError(f"{where}: dev_predictions[{task!r}]['correct'] must hold 0/1 values")
+    best = run.get("best_of_run")
+    if best is not None and (not isinstance(best, dict) or not all(_is_real(v) for v in best.values())):
+        raise ValueError(f"{where}: 'best_of_run' must be a {{task: score}} mapping of finite numbers")
+    if run.get("selected") is not None and not isinstance(run["selected"], str):
+        raise ValueError(f"{where}: 'selected' must be a string saying how the scored evaluation was chosen")
+    _validate_predictions(run.get("dev_predictions"), where)
+
+
+def _validate_curves(curves: Any, where: str) -> None:
+    if curves is None:
+        return
+    if not isinstance(curves, dict):
+        raise ValueError(f"{where}: 'curves' must be a {{task: [[step, score], ...]}} mapping")
+    for task, points in curves.items():
+        if not isinstance(points, (list, tuple)):
+            raise ValueError(f"{where}: curve of task {task!r} must be a list of [step, score]")
+        for point in points:
+            if not isinstance(point, (list, tuple)) or len(point) != 2 or not all(_is_real(v) for v in point):
+                raise ValueError(f"{where}: curve of task {task!r} has a bad point {point!r} "
+                                 "(expected [step, score] with finite numbers)")
+
+
+def _validate_predictions(preds: Any, where: str) -> None:
+    """``dev_predictions``: ``{task: {"metrics": [...], "splits": {name: {"ids", "gold", "pred"}}}}``."""
+    if preds is None:
+        return
+    shape = "{task: {'metrics': [...], 'splits': {name: {'ids': [...], 'gold': [...], 'pred': [...]}}}}"
+    if not isinstance(preds, dict):
+        raise ValueError(f"{where}: 'dev_predictions' must be a {shape} mapping")
+    for task, entry in preds.items():
+        metrics = entry.get("metrics") if isinstance(entry, dict) else None
+        splits = entry.get("splits") if isinstance(entry, dict) else None
+        if not isinstance(metrics, (list, tuple)) or not metrics or not isinstance(splits, dict) or not splits:
+            raise ValueError(f"{where}: dev_predictions[{task!r}] must be {shape[8:-1]}")
+        for name, split in splits.items():
+            parts = [np.asarray(split.get(k, ())) if isinstance(split, dict) else np.empty(0)
+                     for k in ("ids", "gold", "pred")]
+            if parts[0].size == 0 or any(p.ndim != 1 or p.shape != parts[0].shape for p in parts):
+                raise ValueError(f"{where}: dev_predictions[{task!r}] split {name!r} needs non-empty, equally "
+                                 "long 'ids', 'gold' and 'pred' lists")
 
 
 def load_runs(path: str | os.PathLike[str]) -> list[dict]:
@@ -153,79 +172,6 @@ def load_runs(path: str | os.PathLike[str]) -> list[dict]:
 # --------------------------------------------------------------------------- statistics
 
 
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-Bonferroni step-down adjusted p-values (monotone, capped at 1), in input order.
-
-    Identical to ``statsmodels.stats.multitest.multipletests(p, method="holm")[1]``.
-    """
-    p = np.asarray(list(pvalues), dtype=float)
-    if p.ndim != 1:
-        raise ValueError("holm: expected a flat sequence of p-values")
-    if p.size == 0:
-        return []
-    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
-        raise ValueError(f"holm: p-values must lie in [0, 1], got {p.tolist()}")
-    m = p.size
-    order = np.argsort(p, kind="mergesort")
-    adjusted_sorted = np.maximum.accumulate(p[order] * np.arange(m, 0, -1))
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(adjusted_sorted, 1.0)
-    return [float(x) for x in adjusted]
-
-
-def paired_bootstrap(
-    candidate_correct: Any,
-    baseline_correct: Any,
-    *,
-    n_resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-) -> float:
-    """Two-sided paired bootstrap test over dev examples.
-
-    ``candidate_correct`` / ``baseline_correct`` are per-example correctness values in [0, 1]
-    (0/1, or a per-example mean over several runs), aligned by example. Examples are resampled
-    with replacement; the p-value is the share of resampled mean differences that deviate from
-    the observed difference at least as much as the observed difference deviates from 0 (the
-    bootstrap distribution shifted to the null), with the usual +1 correction.
-
-    Resampling n examples with replacement only depends on how many copies of each *distinct*
-    difference value are drawn, i.e. on a multinomial draw over the distinct values, so the
-    10,000 resamples cost O(n_resamples x distinct values), not O(n_resamples x n).
-    """
-    c = np.asarray(candidate_correct, dtype=float)
-    b = np.asarray(baseline_correct, dtype=float)
-    if c.ndim != 1 or c.shape != b.shape or c.size == 0:
-        raise ValueError(
-            f"paired_bootstrap: need two non-empty aligned 1-D arrays, got shapes {c.shape} and {b.shape}"
-        )
-    if n_resamples < 1:
-        raise ValueError("paired_bootstrap: n_resamples must be >= 1")
-    diff = c - b
-    n = diff.size
-    observed = float(diff.mean())
-    values, counts = np.unique(diff, return_counts=True)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n, counts / n, size=n_resamples)  # (n_resamples, n_distinct)
-    means = draws @ values / n
-    tol = 1e-12
-    extreme = int(np.count_nonzero(np.abs(means - observed) >= abs(observed) - tol))
-    return float(min(1.0, (extreme + 1) / (n_resamples + 1)))
-
-
-def _finite_or_none(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _ttest_p(pvalue: float, mean_a: float, mean_b: float) -> float | None:
-    """scipy returns NaN when both samples have zero variance: equal means -> 1, else undefined."""
-    if math.isfinite(pvalue):
-        return float(pvalue)
-    if math.isclose(mean_a, mean_b, rel_tol=0.0, abs_tol=1e-12):
-        return 1.0
-    return None
-
-
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     mean = float(arr.mean())
@@ -242,73 +188,59 @@ def _group_order(runs: list[dict], baseline: str, candidate: str) -> list[str]:
     return [baseline, *others, candidate]
 
 
-def _dev_correct(runs: list[dict], task: str, group: str) -> np.ndarray | None:
-    """Per-example correctness of a group, averaged over its runs that stored predictions."""
-    rows = []
-    for run in runs:
-        entry = (run.get("dev_predictions") or {}).get(task)
-        if entry is not None:
-            rows.append(np.asarray(entry["correct"], dtype=float))
-    if not rows:
-        return None
-    lengths = {r.size for r in rows}
-    if len(lengths) != 1:
-        raise ValueError(
-            f"dev_predictions of task {task!r} in group {group!r} have different lengths {sorted(lengths)}"
-        )
-    return np.mean(np.vstack(rows), axis=0)
+def _aligned(entries: list[dict]) -> tuple[list, list[str]] | str:
+    """``([(gold, [pred of each model]) per dev split], metrics)`` with every model's arrays ordered by example
+    id, or why the models cannot be paired (other dev examples or metrics)."""
+    names, metrics = list(entries[0]["splits"]), list(entries[0]["metrics"])
+    if any(list(e["splits"]) != names or list(e["metrics"]) != metrics for e in entries):
+        return "the runs' dev predictions name other dev splits or metrics"
+    splits = []
+    for name in names:
+        ref, preds = None, []
+        for e in entries:
+            part = e["splits"][name]
+            ids = np.asarray(part["ids"])
+            order = np.argsort(ids, kind="stable")
+            ids, gold = ids[order], np.asarray(part["gold"])[order]
+            if ref is None:
+                ref = (ids, gold)
+            elif not (np.array_equal(ids, ref[0]) and np.array_equal(gold, ref[1])):
+                return (f"the runs were evaluated on different {name} examples (another max_dev_examples or "
+                        "data seed), so no example can be paired")
+            preds.append(np.asarray(part["pred"])[order])
+        splits.append((ref[1], preds))
+    return splits, metrics
 
 
-def _test(
-    task: str,
-    base_runs: list[dict],
-    cand_runs: list[dict],
-    baseline: str,
-    candidate: str,
-) -> dict:
-    base_by_seed = {r["seed"]: float(r["scores"][task]) for r in base_runs}
-    cand_by_seed = {r["seed"]: float(r["scores"][task]) for r in cand_runs}
-    common = sorted(set(base_by_seed) & set(cand_by_seed))
-    out: dict[str, Any] = {"test": None, "test_n": None, "statistic": None, "p": None}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if len(common) >= 2:
-            c = [cand_by_seed[s] for s in common]
-            b = [base_by_seed[s] for s in common]
-            res = stats.ttest_rel(c, b)
-            out.update(
-                test="paired_t",
-                test_n=len(common),
-                statistic=_finite_or_none(res.statistic),
-                p=_ttest_p(float(res.pvalue), float(np.mean(c)), float(np.mean(b))),
-            )
-            return out
-        if len(base_runs) >= 2 and len(cand_runs) >= 2:
-            c = [float(r["scores"][task]) for r in cand_runs]
-            b = [float(r["scores"][task]) for r in base_runs]
-            res = stats.ttest_ind(c, b, equal_var=False)
-            out.update(
-                test="welch_t",
-                test_n=len(c) + len(b),
-                statistic=_finite_or_none(res.statistic),
-                p=_ttest_p(float(res.pvalue), float(np.mean(c)), float(np.mean(b))),
-            )
-            return out
-    cand_correct = _dev_correct(cand_runs, task, candidate)
-    base_correct = _dev_correct(base_runs, task, baseline)
-    if cand_correct is not None and base_correct is not None:
-        if cand_correct.size != base_correct.size:
-            raise ValueError(
-                f"dev_predictions of task {task!r}: {candidate!r} has {cand_correct.size} examples, "
-                f"{baseline!r} has {base_correct.size}; they must be aligned"
-            )
-        out.update(
-            test="bootstrap",
-            test_n=int(cand_correct.size),
-            # observed difference in accuracy, in GLUE points (x100)
-            statistic=float(100.0 * (cand_correct.mean() - base_correct.mean())),
-            p=paired_bootstrap(cand_correct, base_correct),
-        )
+def _bootstrap(task: str, base_runs: list[dict], cand_runs: list[dict], baseline: str, candidate: str,
+               n_resamples: int) -> dict:
+    """The paired bootstrap of ``task`` (``stats.paired_bootstrap``), or ``{"p": None, "why": ...}``."""
+    for g, runs in ((candidate, cand_runs), (baseline, base_runs)):
+        lacking = sum((r.get("dev_predictions") or {}).get(task) is None for r in runs)
+        if lacking:
+            return {"p": None, "why": f"{lacking} of {len(runs)} {g} run(s) stored no dev predictions"}
+    aligned = _aligned([r["dev_predictions"][task] for r in cand_runs + base_runs])
+    if isinstance(aligned, str):
+        return {"p": None, "why": aligned}
+    splits, metrics = aligned
+    res = paired_bootstrap(splits, metrics=metrics, n_candidate=len(cand_runs), n_resamples=n_resamples)
+    return {**res, "metrics": metrics, "models": [len(cand_runs), len(base_runs)], "why": None}
+
+
+def _test(task: str, base_runs: list[dict], cand_runs: list[dict], baseline: str, candidate: str,
+          n_resamples: int) -> dict:
+    """Both tests of one task and the one significance uses: the bootstrap when it ran, else Welch."""
+    w = welch([float(r["scores"][task]) for r in cand_runs], [float(r["scores"][task]) for r in base_runs])
+    w["why"] = None if w["p"] is not None else (
+        f"Welch needs 2+ runs in each group ({len(cand_runs)} {candidate}, {len(base_runs)} {baseline})"
+        if min(len(cand_runs), len(base_runs)) < 2 else "each group's runs all scored the same (no variance) and the means differ")
+    boot = _bootstrap(task, base_runs, cand_runs, baseline, candidate, n_resamples)
+    w["p_adj"] = boot["p_adj"] = None                        # set by _compare: Holm over the tasks
+    out: dict[str, Any] = {"welch": w, "bootstrap": boot, "test": None, "test_n": None, "statistic": None, "p": None}
+    if boot["p"] is not None:
+        out.update(test="bootstrap", test_n=boot["n"], statistic=boot["delta"], p=boot["p"])
+    elif w["p"] is not None:
+        out.update(test="welch_t", test_n=w["n"], statistic=w["statistic"], p=w["p"])
     return out
 
 
@@ -371,7 +303,8 @@ def _check_tasks(tasks: list[str] | None, groups: list[str], by_group: dict[str,
     return tasks
 
 
-def _task_row(task: str, by_group: dict[str, list[dict]], *, baseline: str, candidate: str) -> dict:
+def _task_row(task: str, by_group: dict[str, list[dict]], *, baseline: str, candidate: str,
+              n_resamples: int) -> dict:
     """One task: every group's mean / sd / n / scores, deltas to the baseline, the candidate's test."""
     stats_by_group = {}
     for g, runs in by_group.items():
@@ -386,13 +319,17 @@ def _task_row(task: str, by_group: dict[str, list[dict]], *, baseline: str, cand
             "scores": scores,
         }
     base_mean = stats_by_group[baseline]["mean"]
+    best = [(r.get("best_of_run") or {}).get(task) for r in by_group[candidate]]
     row: dict[str, Any] = {
         "task": task,
         "groups": stats_by_group,
         "deltas": {g: stats_by_group[g]["mean"] - base_mean for g in by_group},
         "delta": stats_by_group[candidate]["mean"] - base_mean,
+        # each task's best evaluation over the run, mean over the candidate's runs: several checkpoints, shown
+        # for reference only (never tested)
+        "candidate_best_of_run": float(np.mean(best)) if all(b is not None for b in best) else None,
     }
-    row.update(_test(task, by_group[baseline], by_group[candidate], baseline, candidate))
+    row.update(_test(task, by_group[baseline], by_group[candidate], baseline, candidate, n_resamples))
     row["p_adj"] = None
     row["significant"] = False
     return row
@@ -405,12 +342,18 @@ def _compare(
     candidate: str,
     tasks: list[str] | None,
     groups: list[str] | None,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict:
     groups, by_group = _check_groups(runs, baseline=baseline, candidate=candidate, groups=groups)
     tasks = _check_tasks(tasks, groups, by_group)
-    rows = [_task_row(task, by_group, baseline=baseline, candidate=candidate) for task in tasks]
+    rows = [_task_row(task, by_group, baseline=baseline, candidate=candidate, n_resamples=n_resamples)
+            for task in tasks]
 
-    tested = [row for row in rows if row["p"] is not None]
+    for family in ("welch", "bootstrap"):      # each test's own Holm over the tasks it ran on
+        ran = [row[family] for row in rows if row[family]["p"] is not None]
+        for res, p_adj in zip(ran, holm([res["p"] for res in ran])):
+            res["p_adj"] = p_adj
+    tested = [row for row in rows if row["p"] is not None]      # significance: the test each task used
     for row, p_adj in zip(tested, holm([row["p"] for row in tested])):
         row["p_adj"] = p_adj
         row["significant"] = bool(p_adj < ALPHA)
@@ -422,6 +365,7 @@ def _compare(
         "groups": groups,
         "task_names": tasks,
         "alpha": ALPHA,
+        "selected": {g: sorted({r["selected"] for r in by_group[g] if r.get("selected")}) for g in groups},
         "tasks": rows,
         "glue_average": {
             "means": averages,
@@ -437,22 +381,26 @@ def compare(
     baseline: str = "teachers",
     candidate: str = "student",
     tasks: list[str] | None = None,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict:
     """Compare every group's per-task dev scores; test ``candidate`` against ``baseline``.
 
     Per task: mean / sd (ddof=1, 0 for one seed) / n of every group, ``delta`` =
-    mean(candidate) - mean(baseline), and a p-value from, in order of preference, a paired
-    t-test over seeds both groups share (>= 2 common seeds), a Welch t-test (>= 2 runs each),
-    or a paired bootstrap over dev examples (``dev_predictions`` present in both groups);
-    otherwise ``None``. P-values are Holm-adjusted across the tasks that have one;
-    ``significant`` = adjusted p < 0.05. ``glue_average`` holds the mean over tasks of each
-    group's mean and the candidate's delta. Groups are ordered baseline, others (first
-    appearance), candidate. The result is plain JSON-serialisable data.
+    mean(candidate) - mean(baseline), and two tests (``search.stats``): ``welch`` (Welch's t over the
+    groups' per-seed scores, >= 2 runs each; the runs are independent, never paired by seed) and
+    ``bootstrap`` (paired over dev examples, recomputing the task's metric, when every run of both groups
+    has ``dev_predictions`` of the same examples; ``n_resamples`` resamples). Each holds ``p``, ``p_adj``
+    (Holm over the tasks that test ran on) or ``why`` it did not run. ``test`` / ``p`` / ``p_adj`` /
+    ``significant`` (adjusted p < 0.05, Holm over the tested tasks) are those of the test significance uses:
+    the bootstrap when it ran, else Welch, else none. ``glue_average`` holds the mean over tasks of each
+    group's mean and the candidate's delta. Groups are ordered baseline, others (first appearance),
+    candidate. The result is plain JSON-serialisable data.
 
     Raises ``ValueError`` for a missing group, a task without a score in some run of a
     compared group, duplicate seeds within a group, or a malformed record.
     """
-    return _compare(list(runs), baseline=baseline, candidate=candidate, tasks=tasks, groups=None)
+    return _compare(list(runs), baseline=baseline, candidate=candidate, tasks=tasks, groups=None,
+                    n_resamples=n_resamples)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -482,13 +430,11 @@ def _sig_marker(row: dict) -> str:
     return "*" if row["significant"] else ""
 
 
-_TEST_NAMES = {"paired_t": "paired t", "welch_t": "Welch t", "bootstrap": "bootstrap", None: "none"}
+_TEST_NAMES = {"welch_t": "Welch t", "bootstrap": "bootstrap", None: "none"}
 
 
 def _test_label(row: dict) -> str:
     name = _TEST_NAMES.get(row["test"], str(row["test"]))
-    if row["test"] == "paired_t":
-        return f"{name} (n={row['test_n']} seeds)"
     if row["test"] == "welch_t":
         return f"{name} ({row['test_n']} runs)"
     if row["test"] == "bootstrap":
@@ -509,17 +455,19 @@ def _summary(comparison: dict) -> str:
     )
 
 
+def _has_best_of_run(comparison: dict) -> bool:
+    return any(row.get("candidate_best_of_run") is not None for row in comparison["tasks"])
+
+
 def _table_header(comparison: dict) -> list[str]:
     c, b = comparison["candidate"], comparison["baseline"]
-    return [
-        "Task",
-        *[f"{g} (mean ± sd)" for g in comparison["groups"]],
-        f"Δ {c} − {b}",
-        "Test",
-        "p",
-        "p (Holm)",
-        "Sig.",
-    ]
+    best = [f"{c}: best of each task (different checkpoints)"] if _has_best_of_run(comparison) else []
+    return ["Task", *[f"{g} (mean ± sd)" for g in comparison["groups"]], *best, f"Δ {c} − {b}",
+            "Welch t: p (Holm)", "bootstrap: p (Holm)", "Sig. (test)"]
+
+
+def _p_cell(res: dict) -> str:
+    return "n/a" if res["p"] is None else f"{_fmt_p(res['p'])} ({_fmt_p(res.get('p_adj'))})"
 
 
 def _table_rows(comparison: dict) -> list[list[str]]:
@@ -529,15 +477,51 @@ def _table_rows(comparison: dict) -> list[list[str]]:
         for g in comparison["groups"]:
             s = row["groups"][g]
             cells.append(f"{s['mean']:.2f} ± {s['sd']:.2f} (n={s['n']})")
-        cells += [
-            _fmt_delta(row["delta"]),
-            _test_label(row),
-            _fmt_p(row["p"]),
-            _fmt_p(row["p_adj"]),
-            _sig_marker(row),
-        ]
+        if _has_best_of_run(comparison):
+            cells.append(_fmt(row.get("candidate_best_of_run")))
+        sig = "n/a" if row["p"] is None else f"{'* ' if row['significant'] else ''}{_TEST_NAMES[row['test']]}"
+        cells += [_fmt_delta(row["delta"]), _p_cell(row["welch"]), _p_cell(row["bootstrap"]), sig]
         out.append(cells)
     return out
+
+
+def _task_note(row: dict, comparison: dict) -> str:
+    """Which test ran for one task, and why the other did not."""
+    c, b = comparison["candidate"], comparison["baseline"]
+    w, boot = row["welch"], row["bootstrap"]
+    parts = []
+    if boot["p"] is not None:
+        lo, hi = boot["ci"]
+        parts.append(f"paired bootstrap over {boot['n']} dev examples ({', '.join(boot['metrics'])}; "
+                     f"{boot['models'][0]} {c} vs {boot['models'][1]} {b} models), Δ {_fmt_delta(boot['delta'])} "
+                     f"(95% interval {lo:+.2f} to {hi:+.2f})")
+    else:
+        parts.append(f"no bootstrap: {boot['why']}")
+    parts.append(f"Welch t over {w['n']} runs" if w["p"] is not None else f"no Welch t: {w['why']}")
+    used = {"bootstrap": "significance from the bootstrap", "welch_t": "significance from Welch t"}
+    parts.append(used.get(row["test"], "no test possible"))
+    return f"{row['task']}: " + "; ".join(parts) + "."
+
+
+def _methods(comparison: dict) -> list[str]:
+    """The report's words on how scores were chosen and which test ran for each task, and why."""
+    chosen = "; ".join(f"{g}: {', '.join(sel)}" for g, sel in comparison.get("selected", {}).items() if sel)
+    out = ["Scores: each run's task scores are those of ONE evaluation (one checkpoint), never each task's best "
+           "of the run." + (f" The evaluation scored: {chosen}." if chosen else "")]
+    if _has_best_of_run(comparison):
+        out.append(f"'{comparison['candidate']}: best of each task' is each task's best evaluation over the run, "
+                   "from different checkpoints (not one model), shown for reference only and never tested.")
+    out.append(
+        f"Tests: {comparison['baseline']} and {comparison['candidate']} are independent training runs, so no run "
+        "is paired with another by seed. Welch's t-test compares the groups' per-seed scores (2+ runs per group; "
+        "with 3 seeds it has little power). The paired bootstrap compares the two groups' predictions of the "
+        "SAME dev examples: each resample draws the dev examples with replacement (each dev split on its own), "
+        "recomputes every model's score with the task's own metric, averages the scores within each group "
+        "(seeds averaged) and takes the difference; p is two-sided. It measures the uncertainty from the choice "
+        "of dev examples with these models fixed, not the randomness of training (which only more seeds "
+        "measure). Significance (*) uses the bootstrap where it ran, else Welch's t; p-values are "
+        f"Holm-adjusted over the tasks (family-wise α = {comparison['alpha']:g}).")
+    return out + [_task_note(row, comparison) for row in comparison["tasks"]]
 
 
 def _to_plain(obj: Any) -> Any:
@@ -566,10 +550,11 @@ def _recipe_yaml(recipe: dict) -> str:
 _BARS_ALT = "Grouped bar chart: mean dev score per task for each group; error bars show ±1 sd over seeds"
 
 
-def _curves_alt(candidate: str) -> str:
+def _curves_alt(candidate: str, baseline: str) -> str:
     return (
-        f"Validation curves of the {candidate} runs, one panel per task; "
-        "dashed vertical lines and markers show where each task's KD switch fired"
+        f"Validation curves of the {candidate} runs, one panel per task; a dotted horizontal line marks the "
+        f"mean dev score of the {baseline} on that task; dashed vertical lines and markers show where each task's KD "
+        "switch fired"
     )
 
 
@@ -617,6 +602,8 @@ def _render_html(comparison: dict, *, title: str, recipe_yaml: str | None, image
             f"* = Holm-adjusted p < {comparison['alpha']:g}; n/a = no test possible."
         )
         + "</p>",
+        "<h2>How the scores were chosen and tested</h2>",
+        *[f'<p class="methods">{e(text)}</p>' for text in _methods(comparison)],
     ]
     if recipe_yaml is not None:
         lines += ["<h2>Best recipe</h2>", f'<pre class="recipe">{e(recipe_yaml)}</pre>']
@@ -648,7 +635,11 @@ def _render_markdown(comparison: dict, *, title: str, recipe_yaml: str | None, i
         "",
         f"\\* = Holm-adjusted p < {comparison['alpha']:g}; n/a = no test possible.",
         "",
+        "## How the scores were chosen and tested",
+        "",
     ]
+    for text in _methods(comparison):
+        lines += [text.replace("*", "\\*"), ""]
     if recipe_yaml is not None:
         lines += ["## Best recipe", "", "```yaml", recipe_yaml.rstrip("\n"), "```", ""]
     for src, alt in images.items():
@@ -688,7 +679,18 @@ def _bars_png(comparison: dict) -> bytes:
 
 
 def _curves_png(runs: list[dict], comparison: dict) -> bytes | None:
-    candidate = comparison["candidate"]
+    fig = _curves_figure(runs, comparison)
+    if fig is None:
+        return None
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def _curves_figure(runs: list[dict], comparison: dict):
+    """One panel per task: each candidate run's dev curve, its KD switches, and the baseline's mean dev score
+    of the task as a dotted horizontal reference line. None when no candidate run has a curve."""
+    candidate, baseline = comparison["candidate"], comparison["baseline"]
     cand_runs = sorted((r for r in runs if r["group"] == candidate), key=lambda r: r["seed"])
     tasks = [t for t in comparison["task_names"] if any((r.get("curves") or {}).get(t) for r in cand_runs)]
     if not tasks:
@@ -715,6 +717,8 @@ def _curves_png(runs: list[dict], comparison: dict) -> bytes | None:
                 ax.axvline(float(step), color=color, ls="--", lw=1.0, alpha=0.8)
                 ax.plot([float(step)], [float(np.interp(step, arr[:, 0], arr[:, 1]))],
                         marker="v", color=color, ms=8, mec="black", mew=0.6, zorder=5)
+        reference = next(row for row in comparison["tasks"] if row["task"] == task)["groups"][baseline]["mean"]
+        ax.axhline(reference, color="black", ls=":", lw=1.3, zorder=1)
         ax.set_title(task)
         ax.set_xlabel("step")
         ax.set_ylabel("dev score")
@@ -726,14 +730,13 @@ def _curves_png(runs: list[dict], comparison: dict) -> bytes | None:
         for color, run in zip(colors, cand_runs)
         if any((run.get("curves") or {}).get(t) for t in tasks)
     ]
+    handles.append(Line2D([], [], color="black", ls=":", lw=1.3, label=f"{baseline} (mean dev score)"))
     if any_switch:
         handles.append(Line2D([], [], color="gray", ls="--", marker="v", mec="black", label="KD switch"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
-    fig.suptitle(f"Validation curves of {candidate} (per-task KD switch marked)")
+    fig.suptitle(f"Validation curves of {candidate} ({baseline} mean dev score dotted, KD switches marked)")
     fig.tight_layout(rect=(0, 0.6 / (3.2 * nrows + 0.6) + 0.02, 1, 0.97))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    return buf.getvalue()
+    return fig
 
 
 def write_report(
@@ -771,7 +774,7 @@ def write_report(
         curves_path = out / "curves.png"
         atomic_write(curves_path, curves)
         written["curves"] = str(curves_path)
-        images["curves.png"] = _curves_alt(candidate)
+        images["curves.png"] = _curves_alt(candidate, baseline)
 
     json_path = out / "comparison.json"
     atomic_write(json_path, json.dumps(comparison, indent=2, allow_nan=False) + "\n")
@@ -791,8 +794,9 @@ def write_report(
 
 
 def _teacher_records(storage: str, recipe: dict) -> list[dict]:
-    """One record per teacher seed that covers every task of ``recipe`` (the baseline registry's scores): the
-    teachers of this data and model (and of ``teacher.experiment`` when set), found as a student finds them
+    """One record per teacher seed that covers every task of ``recipe`` (the baseline registry's scores, and the
+    dev predictions of the teacher's best weights where its store folder has them): the teachers of this data
+    and model (and of ``teacher.experiment`` when set), found as a student finds them
     (``teacher_store.pick_teacher``; several teacher configs for one task and seed: one line, no silent pick)."""
     from trainables.model import model_identity
     from trainables.recipe import recipe_from_dict
@@ -809,32 +813,52 @@ def _teacher_records(storage: str, recipe: dict) -> list[dict]:
             rec = pick_teacher(records, task=t, seed=seed, fingerprint=fingerprints[t], model=model,
                                experiments=r.teacher.experiment)
             if rec is not None:
-                teachers.setdefault(seed, {})[t] = rec["score"]
-    return [{"group": "teachers", "seed": s, "scores": sc} for s, sc in teachers.items()
-            if set(sc) >= set(r.tasks)]
+                teachers.setdefault(seed, {})[t] = rec
+    out = []
+    for s, recs in teachers.items():
+        if set(recs) >= set(r.tasks):
+            preds = _teacher_dev_predictions(storage, recs)
+            out.append({"group": "teachers", "seed": s, "scores": {t: rec["score"] for t, rec in recs.items()},
+                        "selected": "each teacher's best dev evaluation (the weights it keeps)",
+                        **({"dev_predictions": preds} if preds else {})})
+    return out
+
+
+def _teacher_dev_predictions(storage: str, recs: dict[str, dict]) -> dict:
+    """``{task: dev predictions}`` of the teachers in ``recs`` (task -> registry record) that stored them."""
+    from trainables import dev_predictions
+    from trainables.teacher_store import TeacherStore
+    store, out = TeacherStore(storage), {}
+    for t, rec in recs.items():
+        if store.has_file(rec["key"], dev_predictions.TEACHER_FILE):
+            found = dev_predictions.decode(store.read_file(rec["key"], dev_predictions.TEACHER_FILE))
+            if t in found:
+                out[t] = found[t]
+    return out
 
 
 def report_records(storage: str, name: str, *, students=(), multitask=()) -> tuple[list[dict], dict]:
     """(run records, the best recipe) of experiment ``name``: the teachers, the students (the retrains of the
     best recipe in ``students`` when given, since they reproduce it over seeds, else the sweep's best trial)
-    and the plain multi-task experiments in ``multitask``. No teacher baselines: a UserError."""
+    and the plain multi-task experiments in ``multitask``. Every student and multi-task run is scored at its
+    selected evaluation (``results.run_record``). No teacher baselines: a UserError."""
     from trainables.errors import UserError
     from trainables.teacher_store import BaselineRegistry
 
-    from .results import best_recipe, best_scores, curves, summarize, switches, trial_results
+    from .results import best_recipe, experiment_metric, run_record, summarize, trial_results
+
+    def trials(n: str) -> list[tuple[str, dict]]:
+        return [(n, t) for t in summarize(trial_results(storage, n), metric=experiment_metric(storage, n))]
 
     recipe, top = best_recipe(storage, name)
     tasks = recipe["tasks"]
     records = _teacher_records(storage, recipe)
-    runs = [t for n in students for t in summarize(trial_results(storage, n))]
-    if not runs:
-        runs = [t for t in summarize(trial_results(storage, name)) if t["trial_id"] == top["trial_id"]]
-    for seed, t in enumerate(runs):
-        records.append({"group": "student", "seed": seed, "scores": best_scores(t, tasks),
-                        "curves": curves(t, tasks), "switch_steps": switches(t)})
+    runs = [x for n in students for x in trials(n)] or [(name, top)]
+    for seed, (n, t) in enumerate(runs):
+        records.append(run_record(storage, n, t, tasks, group="student", seed=seed))
     for n in multitask:
-        for i, t in enumerate(summarize(trial_results(storage, n))):
-            records.append({"group": "multitask", "seed": i, "scores": best_scores(t, tasks)})
+        for i, (_, t) in enumerate(trials(n)):
+            records.append(run_record(storage, n, t, tasks, group="multitask", seed=i))
     if not any(r["group"] == "teachers" for r in records):
         raise UserError(f"no teacher baselines for tasks {','.join(tasks)} in {BaselineRegistry(storage).location}")
     return records, recipe

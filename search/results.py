@@ -44,20 +44,43 @@ def experiment_metric(storage: str, name: str) -> str:
 
 
 def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
-    """Per trial: its sampled params, state, evaluations, and its best row by ``metric``."""
+    """Per trial: its sampled params, state, evaluations, and its selected evaluation ``best_row``: the row with
+    the highest ``metric`` (the first of equal ones), the same one Ray Train keeps as the trial's best
+    checkpoint. That one evaluation (one checkpoint) is the trial's score everywhere: ``status``, ``best``,
+    the report (``best_scores``); ``best`` is its ``metric`` value and ``selected_step`` its step."""
     out = []
     for t in trials:
         rows = t["rows"]
         best = max(rows, key=lambda r: r.get(metric, float("-inf"))) if rows else {}
-        done = bool(rows) and rows[-1].get("progress", 0) >= 1.0
+        done = bool(rows) and (rows[-1].get("progress", 0) >= 1.0 or bool(rows[-1].get("stopped_early")))
         out.append({"trial_id": t["trial_id"], "params": t["params"].get("params", {}), "rows": rows,
                     "state": "ERROR" if t["error"] else ("DONE" if done else ("STOPPED" if rows else "PENDING")),
-                    "iterations": len(rows), "best": best.get(metric), "best_row": best, "dir": t["dir"]})
+                    "iterations": len(rows), "best": best.get(metric), "best_row": best,
+                    "selected_step": best.get("step"), "metric": metric, "dir": t["dir"]})
     return out
 
 
+def selection(metric: str) -> str:
+    """How a trial's scored evaluation is chosen, in words (status, best, the report)."""
+    return f"the evaluation with the highest {metric}"
+
+
+def selected_lines(trial: dict) -> list[str]:
+    """A summarized trial's task scores at its selected evaluation, and (labelled as such) each task's best over
+    the run, which come from different checkpoints."""
+    row = trial["best_row"]
+    tasks = sorted(k[:-len("/score")] for k in row if k.endswith("/score") and k.count("/") == 1)
+    lines = [f"  task scores at its selected evaluation (step {trial['selected_step']}, "
+             f"{selection(trial['metric'])}): " + ", ".join(f"{t} {row[t + '/score']:.2f}" for t in tasks)]
+    best = best_of_run(trial, tasks)
+    if best:
+        lines.append("  best of each task over the run (different checkpoints, not one model): "
+                     + ", ".join(f"{t} {v:.2f}" for t, v in best.items()))
+    return lines
+
+
 def status_lines(storage: str, name: str) -> list[str]:
-    """``bam-search status``: one line per trial, then the best trial's score per task."""
+    """``bam-search status``: one line per trial, then the best trial's task scores at its selected evaluation."""
     metric = experiment_metric(storage, name)
     rows = summarize(trial_results(storage, name), metric=metric)
     lines = [f"{'trial':<14}{'state':<9}{'evals':>6}{'best ' + metric:>15}  params"]
@@ -67,8 +90,7 @@ def status_lines(storage: str, name: str) -> list[str]:
                      f"{json.dumps(r['params'], default=str)}")
     if rows and any(r["best"] is not None for r in rows):
         top = max((r for r in rows if r["best"] is not None), key=lambda r: r["best"])
-        tasks = sorted({k.split("/")[0] for k in top["best_row"] if k.endswith("/best")})
-        lines.append("best trial per task: " + ", ".join(f"{t} {top['best_row'][t + '/best']:.2f}" for t in tasks))
+        lines += [f"best trial {top['trial_id']}:", *selected_lines(top)]
     return lines
 
 
@@ -92,13 +114,50 @@ def export_recipe(recipe: dict, path: str | Path, *, command: str, source: str) 
 
 
 def baseline_lines(storage: str, tasks) -> list[str]:
-    """``bam-search teachers``' table: the latest teacher runs of ``tasks`` in the baseline registry."""
+    """``bam-search teachers``' table: the latest teacher runs of ``tasks`` in the baseline registry: the dev
+    score of the best evaluation (whose weights predicted the train set), its step, the step the run stopped
+    at (``early`` when early stopping ended it) and the epochs it trained. Older records: ``-``."""
     from trainables.teacher_store import BaselineRegistry
     registry = BaselineRegistry(storage)
     recs = [r for r in registry.records() if r["task"] in tasks]
-    lines = [f"{'task':<16}{'seed':>5}{'dev score':>11}  key"]
-    lines += [f"{r['task']:<16}{r['seed']:>5}{r['score']:>11.2f}  {r['key']}" for r in recs[-len(tasks) * 20:]]
+
+    def stop(r: dict) -> str:
+        return "-" if "stopped_at_step" not in r else f"{r['stopped_at_step']}{' early' if r['stopped_early'] else ''}"
+    lines = [f"{'task':<16}{'seed':>5}{'dev score':>11}{'best step':>11}{'stopped at':>12}{'epochs':>8}  key"]
+    lines += [f"{r['task']:<16}{r['seed']:>5}{r['score']:>11.2f}{r.get('best_step', '-')!s:>11}{stop(r):>12}"
+              f"{r.get('epochs_run', '-')!s:>8}  {r['key']}" for r in recs[-len(tasks) * 20:]]
     return lines + [f"baseline registry: {registry.location}"]
+
+
+def teacher_stops(storage: str, tasks, *, experiment: str) -> str:
+    """How the newest teachers of ``experiment`` (one per task and seed) ended, for a headline: ``early-stopped
+    at epochs 3-6 of at most 10, patience 2``; a fixed budget: ``trained 3 epochs``."""
+    from trainables.teacher_store import BaselineRegistry
+    newest = {(r["task"], r["seed"]): r for r in BaselineRegistry(storage).records()
+              if r.get("experiment") == experiment and r["task"] in tasks}
+    recs = list(newest.values())
+    epochs = sorted(r["epochs_run"] for r in recs if "epochs_run" in r)
+    if not epochs:
+        return "stopping not recorded"
+    span = f"{epochs[0]:g}" if epochs[0] == epochs[-1] else f"{epochs[0]:g}-{epochs[-1]:g}"
+    patience = {(r.get("config") or {}).get("early_stop", {}).get("patience") for r in recs} - {None}
+    if not patience:
+        return f"trained {span} epochs, no early stopping"
+    most = max((r.get("config") or {}).get("optim", {}).get("epochs", 0) for r in recs)
+    early = sum(bool(r.get("stopped_early")) for r in recs)
+    who = "" if early == len(recs) else f"{early} of {len(recs)} "
+    return (f"{who}early-stopped at epochs {span} of at most {most:g}, patience "
+            f"{','.join(str(p) for p in sorted(patience))}")
+
+
+def demo_headline(storage: str, name: str, *, teachers: str) -> str:
+    """The demo's headline from its report (``reports/NAME/comparison.json``): the student's GLUE average vs the
+    teachers', with how the teachers of experiment ``teachers`` stopped (``teacher_stops``)."""
+    comp = json.loads((Path(Storage.resolve(storage).local) / "reports" / name / "comparison.json").read_text())
+    avg, cand, base = comp["glue_average"], comp["candidate"], comp["baseline"]
+    stops = teacher_stops(storage, [row["task"] for row in comp["tasks"]], experiment=teachers)
+    return (f"{cand} {avg['means'][cand]:.2f} vs {base} ({stops}) {avg['means'][base]:.2f} "
+            f"({avg['delta']:+.2f})")
 
 
 def curves(trial_summary: dict, tasks) -> dict:
@@ -117,12 +176,51 @@ def switches(trial_summary: dict) -> dict:
 
 
 def best_scores(trial: dict, tasks) -> dict[str, float]:
-    """A summarized trial's best dev score per task (``TASK/best`` of its best row). A task the trial never
-    reported (``switch.mode: sequential`` that never reached it) is one UserError naming it."""
+    """A summarized trial's dev score per task at its selected evaluation (``TASK/score`` of ``best_row``): one
+    checkpoint's scores, never each task's best of the run. A task the trial never reported
+    (``switch.mode: sequential`` that never reached it) is one UserError naming it."""
     row = trial["best_row"]
-    missing = [t for t in tasks if f"{t}/best" not in row]
+    missing = [t for t in tasks if f"{t}/score" not in row]
     if missing:
-        raise UserError(f"trial {trial['trial_id']} has no score for {', '.join(missing)}: it never reached "
+        raise UserError(f"trial {trial['trial_id']} has no score for {', '.join(missing)} at its selected evaluation"
+                        f" (step {row.get('step')}): it never reached "
                         f"{'that task' if len(missing) == 1 else 'those tasks'} (switch.mode sequential joins a "
                         f"task only after the previous ones switched); give it a longer run or another order")
-    return {t: row[f"{t}/best"] for t in tasks}
+    return {t: row[f"{t}/score"] for t in tasks}
+
+
+def best_of_run(trial: dict, tasks) -> dict[str, float]:
+    """Each task's best dev score over the whole run (``TASK/best`` of its last report): from different
+    checkpoints, so an extra, labelled as such, never a run's score. Tasks without one are left out."""
+    out = {}
+    for t in tasks:
+        last = next((r for r in reversed(trial["rows"]) if f"{t}/best" in r), None)
+        if last is not None:
+            out[t] = last[f"{t}/best"]
+    return out
+
+
+def selected_dev_predictions(storage: str, experiment: str, trial: dict, tasks) -> dict:
+    """The dev predictions of a trial's selected evaluation (``trainables/dev_predictions.py``), for ``tasks``;
+    empty when the trial stored none (trained before they were stored)."""
+    from trainables import dev_predictions
+    st = Storage.resolve(storage)
+    parts = ("experiments", experiment, "artifacts", trial["trial_id"], dev_predictions.DIR,
+             dev_predictions.eval_file(trial["selected_step"] or 0))
+    if trial["selected_step"] is None or not st.is_file(*parts):
+        return {}
+    found = dev_predictions.decode(st.read_bytes(*parts))
+    return {t: found[t] for t in tasks if t in found}
+
+
+def run_record(storage: str, experiment: str, trial: dict, tasks, *, group: str, seed: int) -> dict:
+    """A summarized trial of ``experiment`` as a run record of ``search.report``: the task scores of its selected
+    evaluation and how it was selected, each task's best of the run (an extra), its dev curves, KD switches and
+    the selected evaluation's dev predictions (for the paired bootstrap; absent when not stored)."""
+    record = {"group": group, "seed": seed, "scores": best_scores(trial, tasks),
+              "selected": selection(trial["metric"]), "best_of_run": best_of_run(trial, tasks),
+              "curves": curves(trial, tasks), "switch_steps": switches(trial)}
+    preds = selected_dev_predictions(storage, experiment, trial, tasks)
+    if preds:
+        record["dev_predictions"] = preds
+    return record

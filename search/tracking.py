@@ -17,10 +17,23 @@ SKIP = {"config", "trial_id", "experiment_id", "date", "timestamp", "pid", "host
         "done", "checkpoint_path", "should_checkpoint"}
 
 
+def selected_summary(result: dict, *, metric: str) -> dict:
+    """The W&B summary keys of a trial's selected evaluation (the one with the highest ``metric``, which status,
+    best and the report score the trial by): ``selected/TASK`` (each task's score at that one evaluation),
+    ``selected/step``, ``selected/glue_avg``, ``selected/METRIC`` and ``selected/by``. (``TASK/best`` in the
+    summary is each task's best over the run, from different checkpoints.)"""
+    out = {f"selected/{k[:-len('/score')]}": v for k, v in result.items()
+           if k.endswith("/score") and k.count("/") == 1 and isinstance(v, (int, float))}
+    out.update({"selected/step": result.get("step"), "selected/glue_avg": result.get("glue_avg"),
+                f"selected/{metric}": result.get(metric), "selected/by": metric})
+    return out
+
+
 class WandbTrials(Callback):
     def __init__(self, *, settings: dict, experiment: str):
         self.settings, self.experiment = settings, experiment
         self.runs: dict[str, object] = {}
+        self.selected: dict[str, float] = {}          # trial id -> its selected evaluation's metric value
 
     def _init(self, trial):
         import wandb
@@ -53,6 +66,14 @@ class WandbTrials(Callback):
             metrics["kd_switch_events"] = len(str(result["switched_now"]).split(","))
             run.summary[f"switch_step/{result['switched_now']}"] = step
         run.log(metrics, step=step)
+        metric = trial.config.get("metric") or "glue_avg"
+        value = result.get(metric)
+        if trial.trial_id not in self.selected:       # a resumed W&B run (online) remembers its selection
+            previous = run.summary.get(f"selected/{metric}")
+            self.selected[trial.trial_id] = previous if isinstance(previous, (int, float)) else float("-inf")
+        if isinstance(value, (int, float)) and value > self.selected[trial.trial_id]:
+            self.selected[trial.trial_id] = value
+            run.summary.update(selected_summary(result, metric=metric))
 
     def _finish(self, trial, *, failed: bool):
         run = self.runs.pop(trial.trial_id, None)

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import schedules
 from .data import ExampleStream, TaskData, TokenizedSplit, eval_batches
+from .dev_predictions import compact
 from .errors import UserError
 from .losses import WEIGHTINGS, hidden_mse, pcgrad, task_loss, weigh_task_loss
 from .metrics import compute_metrics, glue_average
@@ -129,6 +130,7 @@ class Run:
         self.examples_seen = 0
         self.tokens_seen = 0
         self.last_metrics: dict | None = None
+        self.last_dev: dict | None = None                       # the last evaluation's dev predictions
 
     def _add_loss_modules(self) -> None:
         """Parameters some losses train with the model: uncertainty weights, hidden-state projections."""
@@ -371,17 +373,23 @@ class Run:
 
     def evaluate(self) -> dict:
         """Dev scores of the joined tasks (all of them in joint mode): a sequential run's later tasks are
-        neither trained nor evaluated before they join."""
-        scores, metrics = {}, {}
+        neither trained nor evaluated before they join. The predictions scored are kept, compact, in
+        ``last_dev`` (``{"step", "tasks"}``, the format of ``dev_predictions.py``) for the report's bootstrap."""
+        scores, metrics, dev = {}, {}, {}
         for t in self.active:
             td = self.data[t]
             split_scores = []
+            dev[t] = {"metrics": list(td.task.metrics), "splits": {}}
             for name, split in td.dev.items():
-                m = compute_metrics(metrics=td.task.metrics, predictions=self.predict(t, split), labels=split.labels)
+                preds = self.predict(t, split)
+                m = compute_metrics(metrics=td.task.metrics, predictions=preds, labels=split.labels)
                 for k, v in m.items():
                     metrics[f"{t}/{name}/{k}" if len(td.dev) > 1 else f"{t}/{k}"] = v
                 split_scores.append(m["score"])
+                dev[t]["splits"][name] = {"ids": np.asarray(split.ids), "gold": np.asarray(split.labels),
+                                          "pred": compact(preds, regression=td.task.is_regression)}
             scores[t] = float(np.mean(split_scores))
+        self.last_dev = {"step": self.step, "tasks": dev}
         return {"scores": scores, "metrics": metrics}
 
     def after_eval(self, scores: dict[str, float]) -> list[str]:
@@ -485,8 +493,10 @@ Reporter = Callable[[dict, "Run | None"], None]
 
 
 def eval_metrics(run: Run, ev: dict, *, fired: list[str], train_time: float) -> dict:
-    """One evaluation's report. Per-task keys (``TASK/score``, ``/best``, ...) and the averages (``glue_avg``,
-    ``glue_avg_best``) cover the evaluated tasks, ``joined``: in a sequential run a task that has not joined
+    """One evaluation's report. ``TASK/score`` and ``glue_avg`` (their mean) are this evaluation's: one model,
+    one score, what runs are ranked and reported by. ``TASK/best`` and ``glue_avg_best`` are each task's best
+    evaluation so far and their mean: from different checkpoints, an extra, never a run's score. Per-task keys
+    and the averages cover the evaluated tasks, ``joined``: in a sequential run a task that has not joined
     has no ``TASK/*`` key at all, so neither ranks nor early stopping count it; ``joined_now`` names the task
     that joins at this step (trained from the next step, reported from the next evaluation)."""
     scores = ev["scores"]
@@ -517,13 +527,39 @@ def eval_metrics(run: Run, ev: dict, *, fired: list[str], train_time: float) -> 
     return metrics
 
 
+def early_stop(run: Run) -> dict | None:
+    """The recipe's ``early_stop`` read off the run's evaluations (so a resumed run knows it had stopped): the
+    watched value is the mean dev score of the evaluated tasks (a teacher's: its task's score), bettered only by
+    a strictly higher one (min_delta 0, as ``TaskSwitch`` picks a teacher's best weights). ``{"best_step",
+    "since_best", "stop"}``: ``stop`` after ``patience`` evaluations in a row without a better value. None: off."""
+    patience = run.r.early_stop.patience
+    if not patience:
+        return None
+    best, best_step, since = None, None, 0
+    for e in run.evals:
+        value = glue_average(e["scores"])
+        if best is None or value > best:
+            best, best_step, since = value, e["step"], 0
+        else:
+            since += 1
+    return {"best_step": best_step, "since_best": since, "stop": since >= patience}
+
+
+def stopped_early(run: Run) -> bool:
+    """Did ``run`` stop at an evaluation before its last step (its ``early_stop`` patience ran out)?"""
+    state = early_stop(run)
+    return bool(state and state["stop"] and run.step < run.total)
+
+
 def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] = lambda: False,
                  on_step: Callable[[Run], None] | None = None) -> dict:
     """Train to the end, evaluating ``evals`` times; ``report(metrics, run)`` after each evaluation and
-    ``on_step(run)`` (if given) after each optimiser step."""
+    ``on_step(run)`` (if given) after each optimiser step. With ``early_stop.patience`` the run ends at the
+    evaluation that runs out of patience (its report says ``stopped_early`` 1); the best weights are the
+    ``Run.best_weights`` a teacher keeps."""
     t0 = time.perf_counter()
     train_time = 0.0
-    while run.step < run.total and not should_stop():
+    while run.step < run.total and not should_stop() and not stopped_early(run):
         ts = time.perf_counter()
         run.train_step()
         train_time += time.perf_counter() - ts
@@ -535,6 +571,8 @@ def run_training(run: Run, *, report: Reporter, should_stop: Callable[[], bool] 
             fired = run.after_eval(ev["scores"])
             metrics = eval_metrics(run, ev, fired=fired, train_time=train_time)
             run.evals.append({"step": run.step, "scores": ev["scores"], "switched_now": fired})
+            if (state := early_stop(run)) is not None:
+                metrics.update({"early_stop_best_step": state["best_step"], "stopped_early": int(stopped_early(run))})
             run.last_metrics = metrics
             report(metrics, run)
     return {"wall_s": time.perf_counter() - t0, "train_s": train_time}

@@ -116,6 +116,13 @@ class Teacher:
 
 
 @dataclass(frozen=True)
+class EarlyStop:
+    patience: int | None = 0             # stop after this many evaluations without a better dev score (the mean
+                                         # over the evaluated tasks: a teacher's task score), min_delta 0; the
+                                         # run's length (optim.epochs / steps) is then its most. 0 / null: off
+
+
+@dataclass(frozen=True)
 class Recipe:
     tasks: tuple = ("rte", "mrpc")
     model: str = "tiny"
@@ -130,6 +137,7 @@ class Recipe:
     student: Student = field(default_factory=Student)
     mtl: MTL = field(default_factory=MTL)
     teacher: Teacher = field(default_factory=Teacher)
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -160,7 +168,7 @@ def _check_type(value, tp, path: str):
                 return _check_type(value, arm, path)
             except UserError as e:
                 errors.append(e)
-        raise errors[-1]
+        raise errors[0]                                  # `int | None`: "expected an integer", not "expected null"
     if tp is type(None):
         if value is None:
             return None
@@ -273,6 +281,21 @@ def _validate_switch(r: Recipe, tasks: tuple) -> None:
                             f"task joins only when every task before it has switched; use one that fires: {fires}")
 
 
+def _validate_early_stop(r: Recipe) -> None:
+    p = r.early_stop.patience
+    if p is None or p == 0:
+        return
+    if p < 0:
+        raise UserError("early_stop.patience: must be >= 0 evaluations (0 or null: no early stopping)")
+    if p > r.evals - 2:
+        raise UserError(f"early_stop.patience: {p} leaves no room to stop early with evals {r.evals} (a run stops "
+                        f"at the earliest after patience + 1 evaluations): at most {max(r.evals - 2, 0)}, or more "
+                        "evals")
+    if r.switch.mode == "sequential":
+        raise UserError("early_stop.patience: not with switch.mode sequential (tasks join during the run, so their "
+                        "mean dev score is not one quantity to watch)")
+
+
 def validate(r: Recipe) -> None:
     """The checks a field's type and choices cannot express: ranges, tasks, companions (fixed_step: at_step)."""
     try:
@@ -316,6 +339,7 @@ def validate(r: Recipe) -> None:
         raise UserError("mtl.pcgrad: needs sampling.batches mixed (single-task batches give one task's gradient "
                         "per step, so there is nothing to project)")
     _validate_switch(r, tasks)
+    _validate_early_stop(r)
     _validate_student(r)
     for t in (r.mtl.weights or {}):
         if t not in tasks:

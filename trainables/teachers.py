@@ -9,9 +9,10 @@ import time
 import numpy as np
 import torch
 
+from . import dev_predictions
 from .data import TaskData, load_examples, tokenizer_fingerprint
 from .errors import UserError
-from .loop import Run
+from .loop import Run, stopped_early
 from .checkpoint import load_tensors
 from .model import MultiTaskModel, build_encoder, get_device, load_tokenizer, model_identity
 from .recipe import Recipe
@@ -36,6 +37,8 @@ def teacher_config(recipe: Recipe) -> dict:
                if getattr(recipe.student, k) != v}
     if student:
         extra["student"] = student
+    if recipe.early_stop.patience:                     # off: left out, so fixed-budget teachers keep their keys
+        extra["early_stop"] = {"patience": recipe.early_stop.patience}
     return {"optim": optim, "max_length": recipe.data.max_length,
             "precision": recipe.precision, "evals": recipe.evals, "pooling": recipe.student.pooling, **extra}
 
@@ -181,15 +184,26 @@ def load_teacher_encoders(recipe, found, *, storage, tokenizer) -> dict:
     return out
 
 
+def stop_fields(run: Run) -> dict:
+    """When a teacher stopped: the step it stopped at, its best evaluation's step (whose weights predict the
+    train set), the epochs it trained and whether ``early_stop`` ended it before its last step."""
+    task = run.tasks[0]
+    return {"stopped_at_step": run.step, "best_step": run.switch[task].best_step,
+            "epochs_run": round(run.step * run.r.optim.batch_size / max(1, sum(run.sizes.values())), 2),
+            "stopped_early": stopped_early(run)}
+
+
 def finish_teacher(run: Run, *, storage: str, experiment: str | None = None, wall_s: float | None = None) -> dict:
     """Predict the train set with the best-dev weights (``Run.best_weights``, else the last ones); store
-    predictions, weights and the baseline record (with the run's ``wall_s`` and ``experiment``)."""
+    predictions, weights and the baseline record (with the run's ``wall_s`` and ``experiment``, and when it
+    stopped: ``stop_fields``)."""
     task = run.tasks[0]
     sw = run.switch[task]
     best = run.best_weights(task)
     if best is not None:
         run.model.load_state_dict(best)
     preds = run.predict(task, run.data[task].train)
+    dev_preds = dev_predictions.current_weights_bytes(run)     # the best weights' dev predictions (the report)
     record = None
     if run.world.rank == 0:
         recipe = run.r
@@ -198,16 +212,19 @@ def finish_teacher(run: Run, *, storage: str, experiment: str | None = None, wal
         key = teacher_key(task=task, fingerprint=td.train.fingerprint, model=model_identity(recipe.model),
                           teacher_config=config, seed=recipe.seed)
         store = TeacherStore(storage)
+        stop = stop_fields(run)
+        dev = next((e["scores"] for e in run.evals if e["step"] == sw.best_step), {})   # the best weights' scores
         store.save(key=key, predictions=preds, ids=td.train.ids,
                    meta={"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
-                         "model": model_identity(recipe.model), "n": len(td.train), "config": config})
+                         "model": model_identity(recipe.model), "n": len(td.train), "config": config, **stop})
         if not store.has_file(key, "model.pt"):          # atomic, local path or URI
             buf = io.BytesIO()
             torch.save(run.model.state_dict(), buf)
             store.write_file(key, "model.pt", buf.getvalue())
+        store.write_file(key, dev_predictions.TEACHER_FILE, dev_preds)
         record = {"task": task, "seed": recipe.seed, "fingerprint": td.train.fingerprint,
                   "model": model_identity(recipe.model), "model_name": recipe.model, "key": key, "config": config,
-                  "score": sw.best, "best_step": sw.best_step, "dev": run.evals[-1]["scores"] if run.evals else {},
+                  "score": sw.best, **stop, "dev": dev,
                   "history": sw.history, "n_train": len(td.train), "wall_s": wall_s,
                   "experiment": experiment, "time": time.time()}
         BaselineRegistry(storage).append(record)

@@ -13,7 +13,7 @@ import torch
 
 from .checkpoint import checkpoint_siblings, load_checkpoint, restore_latest_good, save_checkpoint
 from .data import load_task_data
-from .loop import NonFiniteLoss, Run, World, run_training
+from .loop import NonFiniteLoss, Run, World, run_training, stopped_early
 from .model import MultiTaskModel, build_encoder, get_device, load_tokenizer
 from .recipe import Recipe, recipe_from_dict, with_params
 from .storage import Storage
@@ -97,8 +97,8 @@ def train_fn_per_worker(config: TrialConfig | dict) -> None:
     restore_run(run, own=ckpt, resume_from=cfg.resume_from)
     baselines = student_baselines(run, storage=cfg.storage) if cfg.job == "student" else None
     report = train_reporter(cfg, baselines=baselines, timing=timing)
-    if run.step >= run.total and run.last_metrics:   # resumed at the end: tell Tune the final result again
-        report(run.last_metrics, run)
+    if (run.step >= run.total or stopped_early(run)) and run.last_metrics:   # resumed at the end (or after an
+        report(run.last_metrics, run)                  # early stop): tell Tune the final result again
     elif ckpt and run.last_metrics:    # resumed part-way: the checkpoint's row again, in case it never reached Tune
         report(run.last_metrics, run, checkpoint_path=ckpt.path)   # (ReportHistory drops it if it did)
     try:
@@ -139,6 +139,7 @@ def train_reporter(cfg: TrialConfig, *, baselines: dict[str, float] | None, timi
             r.last_metrics = metrics               # the checkpoint carries the sweep metric (best-checkpoint choice)
         if timing and len(r.evals) <= 1 and r.world.rank == 0:
             startup_mark("first_report", trial=cfg.run_id, train_s=metrics.get("train_s"))
+        save_dev_predictions(cfg, r)
         if checkpoint_path:
             ray.train.report({**metrics, "checkpoint_path": checkpoint_path})
             return
@@ -147,6 +148,19 @@ def train_reporter(cfg: TrialConfig, *, baselines: dict[str, float] | None, timi
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint-step{r.step:07d}")
     return report
+
+
+def save_dev_predictions(cfg: TrialConfig, run: Run) -> None:
+    """Rank 0: the evaluation just made (``Run.last_dev``) as ``dev_predictions/step<N>.npz`` under the trial's
+    artifacts folder in ``--storage`` (through ``Storage``, so a URI storage holds it too), for the report's
+    paired bootstrap. A re-report of a restored row (nothing evaluated since) writes nothing."""
+    from . import dev_predictions
+    dev = run.last_dev
+    if run.world.rank != 0 or not dev or dev["step"] != run.step or not (cfg.experiment and cfg.run_id):
+        return
+    Storage.resolve(cfg.storage).write_bytes("experiments", cfg.experiment, "artifacts", cfg.run_id,
+                                             dev_predictions.DIR, dev_predictions.eval_file(dev["step"]),
+                                             data=dev_predictions.encode(dev["tasks"]))
 
 
 def first_step_mark(run_id: str | None):

@@ -113,7 +113,7 @@ CASES: dict[str, tuple[list[str], dict, list[str]]] = {
     "flag-set-no-equals": (T + ["--tasks", "syn_noisy", "--set", "optim.lr"], {}, ["optim.lr", "key=value"]),
     "flag-set-into-a-value": (T + ["--tasks", "syn_noisy", "--set", "model=tiny", "--set", "model.name=x"], {},
                               ["model", "not a section"]),
-    "flag-epochs-zero": (T + ["--tasks", "syn_noisy", "--epochs", "0"], {}, ["optim.epochs"]),
+    "flag-epochs-zero": (T + ["--tasks", "syn_noisy", "--patience", "0", "--epochs", "0"], {}, ["optim.epochs"]),
     "flag-max-train-zero": (T + ["--tasks", "syn_noisy", "--max-train-examples", "0"], {}, ["data.max_train_examples"]),
     "flag-metric-unknown": (SMOKE + ["--metric", "accuracy"], {}, ["--metric", "accuracy"]),
     "flag-grace-period-zero": (SMOKE + ["--grace-period", "0"], {}, ["--grace-period 0", "evals (4)"]),

@@ -33,7 +33,8 @@ def test_extracting_as_many_layers_as_the_base_model_has_is_refused(tmp_path, ca
 
 
 def test_a_task_a_trial_never_reached_is_named_not_a_key_error():
-    trial = {"trial_id": "t1", "best_row": {"syn_noisy/best": 61.0}}
-    assert results.best_scores(trial, ["syn_noisy"]) == {"syn_noisy": 61.0}
-    with pytest.raises(UserError, match="trial t1 has no score for syn_pairmatch: it never reached that task"):
+    trial = {"trial_id": "t1", "best_row": {"step": 5, "syn_noisy/score": 61.0, "syn_noisy/best": 63.0}}
+    assert results.best_scores(trial, ["syn_noisy"]) == {"syn_noisy": 61.0}     # that evaluation's, not the best
+    with pytest.raises(UserError, match=r"trial t1 has no score for syn_pairmatch at its selected evaluation "
+                                        r"\(step 5\): it never reached that task"):
         results.best_scores(trial, ["syn_noisy", "syn_pairmatch"])

@@ -41,8 +41,8 @@ def cli(*args, check=True):
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory, cache_dir):
     s = tmp_path_factory.mktemp("storage")
-    cli("teachers", "--tasks", TASKS, "--model", "tiny", "--seeds", "1", "--epochs", "2", "--evals", "3",
-        "--storage", str(s), "--name", "teachers")
+    cli("teachers", "--tasks", TASKS, "--model", "tiny", "--seeds", "1", "--patience", "0", "--epochs", "2",
+        "--evals", "3", "--storage", str(s), "--name", "teachers")          # a fixed budget: 3 rows each
     return s
 
 

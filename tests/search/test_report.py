@@ -26,7 +26,7 @@ def _run(group, seed, scores, **extra):
 
 @pytest.fixture
 def runs():
-    """Teachers and student share seeds 1-3 (paired t-test); multitask has other seeds."""
+    """Teachers and student share seed numbers 1-3 (independent runs all the same: Welch); multitask has others."""
     teachers = {1: (70.0, 90.0), 2: (72.0, 91.0), 3: (74.0, 92.0)}
     student = {1: (75.0, 91.0), 2: (76.0, 91.0), 3: (77.5, 93.0)}
     multitask = {7: (69.0, 89.0), 8: (71.0, 90.5)}
@@ -106,13 +106,16 @@ def test_compare_known_numbers(runs):
     assert rte["delta"] == pytest.approx(76.0 + 0.5 / 3 - 72.0)
     assert rte["deltas"]["multitask"] == pytest.approx(-2.0)
 
-    assert rte["test"] == "paired_t" and rte["test_n"] == 3
-    expected = stats.ttest_rel([75.0, 76.0, 77.5], [70.0, 72.0, 74.0])
+    # same seed numbers, but independent runs: Welch's t, never a paired t-test
+    assert rte["test"] == "welch_t" and rte["test_n"] == 6
+    expected = stats.ttest_ind([75.0, 76.0, 77.5], [70.0, 72.0, 74.0], equal_var=False)
     assert rte["p"] == pytest.approx(float(expected.pvalue), rel=1e-12)
     assert rte["statistic"] == pytest.approx(float(expected.statistic), rel=1e-12)
+    assert rte["welch"]["p"] == rte["p"]
+    assert rte["bootstrap"]["p"] is None and "stored no dev predictions" in rte["bootstrap"]["why"]
 
     sst2 = _row(res, "sst2")
-    expected_sst2 = stats.ttest_rel([91.0, 91.0, 93.0], [90.0, 91.0, 92.0]).pvalue
+    expected_sst2 = stats.ttest_ind([91.0, 91.0, 93.0], [90.0, 91.0, 92.0], equal_var=False).pvalue
     assert sst2["p"] == pytest.approx(float(expected_sst2), rel=1e-12)
 
     adj = multipletests([rte["p"], sst2["p"]], method="holm")[1]
@@ -145,15 +148,20 @@ def test_compare_single_seed_no_predictions_gives_none():
     assert row["significant"] is False
 
 
+def _preds(correct):
+    """Dev predictions of a binary accuracy task whose gold labels are all 1: ``correct`` is the prediction."""
+    correct = [int(c) for c in correct]
+    return {"rte": {"metrics": ["accuracy"],
+                    "splits": {"dev": {"ids": list(range(len(correct))), "gold": [1] * len(correct), "pred": correct}}}}
+
+
 def _bootstrap_runs(student_correct, teacher_correct):
     def score(c):
         return 100.0 * float(np.mean(c))
 
     return [
-        _run("teachers", 0, {"rte": score(teacher_correct)},
-             dev_predictions={"rte": {"correct": list(teacher_correct)}}),
-        _run("student", 0, {"rte": score(student_correct)},
-             dev_predictions={"rte": {"correct": list(student_correct)}}),
+        _run("teachers", 0, {"rte": score(teacher_correct)}, dev_predictions=_preds(teacher_correct)),
+        _run("student", 0, {"rte": score(student_correct)}, dev_predictions=_preds(student_correct)),
     ]
 
 
@@ -167,6 +175,7 @@ def test_bootstrap_small_p_when_candidate_clearly_better():
     assert row["p"] < 0.001
     assert row["significant"] is True
     assert row["statistic"] == pytest.approx(100 * (student.mean() - teacher.mean()))
+    assert row["welch"]["p"] is None and "2+ runs" in row["welch"]["why"]   # one run each: no Welch
 
 
 def test_bootstrap_large_p_when_identical():
@@ -185,15 +194,16 @@ def test_paired_bootstrap_is_deterministic_and_calibrated():
     ones, zeros = np.flatnonzero(a == 1), np.flatnonzero(a == 0)
     b[ones[:3]] = 0  # candidate (a) wins 3 examples ...
     b[zeros[:2]] = 1  # ... and loses 2: a tiny, insignificant edge
-    p1 = paired_bootstrap(a, b)
-    assert p1 == paired_bootstrap(a, b)  # fixed seed
+    gold = np.ones(500, dtype=int)
+    p1 = paired_bootstrap([(gold, [a, b])], metrics=["accuracy"], n_candidate=1)["p"]
+    assert p1 == paired_bootstrap([(gold, [a, b])], metrics=["accuracy"], n_candidate=1)["p"]  # fixed seed
     assert p1 > 0.5
     # many wins, no losses: significant
     c = a.copy()
     c[zeros[:40]] = 1
-    assert paired_bootstrap(c, a) < 0.001
+    assert paired_bootstrap([(gold, [c, a])], metrics=["accuracy"], n_candidate=1)["p"] < 0.001
     with pytest.raises(ValueError):
-        paired_bootstrap([1, 0], [1, 0, 1])
+        paired_bootstrap([(np.ones(3), [[1, 0], [1, 0, 1]])], metrics=["accuracy"], n_candidate=1)
 
 
 def test_missing_group_raises(runs):

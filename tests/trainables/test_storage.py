@@ -268,7 +268,7 @@ def test_teacher_then_student_through_a_uri_root(tmp_path, monkeypatch):
     run_training(trun, report=lambda m, r: None)
     record = teachers.finish_teacher(trun, storage=cfg["storage"])
     assert [r["key"] for r in BaselineRegistry(st).records(strict=True)] == [record["key"]]
-    assert st.listdir("teachers", record["key"]) == ["ids.npy", "meta.json", "model.pt", "predictions.npy"]
+    assert st.listdir("teachers", record["key"]) == ["dev_predictions.npz", "ids.npy", "meta.json", "model.pt", "predictions.npy"]
     assert not (tmp_path / "teachers").exists()
 
     student = {**base, "teacher": {"use": True}, "anneal": {"schedule": "linear"}}
