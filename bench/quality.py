@@ -1,54 +1,48 @@
-"""The result-quality protocol (issue 7): does the searched BAM recipe beat its single-task teachers?
+"""The result-quality protocol, v2 (issue 18): where does distillation win, scored honestly?
 
 One command, resumable, with progress (phase, ETA). It drives the product in-process (one Ray for the
-whole run) through the functions behind ``bam-search teachers / train / sweep / best / report``:
+whole run) through the functions behind ``bam-search teachers / train / sweep / best / report``. Arms:
 
-  1. single-task teachers, ``--seeds`` seeds per task                    (experiment ``q-teachers``)
-  2. plain multi-task, no KD (``recipes/multitask.yaml``)                (``q-multitask``)
-  3. BAM, linear teacher annealing (``recipes/bam_linear.yaml``)         (``q-bam_linear``)
-  4. BAM + per-task KD switch, joint (``recipes/kd_switch.yaml``)        (``q-kd_switch``)
-  5. a sweep of ``spaces/bam_full.yaml`` (Optuna TPE + ASHA, ``--trials``) (``q-sweep``), whose best
-     recipe is retrained with ``--seeds`` seeds                          (``q-searched``)
-  6. the product's report over all of them (``search.report``: mean +- sd per task, delta vs teachers,
-     Holm-corrected tests, GLUE average, bars and validation curves), ``quality.json`` and ``quality.md``
-     (one row per group, one column per task plus the GLUE average).
+  reference      the plain fine-tuning loop of bench/reference.py, one task at a time, --reference-epochs
+                 epochs at lr 1e-4 (is a teacher as good as a plain fine-tune?)                (in-process)
+  teachers       single-task, early-stopped on the dev metric (up to --teacher-max-epochs, patience
+                 --teacher-patience), the best weights kept and predicting the train set  (``q-teachers``)
+  multitask      plain multi-task, no KD (recipes/multitask.yaml)                          (``q-multitask``)
+  bam_linear     BAM: linear teacher annealing, mixed batches, size^0.75 (recipes/bam_linear.yaml)
+  lu_joint       Lu et al. as published: gold labels until each task's switch, no teachers, joint
+  lu_sequential  ... sequential (tasks join one after another, in the recipe's task order)
+  kd_switch      BAM + per-task KD switch, joint (recipes/kd_switch.yaml)
+  *_l3           compact (XtremeDistil's setting): an --compact-layers student extracted from the same
+                 model, distilled from the full-size teachers: multitask_l3, bam_l3, kd_switch_l3
+  searched       a sweep of spaces/bam_full.yaml (Optuna TPE + ASHA whose first rung is half the run, not
+                 one early evaluation; ``q-sweep``), its best recipe retrained with --seeds seeds
 
-    python bench/quality.py                            # the full protocol, about 3 hours on 2 cores
-    python bench/quality.py --update-results bench/RESULTS.md   # ... and write its table into RESULTS.md
+then the product's report over all arms (one checkpoint's scores per run; Welch over seeds and a paired
+bootstrap over dev examples; Holm over tasks), ``quality.json`` and ``quality.md``: one row per arm, one
+column per task, the GLUE average, and what each arm's encoder saw (steps, passes over each task's
+examples), then the target lines.
+
+    python bench/quality.py --update-results bench/RESULTS.md    # the full protocol (many hours on 2 cores)
+    python bench/quality.py --partial --update-results bench/RESULTS.md   # the table of the arms done so far
     python bench/quality.py --quick                    # tiny model, 200 examples: a smoke test in minutes
 
-Every recipe shares one budget: the tasks, ``--model``, at most ``--max-train-examples`` training
+Every student arm shares one budget: the tasks, ``--model``, at most ``--max-train-examples`` training
 examples per task (fixed-seed subsample, ``data.data_seed`` 0), full dev sets, max length 128 with dynamic
-padding, ``--epochs``, ``--lr``, ``--pooling``, ``--evals`` evaluations per run; the recipe files and the
-sweep space set the rest. Students distil from teacher seed 0 (the recipe default ``teacher.seeds: [0]``).
+padding, ``--epochs`` over the union of the tasks, ``--lr``, ``--pooling``, ``--evals`` evaluations (the
+sequential arm 3x as many: its tasks join one by one); the recipe files and the sweep space set the rest.
+A run's scores are those of its evaluation with the best GLUE average (teachers: their best evaluation; the
+reference: its last step). Students distil from teacher seed 0 (the recipe default ``teacher.seeds: [0]``).
 
-Resuming: the storage root (``--storage``, default ``bench-runs/quality``; ``bench-runs/quality-quick``
-with ``--quick``) keeps ``quality-budget.json``; a second run with the same budget skips every phase whose
-outputs are complete (teacher records in the baseline registry; every trial of an experiment
-TERMINATED), and continues an interrupted experiment through ``run_experiment``'s restore path (the one
-``bam-search resume`` uses). A different budget in the same storage is refused (use another --storage).
+Resuming: the storage root (``--storage``, default ``~/.cache/bam-bench/quality-v2``, outside the work tree)
+keeps ``quality-budget.json``; a second run with the same budget skips every phase whose outputs are
+complete (teacher records in the baseline registry; reference runs in ``reference/``; every trial of an
+experiment TERMINATED), and continues an interrupted experiment through ``run_experiment``'s restore path
+(the one ``bam-search resume`` uses). A different budget in the same storage is refused.
 
-Budget arithmetic (defaults; the script prints the same estimate for the flags it is given)
------------------------------------------------------------------------------------------
-Measured on this machine (bench/RESULTS.md sections 9 and 10): a MiniLM trial on one core with bf16
-autocast trains at R = 55 examples/s over the five-task mix (CoLA/SST-2 are short and faster, RTE/MRPC
-are long and slower; it was 25 in fp32 before issue 9's changes), evaluates at about 3R, and pays S = 40 s
-of Ray start-up per trial. Two trials run at once (one core each). With N = 2,000 examples per task, T = 5
-tasks, E = 1.5 epochs, 6 evaluations, 3 seeds, 16 sweep trials:
-
-  teachers   15 trials, each E*N = 3,000 examples, 6 evals of its dev set and one
-             prediction pass over its training set, 2 at once                                 ~ 17 min
-  students   one run = E*T*N = 15,000 examples / R = 270 s + 6 evals of the 4,100 dev
-             examples / 3R = 150 s; 3 seeds at 2 at once = 2 rounds of (S + 420 s)            ~ 15 min
-             per recipe, 3 recipes                                                            ~ 46 min
-  sweep      16 trials, ASHA (grace 1 eval, reduction 2) runs ~55% of the full budget:
-             16 * (S + 0.55 * 420 s) / 2                                                      ~ 36 min
-  retrain    the best recipe, 3 seeds: as one student recipe                                  ~ 15 min
-
-About 2 hours in all (the one full run took 2 h 41 min, RESULTS.md section 13: trials ran at ~37-41
-examples/s two at a time, and the third seed of each group runs alone). ``plan`` below reproduces these figures for any flags (``--epochs``,
-``--max-train-examples``, ``--trials``, ``--seeds``, ``--examples-per-s``); the script prints its
-estimate before it starts and recalibrates the ETA on the phases it has finished.
+Budget arithmetic: ``plan`` estimates each phase from a cost model (R training examples/s of one trial on
+one core, evaluation 3R, S s of start-up per trial, 2 trials at once); the script prints the estimate for
+the flags it is given and recalibrates the ETA on the phases it has finished. With the defaults (2,000
+examples per task, 5 tasks, students 3 epochs, 3 seeds, 16 sweep trials) it is about 8 hours on 2 cores.
 """
 from __future__ import annotations
 
@@ -63,22 +57,56 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO, REPO / "bench"):                  # the package, and bench/reference.py's plain loop
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from search.spaces import _merge  # noqa: E402  (b over a, recursively)
 from trainables.errors import UserError  # noqa: E402
 
 GLUE5 = ["cola", "sst2", "mrpc", "stsb", "rte"]
 SYNTHETIC = ["syn_sentiment", "syn_pairmatch", "syn_similarity", "syn_noisy"]
-GROUPS = {"teachers": "single-task teachers", "multitask": "plain multi-task (no KD)",
-          "bam_linear": "BAM, linear annealing", "kd_switch": "BAM + per-task KD switch (joint)",
-          "searched": "searched recipe (bam_full sweep, retrained)"}
-RECIPES = {"multitask": "recipes/multitask.yaml", "bam_linear": "recipes/bam_linear.yaml",
-           "kd_switch": "recipes/kd_switch.yaml"}
 SPACE = "spaces/bam_full.yaml"
-TARGET_GAIN = 1.0          # searched GLUE average >= teachers' + 1.0 point
-TARGET_SIGNIFICANT = 2     # tasks significantly better than the teachers after Holm
+PROTOCOL = 2
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the protocol: ``kind`` reference | teachers | student | searched; a student arm is a recipe
+    file on top of the budget, at full size or compact (the --compact-layers student)."""
+    label: str
+    kind: str = "student"
+    recipe: str | None = None
+    compact: bool = False
+
+
+ARMS = {
+    "reference": Arm("reference fine-tune (plain loop)", kind="reference"),
+    "teachers": Arm("single-task teachers (early-stopped)", kind="teachers"),
+    "multitask": Arm("plain multi-task (no KD)", recipe="recipes/multitask.yaml"),
+    "bam_linear": Arm("BAM, linear annealing", recipe="recipes/bam_linear.yaml"),
+    "lu_joint": Arm("Lu et al., joint (gold until each switch)", recipe="recipes/lu_joint.yaml"),
+    "lu_sequential": Arm("Lu et al., sequential", recipe="recipes/lu_sequential.yaml"),
+    "kd_switch": Arm("BAM + per-task KD switch (joint)", recipe="recipes/kd_switch.yaml"),
+    "multitask_l3": Arm("compact: plain multi-task", recipe="recipes/multitask.yaml", compact=True),
+    "bam_l3": Arm("compact: BAM, linear annealing", recipe="recipes/bam_linear.yaml", compact=True),
+    "kd_switch_l3": Arm("compact: BAM + per-task KD switch", recipe="recipes/kd_switch.yaml", compact=True),
+    "searched": Arm("searched recipe (bam_full sweep, retrained)", kind="searched"),
+}
+FIXED = ("multitask", "bam_linear", "lu_joint", "lu_sequential", "kd_switch")   # same-size fixed recipes
+SEQUENTIAL_EVALS = 3       # the sequential arm evaluates 3x as often: its tasks join one by one, on a switch
+
+# the target lines (keep their wording: runs compare line by line)
+TARGETS = {
+    "teachers_vs_reference": ("teachers vs reference fine-tune, GLUE average", -0.5, None),
+    "bam_vs_multitask": ("BAM (linear) vs plain multi-task, GLUE average", 0.0, None),
+    "compact_switch_vs_multitask": ("compact BAM+switch vs compact plain multi-task, GLUE average", 1.5, 2),
+    "searched_vs_best_fixed": ("searched recipe vs best fixed recipe, GLUE average", 0.0, None),
+    "searched_vs_teachers": ("searched recipe vs teachers, GLUE average", 1.0, 2),
+}
+TARGET_PAIRS = {"teachers_vs_reference": ("reference", "teachers"), "bam_vs_multitask": ("multitask", "bam_linear"),
+                "compact_switch_vs_multitask": ("multitask_l3", "kd_switch_l3"),
+                "searched_vs_best_fixed": (None, "searched"), "searched_vs_teachers": ("teachers", "searched")}
 
 
 # ------------------------------------------------------------------------------------------------ budget
@@ -97,17 +125,30 @@ class Budget:
     lr: float
     pooling: str
     evals: int
+    teacher_max_epochs: float = 10.0
+    teacher_patience: int = 2
+    reference_epochs: int = 3
+    reference_lr: float = 1e-4
+    compact_layers: int = 3
     searcher_seed: int = 0
+    protocol: int = PROTOCOL
+
+    def data(self, *, glue_dir: str | None) -> dict:
+        d = {"max_train_examples": self.max_train_examples, "max_dev_examples": self.max_dev_examples,
+             "max_length": self.max_length}
+        return {**d, "glue_dir": glue_dir} if glue_dir else d
 
     def base_recipe(self, *, glue_dir: str | None) -> dict:
-        r = {"tasks": list(self.tasks), "model": self.model, "evals": self.evals,
-             "optim": {"epochs": self.epochs, "lr": self.lr},
-             "student": {"pooling": self.pooling},
-             "data": {"max_train_examples": self.max_train_examples, "max_dev_examples": self.max_dev_examples,
-                      "max_length": self.max_length}}
-        if glue_dir:
-            r["data"]["glue_dir"] = glue_dir
-        return r
+        return {"tasks": list(self.tasks), "model": self.model, "evals": self.evals,
+                "optim": {"epochs": self.epochs, "lr": self.lr}, "student": {"pooling": self.pooling},
+                "data": self.data(glue_dir=glue_dir)}
+
+    def compact_student(self) -> dict:
+        """The compact student: evenly spaced layers extracted from the model (the tiny test model cannot be
+        extracted: a random one of that depth)."""
+        if self.model == "tiny":
+            return {"init": "random", "num_layers": self.compact_layers}
+        return {"init": "extract", "num_layers": self.compact_layers}
 
 
 @dataclass(frozen=True)
@@ -116,11 +157,13 @@ class Rates:
     train_examples_per_s: float
     infer_speedup: float = 3.0
     startup_s: float = 40.0
+    reference_factor: float = 0.5      # the plain fp32 loop, in-process, against a trial's rate
 
 
-DEFAULT_RATES = {"minilm": Rates(train_examples_per_s=55.0), "tiny": Rates(train_examples_per_s=1500.0,
-                                                                             startup_s=40.0)}
-ASHA_FRACTION = 0.55       # share of the full budget an ASHA sweep (grace 1 eval, reduction 2) runs
+DEFAULT_RATES = {"minilm": Rates(train_examples_per_s=40.0), "tiny": Rates(train_examples_per_s=1500.0)}
+ASHA_FRACTION = 0.75       # share of the full budget an ASHA sweep (grace half the evaluations, reduction 2) runs
+TEACHER_FRACTION = 0.5     # share of --teacher-max-epochs an early-stopped teacher runs (a guess; recalibrated)
+COMPACT_FRACTION = 0.55    # a 3-of-6-layer student's cost against the full-size one
 
 
 def concurrency() -> int:
@@ -134,16 +177,24 @@ def plan(budget: Budget, *, sizes: dict[str, tuple[int, int]], rates: Rates) -> 
     c = concurrency()
     r, k, s = rates.train_examples_per_s, rates.infer_speedup, rates.startup_s
     rounds = lambda n: math.ceil(n / c)                                     # noqa: E731
-    teacher = [budget.epochs * n / r + (budget.evals * d + n) / (k * r) for n, d in sizes.values()]
+    te = TEACHER_FRACTION * budget.teacher_max_epochs
+    teacher = [te * n / r + (math.ceil(te) * d + n) / (k * r) for n, d in sizes.values()]
     n_teachers = len(sizes) * budget.seeds
-    t_teachers = sum(teacher) * budget.seeds / c + rounds(n_teachers) * s
+    out = {"teachers": sum(teacher) * budget.seeds / c + rounds(n_teachers) * s}
+    rr = r * rates.reference_factor
+    out["reference"] = budget.seeds * sum(budget.reference_epochs * n / rr + d / (k * rr) for n, d in sizes.values())
     n_all = sum(n for n, _ in sizes.values())
     d_all = sum(d for _, d in sizes.values())
     student = budget.epochs * n_all / r + budget.evals * d_all / (k * r)
-    one_recipe = rounds(budget.seeds) * (s + student)
-    sweep = budget.trials * (s + ASHA_FRACTION * student) / c
-    return {"teachers": t_teachers, "multitask": one_recipe, "bam_linear": one_recipe, "kd_switch": one_recipe,
-            "sweep": sweep, "searched": one_recipe, "report": 15.0}
+    for key, arm in ARMS.items():
+        if arm.kind == "student":
+            cost = student * (COMPACT_FRACTION if arm.compact else 1.0)
+            cost += (SEQUENTIAL_EVALS - 1) * budget.evals * d_all / (2 * k * r) if key == "lu_sequential" else 0
+            out[key] = rounds(budget.seeds) * (s + cost)
+    out["sweep"] = budget.trials * (s + ASHA_FRACTION * student) / c
+    out["searched"] = rounds(budget.seeds) * (s + student)
+    out["report"] = 30.0
+    return out
 
 
 def _hms(seconds: float) -> str:
@@ -194,9 +245,11 @@ class Protocol:
     storage: Path
     glue_dir: str | None
     rates: Rates
+    sizes: dict = field(default_factory=dict)      # task -> (train examples used, dev examples)
     wandb: bool = True
     address: str | None = None
     console: object = None
+    partial: bool = False          # --partial: run nothing, report the arms that are complete
     ray_started: bool = False
     estimates: dict = field(default_factory=dict)
     done_s: float = 0.0            # time spent in phases that ran in this session
@@ -263,17 +316,35 @@ class Protocol:
         have = self.teacher_records()
         return all((t, s) in have for t in self.budget.tasks for s in range(self.budget.seeds))
 
+    def reference_path(self, task: str, seed: int) -> Path:
+        return self.storage / "reference" / f"{task}-seed{seed}.json"
+
+    def reference_done(self) -> bool:
+        return all(self.reference_path(t, s).is_file() for t in self.budget.tasks for s in range(self.budget.seeds))
+
+    def done(self, key: str) -> bool:
+        """Whether the phase ``key`` (an arm, or ``sweep``) has all its outputs in the storage."""
+        if key == "teachers":
+            return self.teachers_done()
+        if key == "reference":
+            return self.reference_done()
+        expected = self.budget.trials if key == "sweep" else self.budget.seeds
+        return self.experiment_done(self.experiment(key), expected)
+
     # -------------------------------------------------------------------- phases
 
-    def phase(self, n: int, key: str, title: str, *, done: bool, run) -> None:
+    def phase(self, n: int, key: str, title: str, *, run) -> None:
         from search.progress import phase
         total = len(self.estimates)
         phase(self.console, n, total, title)
         left = sum(v for k, v in self.estimates.items() if k in self._pending)
         scale = self.done_s / self.done_est if self.done_est > 0 else 1.0
         self._pending.discard(key)
-        if done:
+        if key != "report" and self.done(key):
             self.say(f"[green]phase {n}/{total} {key}: complete in {self.storage}, skipped[/]")
+            return
+        if self.partial and key != "report":
+            self.say(f"[yellow]phase {n}/{total} {key}: not complete; --partial: not run[/]")
             return
         self.say(f"estimate for this phase {_hms(self.estimates[key] * scale)}; "
                  f"elapsed {_hms(time.time() - self.t0)}, protocol ETA {_hms(left * scale)}"
@@ -286,23 +357,51 @@ class Protocol:
         self.done_est += self.estimates[key]
         self.say(f"phase {n}/{total} {key}: done in {_hms(spent)}")
 
+    def teacher_base(self) -> dict:
+        """The teachers' recipe: ``bam-search teachers``' (gold labels, one task each, full size), trained to
+        convergence as it trains them (``converged``: early stopping on the dev metric, up to a maximum)."""
+        from search.preflight import converged, teacher_recipe
+        from trainables.recipe import set_dotted
+        base = teacher_recipe(self.budget.base_recipe(glue_dir=self.glue_dir))
+        for key, value in converged(self.budget.teacher_patience, self.budget.teacher_max_epochs).items():
+            set_dotted(base, key.split("."), value)
+        return base
+
     def run_teachers(self) -> None:
         from ray import tune
 
         from search.experiment import run_experiment
-        from search.preflight import teacher_recipe
-        base = teacher_recipe(self.budget.base_recipe(glue_dir=self.glue_dir))
         n = len(self.budget.tasks) * self.budget.seeds
-        run_experiment(name=self.experiment("teachers"), trial=self._trial(base, job="teacher"),
+        run_experiment(name=self.experiment("teachers"), trial=self._trial(self.teacher_base(), job="teacher"),
                        params={"tasks": tune.grid_search([[t] for t in self.budget.tasks]),
                                "seed": tune.grid_search(list(range(self.budget.seeds)))},
                        resources=self._resources(n), num_samples=1, live_title="teachers", total_trials=n)
         self._check_finished("teachers", n)
 
-    def student_recipe(self, group: str) -> dict:
+    def run_reference(self) -> None:
+        """The plain loop (bench/reference.py) on each task and seed, in this process; one JSON and the dev
+        predictions per (task, seed) under ``reference/``, so an interrupted phase redoes only what is missing."""
+        for task in self.budget.tasks:
+            for seed in range(self.budget.seeds):
+                if self.reference_path(task, seed).is_file():
+                    continue
+                self.say(f"reference: {task} seed {seed} ({self.budget.reference_epochs} epochs, "
+                         f"lr {self.budget.reference_lr:g})")
+                reference_run(self.budget, task=task, seed=seed, glue_dir=self.glue_dir,
+                              path=self.reference_path(task, seed))
+
+    def student_recipe(self, key: str) -> dict:
+        """An arm's recipe file under the budget; sequential evaluates more often and follows the budget's task
+        order; a compact arm's student is the --compact-layers one."""
         from trainables.recipe import load_yaml, recipe_from_dict
-        r = _merge(load_yaml(REPO / RECIPES[group]), self.budget.base_recipe(glue_dir=self.glue_dir))
-        recipe_from_dict(r, source=RECIPES[group])
+        arm = ARMS[key]
+        r = _merge(load_yaml(REPO / arm.recipe), self.budget.base_recipe(glue_dir=self.glue_dir))
+        if r.get("switch", {}).get("mode") == "sequential":
+            r["evals"] = self.budget.evals * SEQUENTIAL_EVALS
+            r["switch"] = {**r["switch"], "order": list(self.budget.tasks)}
+        if arm.compact:
+            r["student"] = {**r.get("student", {}), **self.budget.compact_student()}
+        recipe_from_dict(r, source=arm.recipe)
         return r
 
     def run_train(self, group: str, recipe: dict) -> None:
@@ -327,12 +426,15 @@ class Protocol:
         trial = self._trial(space["base"], job="student", source=space["path"])
         check_teachers(self.storage_root, trial.recipe)
         name = self.experiment("sweep")
-        self.say(f"sweep {name}: {self.budget.trials} trials of {SPACE}, Optuna TPE + ASHA "
-                 f"(an interrupted sweep continues from here, or: bam-search resume {name} --storage {self.storage})")
+        grace = max(1, self.budget.evals // 2)        # the first rung is half the run, not one early evaluation
+        self.say(f"sweep {name}: {self.budget.trials} trials of {SPACE}, Optuna TPE + ASHA (first rung at "
+                 f"evaluation {grace} of {self.budget.evals}; an interrupted sweep continues from here, or: "
+                 f"bam-search resume {name} --storage {self.storage})")
         run_experiment(name=name, trial=trial,
                        params=to_tune(space, searcher="optuna"), resources=self._resources(self.budget.trials),
                        num_samples=self.budget.trials, searcher="optuna", scheduler="asha",
-                       seed=self.budget.searcher_seed, live_title="sweep", total_trials=self.budget.trials)
+                       seed=self.budget.searcher_seed, live_title="sweep", total_trials=self.budget.trials,
+                       early_stopping={"grace_period": grace, "reduction_factor": 2})
         self._check_finished("sweep", self.budget.trials)
 
     def best(self) -> tuple[dict, Path]:
@@ -358,111 +460,223 @@ class Protocol:
 
     # -------------------------------------------------------------------- the whole protocol
 
+    def phases(self) -> list[tuple[str, str, object]]:
+        """(key, title, run) of every phase, in order: the arms that answer the targets first."""
+        b = self.budget
+        out = [("teachers", f"single-task teachers, early-stopped ({len(b.tasks)} tasks x {b.seeds} seeds)",
+                self.run_teachers),
+               ("reference", f"reference fine-tune, plain loop ({len(b.tasks)} tasks x {b.seeds} seeds)",
+                self.run_reference)]
+        for key in ("multitask", "bam_linear", "kd_switch", "multitask_l3", "bam_l3", "kd_switch_l3",
+                    "lu_joint", "lu_sequential"):
+            out.append((key, f"{ARMS[key].label} ({ARMS[key].recipe}, {b.seeds} seeds)",
+                        lambda g=key: self.run_train(g, self.student_recipe(g))))
+        out.append(("sweep", f"sweep of {SPACE} ({b.trials} trials, ASHA)", self.run_sweep))
+        out.append(("searched", f"the sweep's best recipe retrained ({b.seeds} seeds)",
+                    lambda: self.run_train("searched", self.best()[0])))
+        return out
+
     def run(self) -> dict:
         self.t0 = time.time()
         self.state = State(self.storage)
         self.state.check_budget(self.budget)
         self._pending = set(self.estimates)
-        b = self.budget
-        self.phase(1, "teachers", f"single-task teachers ({len(b.tasks)} tasks x {b.seeds} seeds)",
-                   done=self.teachers_done(), run=self.run_teachers)
-        for n, group in ((2, "multitask"), (3, "bam_linear"), (4, "kd_switch")):
-            self.phase(n, group, f"{GROUPS[group]} ({RECIPES[group]}, {b.seeds} seeds)",
-                       done=self.experiment_done(self.experiment(group), b.seeds),
-                       run=lambda g=group: self.run_train(g, self.student_recipe(g)))
-        self.phase(5, "sweep", f"sweep of {SPACE} ({b.trials} trials, ASHA)",
-                   done=self.experiment_done(self.experiment("sweep"), b.trials), run=self.run_sweep)
-        done = self.experiment_done(self.experiment("searched"), b.seeds)
-        recipe, _ = self.best() if not done else (None, None)
-        self.phase(6, "searched", f"the sweep's best recipe retrained ({b.seeds} seeds)", done=done,
-                   run=lambda: self.run_train("searched", recipe))
+        phases = self.phases()
+        for n, (key, title, run) in enumerate(phases, 1):
+            self.phase(n, key, title, run=run)
         out: dict = {}
-        self.phase(7, "report", "report: every group against the teachers", done=False,
+        self.phase(len(phases) + 1, "report", "report: every arm against the teachers",
                    run=lambda: out.update(self.report()))
         return out
 
     # -------------------------------------------------------------------- the report
 
-    def records(self) -> list[dict]:
-        """Run records for ``search.report``: teachers from the baseline registry, students from Tune's files."""
-        from search.results import run_record, summarize, trial_results
+    def _teacher_runs(self) -> list[dict]:
+        from search.report import _teacher_dev_predictions
+        from trainables.recipe import recipe_from_dict
         tasks = list(self.budget.tasks)
+        batch = recipe_from_dict(self.teacher_base()).optim.batch_size
         per_seed: dict[int, dict] = {}
         for (task, seed), rec in self.teacher_records().items():
-            per_seed.setdefault(seed, {})[task] = rec["score"]
-        runs = [{"group": "teachers", "seed": s, "scores": sc} for s, sc in sorted(per_seed.items())
-                if set(sc) >= set(tasks)]
-        for group in ("multitask", "bam_linear", "kd_switch", "searched"):
+            per_seed.setdefault(seed, {})[task] = rec
+        runs = []
+        for s, recs in sorted(per_seed.items()):
+            if set(recs) >= set(tasks):
+                preds = _teacher_dev_predictions(str(self.storage), recs)
+                runs.append({"group": "teachers", "seed": s, "scores": {t: recs[t]["score"] for t in tasks},
+                             "selected": "each teacher's best dev evaluation (the weights it keeps)",
+                             "seen": {"steps": {t: recs[t].get("best_step") for t in tasks},
+                                      "passes": {t: (recs[t].get("best_step") or 0) * batch / self.sizes[t][0]
+                                                 for t in tasks},
+                                      "ran": {t: recs[t].get("epochs_run") for t in tasks}},
+                             **({"dev_predictions": preds} if preds else {})})
+        return runs
+
+    def _reference_runs(self) -> list[dict]:
+        from trainables import dev_predictions
+        runs = []
+        for seed in range(self.budget.seeds):
+            paths = {t: self.reference_path(t, seed) for t in self.budget.tasks}
+            if not all(p.is_file() for p in paths.values()):
+                continue
+            recs = {t: json.loads(p.read_text()) for t, p in paths.items()}
+            preds = {t: dev_predictions.decode(p.with_suffix(".npz").read_bytes())[t] for t, p in paths.items()}
+            runs.append({"group": "reference", "seed": seed, "scores": {t: r["score"] for t, r in recs.items()},
+                         "selected": "the last step (the plain loop selects nothing)", "dev_predictions": preds,
+                         "seen": {"steps": {t: r["steps"] for t, r in recs.items()},
+                                  "passes": {t: float(r["epochs"]) for t, r in recs.items()}}})
+        return runs
+
+    def records(self) -> list[dict]:
+        """Run records for ``search.report``: the reference from ``reference/``, teachers from the baseline
+        registry, students from Tune's files (one checkpoint's scores: the evaluation with the best GLUE
+        average), each with ``seen``: the steps and passes over each task's examples behind its scores."""
+        from search.results import run_record, summarize, trial_results
+        tasks = list(self.budget.tasks)
+        runs = self._reference_runs() + self._teacher_runs()
+        for group, arm in ARMS.items():
+            if arm.kind not in ("student", "searched") or not self.done(group):
+                continue
             name = self.experiment(group)
             for i, t in enumerate(summarize(trial_results(str(self.storage), name))):
                 seed = (t["params"] or {}).get("seed", i)
-                # one checkpoint's scores (the run's selected evaluation) and its dev predictions
-                runs.append(run_record(str(self.storage), name, t, tasks, group=group, seed=int(seed)))
+                rec = run_record(str(self.storage), name, t, tasks, group=group, seed=int(seed))
+                row = t["best_row"]
+                rec["seen"] = {"steps": {x: row.get("step") for x in tasks},
+                               "passes": {x: row.get(f"{x}/examples_seen", 0) / self.sizes[x][0] for x in tasks}}
+                runs.append(rec)
         return runs
 
     def report(self) -> dict:
-        import numpy as np
-
         from search.report import compare, write_report
-        from trainables.metrics import glue_average
-        from trainables.recipe import load_recipe
         runs = self.records()
-        groups = [g for g in GROUPS if any(r["group"] == g for r in runs)]
-        missing = [g for g in GROUPS if g not in groups]
-        if missing:
-            raise UserError(f"no runs of group(s) {', '.join(missing)} in {self.storage}")
-        best = load_recipe(self.report_dir / "best_recipe.yaml").to_dict() \
-            if (self.report_dir / "best_recipe.yaml").is_file() else self.best()[0]
-        title = f"bam-search quality protocol: {len(self.budget.tasks)} tasks, {self.budget.model}"
+        groups = [g for g in ARMS if any(r["group"] == g for r in runs)]
+        if "teachers" not in groups or len(groups) < 2:
+            raise UserError(f"{self.storage}: the report needs the teachers and one more complete arm "
+                            f"(complete: {', '.join(groups) or 'none'})")
+        tasks = list(self.budget.tasks)
+        title = f"bam-search quality protocol v2: {len(tasks)} tasks, {self.budget.model}"
+        candidate = "searched" if "searched" in groups else groups[-1]
+        best = None
+        if "searched" in groups:
+            from trainables.recipe import load_recipe
+            path = self.report_dir / "best_recipe.yaml"
+            best = load_recipe(path).to_dict() if path.is_file() else self.best()[0]
         try:
             paths = write_report(runs=runs, out_dir=self.report_dir, title=title, recipe=best, groups=groups,
-                                 baseline="teachers", candidate="searched")
-            per_group_paths = {}
-            comparisons = {}
-            for g in groups[1:]:
+                                 baseline="teachers", candidate=candidate)
+            comparisons, group_paths = {}, {}
+            for g in groups:
+                if g == "teachers":
+                    continue
                 sub = [r for r in runs if r["group"] in ("teachers", g)]
-                comparisons[g] = compare(runs=sub, baseline="teachers", candidate=g, tasks=list(self.budget.tasks))
-                if g != "searched":   # each student group's own validation curves (KD switch points marked)
-                    per_group_paths[g] = write_report(
-                        runs=sub, out_dir=self.storage / "reports" / f"quality-{g}", title=f"{title}: {GROUPS[g]}",
+                comparisons[g] = compare(runs=sub, baseline="teachers", candidate=g, tasks=tasks)
+                if ARMS[g].kind == "student":   # each student arm's own validation curves (KD switch points marked)
+                    group_paths[g] = write_report(
+                        runs=sub, out_dir=self.storage / "reports" / f"quality-{g}", title=f"{title}: {ARMS[g].label}",
                         groups=["teachers", g], baseline="teachers", candidate=g)
+            table = {g: table_entry(g, runs, comparisons, tasks) for g in groups}
+            targets = self.targets(runs, table, tasks)
         except ValueError as e:
             raise UserError(f"report: {e}") from None
-        table: dict = {}
-        for g in groups:
-            seeds = [r for r in runs if r["group"] == g]
-            avgs = [glue_average({t: r["scores"][t] for t in self.budget.tasks}) for r in seeds]
-            entry = {"label": GROUPS[g], "n": len(seeds), "seeds": sorted(r["seed"] for r in seeds), "tasks": {},
-                     "glue_avg": {"mean": float(np.mean(avgs)), "sd": float(np.std(avgs, ddof=1)) if len(avgs) > 1 else 0.0,
-                                  "per_seed": avgs}}
-            for t in self.budget.tasks:
-                if g == "teachers":
-                    row = next(x for x in next(iter(comparisons.values()))["tasks"] if x["task"] == t)
-                    s = row["groups"]["teachers"]
-                    entry["tasks"][t] = {"mean": s["mean"], "sd": s["sd"], "scores": s["scores"]}
-                else:
-                    row = next(x for x in comparisons[g]["tasks"] if x["task"] == t)
-                    s = row["groups"][g]
-                    entry["tasks"][t] = {"mean": s["mean"], "sd": s["sd"], "scores": s["scores"], "delta": row["delta"],
-                                         "test": row["test"], "p": row["p"], "p_holm": row["p_adj"],
-                                         "significant": row["significant"]}
-            if g != "teachers":
-                entry["glue_avg"]["delta"] = comparisons[g]["glue_average"]["delta"]
-            table[g] = entry
-        teach = table["teachers"]["glue_avg"]["mean"]
-        sig_up = [t for t, c in table["searched"]["tasks"].items() if c["significant"] and c["delta"] > 0]
-        targets = {
-            "searched_gain": {"value": table["searched"]["glue_avg"]["mean"] - teach, "target": TARGET_GAIN,
-                              "met": table["searched"]["glue_avg"]["mean"] - teach >= TARGET_GAIN},
-            "searched_significant_tasks": {"value": sig_up, "target": TARGET_SIGNIFICANT,
-                                           "met": len(sig_up) >= TARGET_SIGNIFICANT},
-            "bam_vs_multitask": {"value": table["bam_linear"]["glue_avg"]["mean"] - table["multitask"]["glue_avg"]["mean"],
-                                 "target": 0.0, "met": table["bam_linear"]["glue_avg"]["mean"]
-                                 >= table["multitask"]["glue_avg"]["mean"]},
-        }
-        return {"table": table, "targets": targets, "report": paths, "group_reports": per_group_paths}
+        missing = [g for g in ARMS if g not in groups]
+        return {"table": table, "targets": targets, "missing": missing, "report": paths, "group_reports": group_paths}
+
+    def targets(self, runs: list[dict], table: dict, tasks: list[str]) -> dict:
+        """The target lines: each a GLUE-average difference between two arms (and, where the target asks,
+        the tasks significantly better after Holm); ``None`` value where an arm is not complete yet."""
+        from search.report import compare
+        fixed = [g for g in FIXED if g in table]
+        best_fixed = max(fixed, key=lambda g: table[g]["glue_avg"]["mean"]) if fixed else None
+        out = {}
+        for key, (label, target, min_sig) in TARGETS.items():
+            base, cand = TARGET_PAIRS[key]
+            base = base or best_fixed
+            entry = {"label": label, "target": target, "min_significant": min_sig, "baseline": base,
+                     "candidate": cand, "value": None, "significant": None, "met": None}
+            if base in table and cand in table:
+                c = compare(runs=[r for r in runs if r["group"] in (base, cand)], baseline=base, candidate=cand,
+                            tasks=tasks)
+                sig = [row["task"] for row in c["tasks"] if row["significant"] and row["delta"] > 0]
+                entry.update(value=c["glue_average"]["delta"], significant=sig,
+                             met=c["glue_average"]["delta"] >= target and (min_sig is None or len(sig) >= min_sig))
+            out[key] = entry
+        return out
 
 
+def table_entry(g: str, runs: list[dict], comparisons: dict, tasks: list[str]) -> dict:
+    """One arm's row: per task mean, sd and scores (and against the teachers: delta, the test, Holm p), the
+    GLUE average per seed, and what its encoder saw (steps and passes over each task, means over seeds)."""
+    import numpy as np
+
+    from trainables.metrics import glue_average
+    seeds = [r for r in runs if r["group"] == g]
+    avgs = [glue_average({t: r["scores"][t] for t in tasks}) for r in seeds]
+    entry = {"label": ARMS[g].label, "n": len(seeds), "seeds": sorted(r["seed"] for r in seeds), "tasks": {},
+             "glue_avg": {"mean": float(np.mean(avgs)), "sd": float(np.std(avgs, ddof=1)) if len(avgs) > 1 else 0.0,
+                          "per_seed": avgs}}
+    for t in tasks:
+        scores = [r["scores"][t] for r in seeds]
+        cell = {"mean": float(np.mean(scores)), "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+                "scores": scores}
+        if g in comparisons:
+            row = next(x for x in comparisons[g]["tasks"] if x["task"] == t)
+            cell.update(delta=row["delta"], test=row["test"], p=row["p"], p_holm=row["p_adj"],
+                        significant=row["significant"])
+        entry["tasks"][t] = cell
+    if g in comparisons:
+        entry["glue_avg"]["delta"] = comparisons[g]["glue_average"]["delta"]
+    seen = [r.get("seen") or {} for r in seeds]
+    mean = lambda key, t: float(np.mean([s[key][t] or 0 for s in seen if key in s]))   # noqa: E731
+    entry["seen"] = {"steps": {t: mean("steps", t) for t in tasks}, "passes": {t: mean("passes", t) for t in tasks}}
+    if all("ran" in s for s in seen):
+        entry["seen"]["ran"] = {t: mean("ran", t) for t in tasks}
+    return entry
+
+
+def reference_run(budget: Budget, *, task: str, seed: int, glue_dir: str | None, path: Path) -> dict:
+    """One plain fine-tune (bench/reference.py's loop: fp32, AdamW at a constant LR, random batches) of the
+    student's model and head on ``task``'s budgeted examples, scored at its last step on the full dev set(s);
+    writes ``path`` (scores, steps, seconds) and its dev predictions beside it (``.npz``)."""
+    import numpy as np
+
+    from reference import predict_reference, train_reference
+    from trainables import dev_predictions
+    from trainables.data import load_examples
+    from trainables.metrics import compute_metrics
+    from trainables.model import load_tokenizer
+    from trainables.recipe import recipe_from_dict
+    from trainables.storage import atomic_write
+    from trainables.tasks import get_task
+    from trainables.trial import build_model
+    t = get_task(task)
+    recipe = recipe_from_dict({"tasks": [task], "model": budget.model, "seed": seed, "precision": "fp32",
+                               "teacher": {"use": False}, "student": {"pooling": budget.pooling},
+                               "data": budget.data(glue_dir=glue_dir)})
+    tokenizer = load_tokenizer(budget.model)
+    model = build_model(recipe, tokenizer=tokenizer, tasks={task: t})          # the student's init
+    train = load_examples(task=task, split="train", glue_dir=glue_dir).subsample(
+        max_examples=budget.max_train_examples, seed=recipe.data.data_seed)
+    out = train_reference(model=model, tokenizer=tokenizer, train=train, task=t, epochs=budget.reference_epochs,
+                          batch_size=recipe.optim.batch_size, lr=budget.reference_lr, max_length=budget.max_length,
+                          seed=seed)
+    splits, scores = {}, []
+    for split in t.dev_splits:
+        dev = load_examples(task=task, split=split, glue_dir=glue_dir).subsample(
+            max_examples=budget.max_dev_examples, seed=recipe.data.data_seed)
+        preds = predict_reference(model=model, tokenizer=tokenizer, examples=dev, task=t,
+                                  max_length=budget.max_length)
+        scores.append(compute_metrics(metrics=t.metrics, predictions=preds, labels=dev.labels)["score"])
+        splits[split] = {"ids": np.asarray(dev.ids), "gold": np.asarray(dev.labels),
+                         "pred": dev_predictions.compact(preds, regression=t.is_regression)}
+    record = {"task": task, "seed": seed, "score": float(np.mean(scores)), "steps": out["steps"],
+              "epochs": budget.reference_epochs, "lr": budget.reference_lr, "train_s": out["train_s"],
+              "n_train": len(train)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path.with_suffix(".npz"), dev_predictions.encode({task: {"metrics": list(t.metrics),
+                                                                          "splits": splits}}))
+    atomic_write(path, (json.dumps(record, indent=1) + "\n").encode())     # last: its presence means done
+    return record
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -475,18 +689,55 @@ def _cell(c: dict, *, teachers: bool) -> str:
     return f"{text} ({c['delta']:+.2f}; p {p}{'*' if c.get('significant') else ''})"
 
 
+def _span(values) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.1f}" if abs(hi - lo) < 0.05 else f"{lo:.1f}–{hi:.1f}"
+
+
+def seen_text(entry: dict) -> str:
+    """What an arm's encoder saw behind its scores: steps and passes over each task's examples (the range
+    over tasks of the means over seeds); teachers also how many epochs they ran before stopping."""
+    seen = entry.get("seen") or {}
+    if not seen.get("passes"):
+        return "-"
+    steps = list(seen["steps"].values())
+    text = f"{_span(steps).split('.')[0] if len(set(int(s) for s in steps)) == 1 else _span(steps)} steps; " \
+           f"{_span(seen['passes'].values())} passes/task"
+    if seen.get("ran"):
+        text += f" (of {_span(seen['ran'].values())} run)"
+    return text
+
+
 def markdown_table(result: dict, tasks) -> str:
     from trainables.tasks import get_task
-    head = ["group", "n", *[get_task(t).dir_name for t in tasks], "GLUE avg"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---:"] + ["---:"] * (len(tasks) + 1)) + "|"]
+    head = ["arm", "n", *[get_task(t).dir_name for t in tasks], "GLUE avg", "encoder saw (selected checkpoint)"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---", "---:"] + ["---:"] * (len(tasks) + 1) + ["---"]) + "|"]
     for g, e in result["table"].items():
         teachers = g == "teachers"
         avg = f"{e['glue_avg']['mean']:.2f} ± {e['glue_avg']['sd']:.2f}"
         if not teachers:
             avg += f" ({e['glue_avg']['delta']:+.2f})"
         lines.append("| " + " | ".join([e["label"], str(e["n"]), *[_cell(e["tasks"][t], teachers=teachers) for t in tasks],
-                                        avg]) + " |")
+                                        avg, seen_text(e)]) + " |")
     return "\n".join(lines)
+
+
+def target_lines(targets: dict) -> list[str]:
+    """``- LABEL: X`` per target (the wording runs are compared by), met or not, or not run yet."""
+    out = []
+    for t in targets.values():
+        want = f"target ≥ {t['target']:+g}" + (f", with ≥ {t['min_significant']} tasks significant (Holm)"
+                                                if t["min_significant"] else "")
+        if t["value"] is None:
+            out.append(f"- {t['label']}: not run yet ({want}; needs arms {t['baseline'] or 'the fixed recipes'} "
+                       f"and {t['candidate']})")
+            continue
+        sig = f"; tasks significant (Holm): {', '.join(t['significant']) or 'none'}" if t["min_significant"] else ""
+        base = f" [{t['baseline']}]" if t["candidate"] == "searched" and t["baseline"] in FIXED else ""
+        out.append(f"- {t['label']}: {t['value']:+.2f}{base}{sig} ({want}): "
+                   f"{'met' if t['met'] else '**not met**'}")
+    return out
 
 
 def _rel(path: str | Path) -> str:
@@ -498,39 +749,37 @@ def _rel(path: str | Path) -> str:
 
 
 def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
-    t = result["targets"]
-    tick = lambda ok: "met" if ok else "**not met**"                       # noqa: E731
     figs = [_rel(result["report"][k]) for k in ("bars", "curves") if k in result["report"]]
     figs += [_rel(p["curves"]) for p in result["group_reports"].values() if "curves" in p]
+    missing = result.get("missing") or []
     return "\n".join([
         f"Run: {meta['date']}, {meta['machine']}; the protocol's phases took {meta['compute']} in all "
         f"(summed over every invocation that ran them; this invocation: {meta['wall']}). "
-        f"Budget: model {budget.model}, tasks {', '.join(budget.tasks)}, "
+        f"Budget (protocol v{budget.protocol}): model {budget.model}, tasks {', '.join(budget.tasks)}, "
         f"at most {budget.max_train_examples} training examples per task (seed 0), "
         f"{'full dev sets' if budget.max_dev_examples is None else f'{budget.max_dev_examples} dev examples'}, "
-        f"max length {budget.max_length} (dynamic padding), {budget.epochs:g} epochs, lr {budget.lr:g}, "
-        f"{budget.pooling} pooling, {budget.evals} evaluations per run, {budget.seeds} seeds, "
+        f"max length {budget.max_length} (dynamic padding); students {budget.epochs:g} epochs over the union, "
+        f"lr {budget.lr:g}, {budget.pooling} pooling, {budget.evals} evaluations (sequential "
+        f"{budget.evals * SEQUENTIAL_EVALS}); teachers early-stopped (patience {budget.teacher_patience}, up to "
+        f"{budget.teacher_max_epochs:g} epochs, lr {budget.lr:g}); reference {budget.reference_epochs} epochs at "
+        f"lr {budget.reference_lr:g}; compact students {budget.compact_layers} layers; {budget.seeds} seeds; "
         f"{budget.trials} sweep trials.",
         "",
-        "Cells: dev score mean ± sd over seeds (GLUE ×100); for students (Δ vs teachers; Holm-adjusted p of "
-        "the test the report names per task: the paired bootstrap over dev examples when every run stored its dev "
-        "predictions, else Welch's t over seeds; * = p < 0.05), from `search.report.compare`. Each student's "
-        "scores are one checkpoint's: its evaluation with the best GLUE average.",
+        "Cells: dev score mean ± sd over seeds (GLUE ×100); against the teachers: (Δ; Holm-adjusted p of the test "
+        "the report names per task: the paired bootstrap over dev examples when every run stored its dev "
+        "predictions, else Welch's t over seeds; * = p < 0.05). Each run's scores are one checkpoint's: a "
+        "student's evaluation with the best GLUE average, a teacher's best evaluation, the reference's last step. "
+        "'encoder saw': steps and passes over each task's examples up to that checkpoint (range over tasks).",
         "",
         markdown_table(result, budget.tasks),
         "",
-        f"- searched recipe vs teachers, GLUE average: {t['searched_gain']['value']:+.2f} "
-        f"(target ≥ +{TARGET_GAIN:g}): {tick(t['searched_gain']['met'])}",
-        f"- tasks significantly better than the teachers after Holm: "
-        f"{', '.join(t['searched_significant_tasks']['value']) or 'none'} (target ≥ {TARGET_SIGNIFICANT}): "
-        f"{tick(t['searched_significant_tasks']['met'])}",
-        f"- BAM (linear) vs plain multi-task, GLUE average: {t['bam_vs_multitask']['value']:+.2f} (target ≥ 0): "
-        f"{tick(t['bam_vs_multitask']['met'])}",
+        *target_lines(result["targets"]),
+        *([f"- not run yet: {', '.join(missing)} (the protocol resumes from its storage)"] if missing else []),
         f"- report: `{_rel(result['report']['html'])}`; figures: " + ", ".join(f"`{f}`" for f in figs),
     ])
 
 
-BEGIN, END = "<!-- quality-protocol:begin -->", "<!-- quality-protocol:end -->"
+BEGIN, END = "<!-- quality-protocol-v2:begin -->", "<!-- quality-protocol-v2:end -->"
 
 
 def publish_figures(result: dict, dest: Path) -> dict:
@@ -581,19 +830,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="tiny model, 200 examples per task, 1 epoch, 2 seeds, 2 sweep trials (a smoke test)")
     p.add_argument("--model", help="minilm (default) | tiny (--quick) | a local HF folder")
-    p.add_argument("--glue-dir", help="GLUE folder (default $BAM_GLUE_DIR, else ../shared/data/glue; "
+    p.add_argument("--glue-dir", help="GLUE-format folder (default $BAM_GLUE_DIR, else ../shared/data/glue; "
                                       "--quick without one uses the synthetic tasks)")
     p.add_argument("--tasks", help=f"comma-separated (default {','.join(GLUE5)})")
-    p.add_argument("--storage", help="storage root (default bench-runs/quality, bench-runs/quality-quick with --quick)")
-    p.add_argument("--seeds", type=int, help="seeds per group (default 3; 2 with --quick)")
+    p.add_argument("--storage", help="storage root (default ~/.cache/bam-bench/quality-v2; "
+                                     "~/.cache/bam-bench/quality-v2-quick with --quick)")
+    p.add_argument("--seeds", type=int, help="seeds per arm (default 3; 2 with --quick)")
     p.add_argument("--trials", type=int, help="sweep trials (default 16; 2 with --quick)")
-    p.add_argument("--epochs", type=float, help="epochs of every run (default 1.5; 1 with --quick)")
+    p.add_argument("--epochs", type=float, help="students' epochs over the union of the tasks (default 3; 1 with --quick)")
     p.add_argument("--max-train-examples", type=int, help="training examples per task (default 2000; 200 with --quick)")
     p.add_argument("--max-dev-examples", type=int, help="dev examples per task (default: all; 200 with --quick)")
     p.add_argument("--lr", type=float, help="learning rate of teachers and students (default 1e-4; 2e-3 with --quick); "
                                             "the sweep samples its own")
     p.add_argument("--pooling", choices=["cls", "mean"], help="sentence pooling of every model (default mean)")
-    p.add_argument("--evals", type=int, help="evaluations per run (default 6; 2 with --quick)")
+    p.add_argument("--evals", type=int, help="evaluations per student run (default 6; 2 with --quick)")
+    p.add_argument("--teacher-max-epochs", type=float, help="teachers stop early within this (default 10; 3 with --quick)")
+    p.add_argument("--teacher-patience", type=int, help="evaluations without a better dev score (default 2; 1 with --quick)")
+    p.add_argument("--reference-epochs", type=int, help="the plain loop's epochs (default 3; 1 with --quick)")
+    p.add_argument("--compact-layers", type=int, help="layers of the compact students (default 3; 1 with --quick)")
+    p.add_argument("--partial", action="store_true",
+                   help="run nothing: report (and --update-results) the arms complete so far, naming the rest")
     p.add_argument("--examples-per-s", type=float, help="training examples/s of one trial on one core, for the ETA")
     p.add_argument("--no-wandb", action="store_true", help="do not log the runs to W&B (offline by default)")
     p.add_argument("--address", help="a running Ray cluster (default: a local Ray started here)")
@@ -620,17 +876,25 @@ def configure(args) -> tuple[Budget, Path, str | None]:
         raise UserError("GLUE tasks need --glue-dir (or $BAM_GLUE_DIR)")
     pick = lambda value, full, quick: value if value is not None else (quick if q else full)   # noqa: E731
     budget = Budget(tasks=tasks, model=pick(args.model, "minilm", "tiny"), seeds=pick(args.seeds, 3, 2),
-                    trials=pick(args.trials, 16, 2), epochs=pick(args.epochs, 1.5, 1.0),
+                    trials=pick(args.trials, 16, 2), epochs=pick(args.epochs, 3.0, 1.0),
                     max_train_examples=pick(args.max_train_examples, 2000, 200),
                     max_dev_examples=pick(args.max_dev_examples, None, 200), max_length=128,
                     lr=pick(args.lr, 1e-4, 2e-3), pooling=pick(args.pooling, "mean", "cls"),
-                    evals=pick(args.evals, 6, 2))
-    for name in ("seeds", "trials", "evals"):
+                    evals=pick(args.evals, 6, 2), teacher_max_epochs=pick(args.teacher_max_epochs, 10.0, 3.0),
+                    teacher_patience=pick(args.teacher_patience, 2, 1),
+                    reference_epochs=pick(args.reference_epochs, 3, 1),
+                    compact_layers=pick(args.compact_layers, 3, 1))
+    for name in ("seeds", "trials", "evals", "teacher_patience", "reference_epochs", "compact_layers"):
         if getattr(budget, name) < 1:
-            raise UserError(f"--{name}: must be >= 1")
-    if budget.epochs <= 0 or budget.lr <= 0:
-        raise UserError("--epochs and --lr: must be > 0")
-    storage = Path(args.storage or ("bench-runs/quality-quick" if q else "bench-runs/quality")).resolve()
+            raise UserError(f"--{name.replace('_', '-')}: must be >= 1")
+    if budget.epochs <= 0 or budget.lr <= 0 or budget.teacher_max_epochs <= 0:
+        raise UserError("--epochs, --teacher-max-epochs and --lr: must be > 0")
+    if budget.teacher_patience > math.ceil(budget.teacher_max_epochs) - 2:
+        raise UserError(f"--teacher-patience {budget.teacher_patience}: teachers evaluate once an epoch "
+                        f"({math.ceil(budget.teacher_max_epochs)} times) and stop at the earliest after patience + 1 "
+                        "evaluations: give at most --teacher-max-epochs - 2")
+    default = Path.home() / ".cache" / "bam-bench" / ("quality-v2-quick" if q else "quality-v2")
+    storage = Path(args.storage).expanduser().resolve() if args.storage else default
     return budget, storage, glue
 
 
@@ -643,6 +907,27 @@ def data_sizes(budget: Budget, glue: str | None) -> dict[str, tuple[int, int]]:
         n = len(load_examples(task=t, split="train", glue_dir=glue))
         d = sum(len(load_examples(task=t, split=s, glue_dir=glue)) for s in get_task(t).dev_splits)
         out[t] = (min(n, budget.max_train_examples or n), min(d, budget.max_dev_examples or d))
+    return out
+
+
+def machine() -> str:
+    """The host beside every figure: CPU model, cores, the flags that decide bf16 speed, Python and torch."""
+    flags = set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+        name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
+    except OSError:
+        name = ""
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    out = (f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+           f"CPU flags {'/'.join(wanted) or 'none of avx2/avx512f/avx512_bf16/amx_tile'}, "
+           f"Python {platform.python_version()}")
+    try:
+        import torch
+        out += f", torch {torch.__version__}"
+    except ImportError:
+        pass
     return out
 
 
@@ -664,26 +949,20 @@ def main(argv=None) -> int:
             rates = Rates(train_examples_per_s=args.examples_per_s, infer_speedup=rates.infer_speedup,
                           startup_s=rates.startup_s)
         estimates = plan(budget, sizes=sizes, rates=rates)
-        console.print(f"[bold]quality protocol[/]: {budget.model}, tasks {', '.join(budget.tasks)} "
+        console.print(f"[bold]quality protocol v{budget.protocol}[/]: {budget.model}, tasks {', '.join(budget.tasks)} "
                       f"({', '.join(f'{t} {n}/{d}' for t, (n, d) in sizes.items())} train/dev examples), "
                       f"{budget.epochs:g} epochs, {budget.seeds} seeds, {budget.trials} sweep trials; storage {storage}")
         console.print("estimate (" + f"{rates.train_examples_per_s:g} examples/s per trial and core, "
                       f"{concurrency()} trials at once, {rates.startup_s:g} s start-up per trial): "
                       + ", ".join(f"{k} {_hms(v)}" for k, v in estimates.items())
                       + f"; total {_hms(sum(estimates.values()))}")
-        proto = Protocol(budget=budget, storage=storage, glue_dir=glue, rates=rates, wandb=not args.no_wandb,
-                         address=args.address, console=console, estimates=estimates)
+        proto = Protocol(budget=budget, storage=storage, glue_dir=glue, rates=rates, sizes=sizes,
+                         wandb=not args.no_wandb, address=args.address, console=console, estimates=estimates,
+                         partial=args.partial)
         result = proto.run()
         meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "wall": _hms(time.time() - t0),
-                "compute": _hms(proto.state.seconds()),
-                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                           f"Python {platform.python_version()}"}
-        try:
-            import torch
-            meta["machine"] += f", torch {torch.__version__}"
-        except ImportError:
-            pass
-        shown = (publish_figures(result, Path(args.update_results).resolve().parent / "figures" / "quality")
+                "compute": _hms(proto.state.seconds()), "machine": machine()}
+        shown = (publish_figures(result, Path(args.update_results).resolve().parent / "figures" / "quality-v2")
                  if args.update_results else result)
         section = markdown_section(shown, budget=budget, meta=meta)
         from trainables.storage import atomic_write

@@ -76,6 +76,19 @@ def _status(storage: str, name: str) -> int:
     return 0
 
 
+def _errored(storage: str, name: str) -> int:
+    """A command that ran trials: 1 when any of them errored (one line each on stderr: its id and the reason,
+    the last line of its error.txt, where the traceback stays), else 0. Scripts and CI see the failure."""
+    from .experiment import experiment_dir
+    from .results import errored_trials
+    errored = errored_trials(storage, name)
+    for trial_id, reason in errored:
+        print(f"bam-search: trial {trial_id} of {name} errored: {reason}", file=sys.stderr)
+    if errored:
+        print(f"bam-search: tracebacks in {experiment_dir(storage, name)}/*/error.txt", file=sys.stderr)
+    return 1 if errored else 0
+
+
 def _report(storage: str, name: str, *, students=(), multitask=()) -> None:
     from .report import publish_report, report_records
     records, recipe = report_records(storage, name, students=students, multitask=multitask)
@@ -85,35 +98,35 @@ def _report(storage: str, name: str, *, students=(), multitask=()) -> None:
 # ------------------------------------------------------------------------------------------------ commands
 
 def cmd_teachers(args) -> int:
-    from .preflight import plan_teachers
+    from .preflight import plan_teachers, with_retries
     from .results import baseline_lines
-    plan = plan_teachers(args)
+    plan = with_retries(plan_teachers(args), args)
     _run(plan, quiet=args.quiet,
          banner=f"experiment: {plan.name}  ({len(plan.recipe.tasks)} tasks x {len(plan.seeds)} seeds)")
     print("\n".join(baseline_lines(plan.storage, plan.recipe.tasks)))
-    return 0
+    return _errored(plan.storage, plan.name)
 
 
 def cmd_train(args) -> int:
-    from .preflight import plan_train
-    plan = plan_train(args)
+    from .preflight import plan_train, with_retries
+    plan = with_retries(plan_train(args), args)
     _run(plan, quiet=args.quiet, banner=f"experiment: {plan.name}")
-    return _status(plan.storage, plan.name)
+    return _status(plan.storage, plan.name) or _errored(plan.storage, plan.name)
 
 
 def cmd_sweep(args) -> int:
-    from .preflight import plan_sweep
-    plan = plan_sweep(args)
+    from .preflight import plan_sweep, with_retries
+    plan = with_retries(plan_sweep(args), args)
     _run(plan, quiet=args.quiet, banner=f"experiment: {plan.name}   (resume with: bam-search resume {plan.name} "
                                         f"--storage {args.storage or 'bam-storage'})")
-    return _status(plan.storage, plan.name)
+    return _status(plan.storage, plan.name) or _errored(plan.storage, plan.name)
 
 
 def cmd_resume(args) -> int:
-    from .preflight import plan_resume
-    plan = plan_resume(args)
+    from .preflight import plan_resume, with_retries
+    plan = with_retries(plan_resume(args), args)
     _run(plan, quiet=args.quiet)
-    return _status(plan.storage, plan.name)
+    return _status(plan.storage, plan.name) or _errored(plan.storage, plan.name)
 
 
 def cmd_status(args) -> int:
@@ -123,8 +136,10 @@ def cmd_status(args) -> int:
 
 def cmd_best(args) -> int:
     from .preflight import storage_root
-    from .results import best_recipe, export_recipe, selected_lines
+    from .results import best_recipe, check_export, export_recipe, selected_lines
     storage = storage_root(args)
+    if args.export is not None:
+        check_export(args.export)                     # a folder or an unwritable path: one line, before anything
     recipe, top = best_recipe(storage, args.name)
     print(f"best trial {top['trial_id']}: {top['metric']} {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
     print("\n".join(selected_lines(top)))
@@ -160,10 +175,18 @@ def cmd_demo(args) -> int:
     phase(console, 1, 4, "single-task teachers, trained to convergence (early stopping on the dev score; the "
                          "best weights' train-set predictions are stored)")
     run_plan(demo.teachers, resources, live_title="teachers", total_trials=len(tasks))
+    if _errored(storage, demo.teachers.name):          # a student without its teachers would error too
+        return 1
     phase(console, 2, 4, f"sweep of {args.trials} students with ASHA early stopping (spaces/demo.yaml)")
     run_plan(demo.sweep, resources, live_title="sweep", total_trials=args.trials)
+    failed = _errored(storage, name)                   # said now; the demo goes on with the trials that ended
     phase(console, 3, 4, "the best recipe")
-    best, top = best_recipe(storage, name)
+    try:
+        best, top = best_recipe(storage, name)
+    except UserError:
+        if failed:                                     # no trial ended: the errors above are the reason
+            return 1
+        raise
     out = Path(storage) / "reports" / name
     recipe_path = out / "best_recipe.yaml"
     export_recipe(best, recipe_path, command=f"bam-search train {recipe_path} --seeds 3 --storage {storage}",
@@ -176,7 +199,7 @@ def cmd_demo(args) -> int:
     console.print(f"  report:     {out / 'report.html'}")
     console.print(f"  recipe:     {recipe_path}")
     console.print(f"  W&B runs:   {Path(storage) / 'wandb'}  (offline; upload with: wandb sync {Path(storage) / 'wandb' / 'wandb'}/offline-run-*)")
-    return 0
+    return failed
 
 
 def cmd_spaces(args) -> int:
@@ -202,6 +225,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"bam-search: error: {message} (see: {self.prog} --help)\n")
+
+
+def _retries(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
+    """--max-failures (every command that runs trials); resume: --retry-errored, and its own N by default."""
+    p.add_argument("--max-failures", type=int, default=None, metavar="N",
+                   help="Tune runs a failed trial (its node lost, its Train run out of retries) again up to N times, "
+                        "from its last checkpoint (default " + ("the experiment's own)" if resume else "1; 0: never)"))
+    if resume:
+        p.add_argument("--retry-errored", action="store_true",
+                       help="run the trials that had errored again too, from their last checkpoints")
 
 
 def _command(sub, name: str, func, help: str, epilog: str) -> argparse.ArgumentParser:
@@ -257,6 +290,8 @@ def _training_commands(sub) -> None:
                     help="bytes the experiment may hold on disk, e.g. 2GB (default 20GB; none for no limit); "
                          "ended trials keep only their best checkpoint")
     sw.add_argument("--seed", type=int, default=0, help="searcher seed")
+    for p in (t, tr, sw):
+        _retries(p)
     sw.add_argument("--quiet", action="store_true")
 
 
@@ -269,6 +304,7 @@ def _experiment_commands(sub) -> None:
         if cmd == "resume":
             s.add_argument("--address"); s.add_argument("--quiet", action="store_true")
             s.add_argument("--storage-is-shared", action="store_true")
+            _retries(s, resume=True)
             from .preflight import RESUME_REFUSED   # parsed only to be refused in one line (plan_resume)
             for dest in RESUME_REFUSED:
                 s.add_argument("--" + dest.replace("_", "-"), default=None, help=argparse.SUPPRESS)
@@ -302,10 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_names(args) -> None:
+    """Every experiment name the command line gives (--name, NAME, report's --student/--multitask) is a folder
+    name under the storage, never a path (``experiment.check_name``); ``spaces NAME`` names a space."""
+    from .experiment import check_name
+    if args.command == "spaces":
+        return
+    if getattr(args, "name", None) is not None:
+        check_name(args.name, what="--name" if args.command in ("teachers", "train", "sweep") else "NAME")
+    for flag in ("student", "multitask"):
+        for name in getattr(args, flag, None) or ():
+            check_name(name, what=f"--{flag}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_names(args)
         return args.func(args) or 0
     except UserError as e:
         print(f"bam-search: error: {e}", file=sys.stderr)

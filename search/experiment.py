@@ -6,6 +6,7 @@ Used by every command that trains: ``teachers`` (one trial per task x seed), ``t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from trainables.errors import UserError
@@ -13,6 +14,24 @@ from trainables.storage import Storage
 from trainables.trial_config import TrialConfig
 
 from .ray_env import DRIVER_CPU, Resources
+
+
+NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(name: str, *, what: str = "--name") -> str:
+    """An experiment's name is its folder under ``<storage>/experiments`` (and ``reports``): letters, digits,
+    '.', '_', '-', not '.' or '..', so nothing a command writes or reads leaves the storage. ``what``: the flag
+    or argument that gave it, for the one-line error."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(f"{what} {name!r}: not an experiment name (letters, digits, '.', '_' and '-'; not '.' or "
+                        f"'..'): it names a folder under <storage>/experiments, never a path")
+    return name
+
+
+def name_part(text: str) -> str:
+    """``text`` (a recipe or space file's stem) as part of a default experiment name: other characters -> '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text).strip(".") or "x"
 
 
 def experiment_dir(storage: str, name: str) -> Path | str:
@@ -76,14 +95,17 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
                    searcher: str = "random", scheduler: str = "none", metric: str = "glue_avg", seed: int = 0,
                    progress: bool = True, live_title: str | None = None, total_trials: int | None = None,
                    disk_budget: int | str | None = "20GB", pbt: dict | None = None,
-                   early_stopping: dict | None = None):
+                   early_stopping: dict | None = None, max_failures: int | None = 1, retry_errored: bool = False):
     """Run (or continue) one Tune experiment under ``trial.storage``; returns the ResultGrid.
 
     ``trial``: what every trial gets (Tune's param space holds ``trial.to_dict()`` under ``loop``).
     ``disk_budget``: bytes (or a size such as ``2GB``; None: no limit) the experiment's folder may hold;
     ended trials keep only their best checkpoint either way (``search/budget.py``).
     ``pbt``: with ``scheduler="pbt"``, ``{"mutations", "bounds", "interval"}`` (``search/pbt.py``).
-    ``early_stopping``: with asha/median, ``{"grace_period", "reduction_factor"}`` (None: the defaults)."""
+    ``early_stopping``: with asha/median, ``{"grace_period", "reduction_factor"}`` (None: the defaults).
+    ``max_failures``: Tune runs a failed trial (its driver's node lost, a Train run out of retries) again that
+    often, from its last checkpoint (None, continuing: the experiment's own); ``retry_errored``: continuing,
+    the trials that had errored run again too."""
     from ray import tune
 
     from trainables.trial import train_driver_fn
@@ -95,8 +117,7 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
     trainable = tune.with_resources(train_driver_fn, {"CPU": DRIVER_CPU})
     check_pbt(scheduler=scheduler, searcher=searcher, storage=trial.storage)
     if tune.Tuner.can_restore(exp):
-        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=False, restart_errored=False)
-        return tuner.fit()
+        return restore(exp, trainable, max_failures=max_failures, retry_errored=retry_errored).fit()
     local_exp = st.local / "experiments" / name if st.is_local else None
     loop = trial.to_dict()                           # the trial side rebuilds it: TrialConfig.from_dict
     space = {"loop": loop, "resources": resources.as_dict(), "experiment": name, "params": params,
@@ -106,7 +127,8 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
                            local_exp=local_exp, live_title=live_title, total_trials=total_trials or num_samples)
     run_config = tune.RunConfig(name=name, storage_path=st.join("experiments"),
                                 verbose=0 if (live_title or not progress) else 1, callbacks=callbacks,
-                                failure_config=tune.FailureConfig(max_failures=0))
+                                failure_config=tune.FailureConfig(
+                                    max_failures=1 if max_failures is None else max_failures))
     tuner = tune.Tuner(trainable, param_space=space, run_config=run_config,
                        tune_config=tune.TuneConfig(
                            metric=metric, mode="max", num_samples=num_samples,
@@ -121,6 +143,34 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
          "disk_budget": budget, "pbt": pbt, "early_stopping": early_stopping},
         indent=1, default=str).encode())
     return tuner.fit()
+
+
+def restore(exp: str, trainable, *, max_failures: int | None, retry_errored: bool):
+    """The Tuner of an interrupted experiment. ``retry_errored``: Tune's ``resume_errored`` (errored trials run
+    again under their own ids, so each picks up its Train checkpoints and recorded rows; ``restart_errored``
+    would start them afresh under new ids, beside the old ones). ``max_failures``: set on the restored
+    RunConfig (new trials) and, by ``trial_retries``, on the restored trials, which keep their own otherwise."""
+    from ray import tune
+    tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=retry_errored, restart_errored=False)
+    if max_failures is not None:
+        run_config = tuner._local_tuner.get_run_config()          # Ray 2.60: the unpickled RunConfig
+        run_config.failure_config = tune.FailureConfig(max_failures=max_failures)
+        run_config.callbacks = [*(run_config.callbacks or []), trial_retries(max_failures)]
+    return tuner
+
+
+def trial_retries(max_failures: int):
+    """A Tune callback that gives every trial ``max_failures`` before each step of the run (a restored trial
+    keeps the value of its first run otherwise). Defined here so that importing this module needs no Ray."""
+    from ray.tune import Callback
+
+    class TrialRetries(Callback):
+        def on_step_begin(self, iteration, trials, **info):
+            for t in trials:
+                t.max_failures = max_failures
+    cb = TrialRetries()
+    cb.max_failures = max_failures
+    return cb
 
 
 def _callbacks(*, name: str, trial: TrialConfig, resources: Resources, metric: str, budget: int | None,
@@ -147,7 +197,8 @@ def run_plan(plan, resources: Resources, *, progress: bool = True, live_title: s
                           num_samples=plan.num_samples, searcher=plan.searcher, scheduler=plan.scheduler,
                           metric=plan.metric, seed=plan.searcher_seed, progress=progress, live_title=live_title,
                           total_trials=total_trials, disk_budget=plan.disk_budget, pbt=plan.pbt,
-                          early_stopping=plan.early_stopping)
+                          early_stopping=plan.early_stopping, max_failures=getattr(plan, "max_failures", 1),
+                          retry_errored=getattr(plan, "retry_errored", False))
 
 
 def _describe(params: dict) -> dict:

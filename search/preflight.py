@@ -6,6 +6,7 @@ command line records nothing and starts no Ray. ``plan_*`` check in the order th
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -18,6 +19,7 @@ from trainables.errors import UserError
 from trainables.recipe import Recipe, apply_overrides, recipe_from_dict, with_params
 from trainables.trial_config import TrialConfig
 
+from .experiment import name_part
 from .ray_env import ResourceRequest, Resources
 
 FLAG_KEYS = {"evals": "evals", "max_train_examples": "data.max_train_examples",      # recipe flag -> recipe key
@@ -49,6 +51,8 @@ class Plan:
     pbt: dict | None = None              # scheduler pbt: {"mutations", "bounds", "interval"}
     early_stopping: dict | None = None   # asha/median: {"grace_period", "reduction_factor"}
     resources: Resources | None = None   # resume: the experiment's own
+    max_failures: int | None = 1         # Tune's retries of a failed trial (--max-failures); resume: None keeps its own
+    retry_errored: bool = False          # resume --retry-errored: run the errored trials again
 
     @property
     def storage(self) -> str:
@@ -74,7 +78,22 @@ class DemoPlan:
 def storage_root(args) -> str:
     """An absolute local path, or a URI (s3://, gs://, ...): see trainables/storage.py."""
     from trainables.storage import storage_uri
+    if args.storage is not None and not args.storage.strip():   # "" would silently mean ./bam-storage
+        raise UserError(f"--storage {args.storage!r}: empty; give a folder or a URI (or leave --storage out for "
+                        "$BAM_STORAGE, else ./bam-storage)")
     return storage_uri(args.storage or os.environ.get("BAM_STORAGE") or "bam-storage")
+
+
+def with_retries(plan: Plan, args) -> Plan:
+    """``--max-failures`` (Tune retries a failed trial that often, from its last checkpoint; default 1) and
+    ``resume --retry-errored``, checked before Ray starts."""
+    from dataclasses import replace
+    n = getattr(args, "max_failures", None)
+    if n is not None and n < 0:
+        raise UserError(f"--max-failures {n}: must be 0 or more (0: a failed trial is not retried)")
+    default = None if plan.kind == "resume" else Plan.max_failures
+    return replace(plan, max_failures=default if n is None else n,
+                   retry_errored=bool(getattr(args, "retry_errored", False)))
 
 
 def check_flags(args) -> None:
@@ -87,6 +106,9 @@ def check_flags(args) -> None:
     cpw = getattr(args, "cpus_per_worker", None)
     if cpw is not None and not cpw > 0:
         raise UserError(f"--cpus-per-worker {cpw}: must be more than 0")
+    seed = getattr(args, "seed", None)                 # sweep's searcher seed (Optuna, numpy: 0 .. 2^32-1)
+    if seed is not None and not 0 <= seed < 2 ** 32:
+        raise UserError(f"--seed {seed}: the searcher's seed must be from 0 to 2^32-1")
 
 
 def glue_dir(args) -> str | None:
@@ -205,11 +227,14 @@ def _digest(obj) -> str:
 
 def check_data(recipe: Recipe) -> None:
     """Read every train/dev file the recipe needs, so bad data fails before Ray starts."""
-    from trainables.data import load_examples
+    from trainables.data import check_dev_labels, load_examples
     from trainables.tasks import get_task
+    d = recipe.data
     for t in recipe.tasks:
         for split in ("train", *get_task(t).dev_splits):
-            load_examples(task=t, split=split, glue_dir=recipe.data.glue_dir)
+            ex = load_examples(task=t, split=split, glue_dir=d.glue_dir)
+            if split != "train":                       # the dev set a trial scores on: two gold values or more
+                check_dev_labels(ex, max_examples=d.max_dev_examples, seed=d.data_seed, glue_dir=d.glue_dir)
 
 
 def check_model(recipe: Recipe) -> None:
@@ -224,6 +249,131 @@ def check_model(recipe: Recipe) -> None:
     except (OSError, ValueError):
         return                                   # not readable here (a hub name offline): the trial says so
     _pick_layers(depth, recipe.student.num_layers)
+
+
+# what a trial would otherwise meet: each check here stands for an error that used to be found inside every
+# trial (Ray started, a traceback per trial, an errored experiment left behind)
+
+FRACTIONAL = ("uniform", "log_uniform_values", "q_uniform", "q_log_uniform_values", "normal")   # Tune draws floats
+NOT_PATHS = ("tiny", "minilm")
+
+
+def check_model_loadable(recipe: Recipe, *, where: str = "model") -> None:
+    """The model every trial loads, and for hidden-state distillation the teachers' ``teacher.model``: ``tiny``,
+    ``minilm`` (its package installed), a local Hugging Face folder, or a hub name this machine can fetch. Its
+    config and tokenizer are read here. ``where``: the flag or file:line that gave ``model``."""
+    names = [(where, recipe.model)]
+    if recipe.teacher.use and recipe.student.hidden_distill > 0 and recipe.teacher.model not in (None, recipe.model):
+        names.append(("teacher.model", recipe.teacher.model))
+    for key, name in names:
+        if name == "tiny":
+            continue
+        from transformers import AutoConfig
+
+        from trainables.model import load_tokenizer, resolve_model
+        path = resolve_model(name)                  # minilm without its package: one line saying what to install
+        try:
+            AutoConfig.from_pretrained(path)
+            load_tokenizer(name)
+        except (OSError, ValueError, UserError):
+            why = (f"the folder {path} holds no model config and tokenizer Hugging Face can read"
+                   if Path(path).is_dir() else "no such local folder, and not a hub model "
+                   + ("(offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+                      else "this machine can fetch"))
+            raise UserError(f"{key} {name!r}: cannot load it: {why}; use tiny, minilm, a "
+                            "local Hugging Face folder, or a hub name while online") from None
+
+
+def _schema_type(key: str):
+    """The recipe schema's type at dotted ``key``: ``anneal.per_task.rte.k`` is Anneal's ``k``; a key inside a
+    mapping (``sampling.weights.rte``) or an unknown key: None."""
+    import typing
+    cls, parts = Recipe, key.split(".")
+    while parts:
+        name = parts.pop(0)
+        hints = typing.get_type_hints(cls)
+        if name not in hints:
+            return None
+        if dataclasses.is_dataclass(hints[name]):
+            cls = hints[name]
+        elif name == "per_task" and len(parts) >= 2:
+            parts.pop(0)                            # the task: its settings are the section's own
+        else:
+            return None if parts else hints[name]
+    return None
+
+
+def check_space_types(space: dict) -> None:
+    """A distribution that draws fractional numbers (uniform, log_uniform_values, q_*, normal: Tune returns
+    floats even on a whole-number grid) on a whole-number recipe key passes the space's checks of its min and
+    max and fails in every trial: refused, naming what to use."""
+    import typing
+    for name, kind in space["kinds"].items():
+        tp = _schema_type(name)
+        arms = typing.get_args(tp) or (tp,)
+        if kind in FRACTIONAL and int in arms and float not in arms:
+            raise UserError(f"{space['where'][name]}: parameter {name}: distribution {kind} draws fractional "
+                            f"numbers and {name} takes a whole number; use int_uniform (whole min and max) or "
+                            f"values: [...]")
+
+
+def resolve_paths(recipe: Recipe, *, file: str | Path | None = None, given=lambda key: True,
+                  prefix: tuple = ()) -> Recipe:
+    """Relative paths made absolute before any trial runs (a trial runs in a folder of its own, maybe on another
+    node): ``data.glue_dir``, and ``model`` / ``teacher.model`` when they name a local folder (else a hub
+    name). A path the recipe or space ``file`` gives is relative to that file, as in torchtune's and HF's
+    configs; one the command line gives (``given(key)``), to the current folder. ``prefix``: where the file
+    holds recipe keys (a space: ``base``), for the error's line."""
+    from trainables.recipe import with_key_line
+
+    def absolute(key: str, value: str | None, *, must_exist: bool) -> str | None:
+        if value is None or "://" in value or value in NOT_PATHS or Path(value).expanduser().is_absolute():
+            return value
+        from_file = file is not None and not given(key)
+        folder = Path(file).resolve().parent if from_file else Path.cwd()
+        p = (folder / Path(value).expanduser()).resolve()
+        if p.is_dir():
+            return str(p)
+        if not must_exist:
+            return value
+        if not from_file:
+            raise UserError(f"--set {key}={value}: no folder {p} (relative to the current folder)")
+        raise UserError(with_key_line(f"{file}: {key}: {value!r}: no folder {p} (a relative path in a recipe or "
+                                      "space file is relative to that file)", path=file, prefix=prefix))
+    d, t = recipe.data, recipe.teacher
+    return dataclasses.replace(
+        recipe, model=absolute("model", recipe.model, must_exist=False),
+        data=dataclasses.replace(d, glue_dir=absolute("data.glue_dir", d.glue_dir, must_exist=True)),
+        teacher=dataclasses.replace(t, model=absolute("teacher.model", t.model, must_exist=False)))
+
+
+def given_by(overrides, *flags_given: str):
+    """``given(key)`` for ``resolve_paths``: a key set by --set (or a section of it) or by a flag."""
+    keys = {o.split("=", 1)[0].strip() for o in overrides or ()} | set(flags_given)
+    return lambda key: any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def _key_at(path: str, key: str, overrides) -> str:
+    """Where a recipe key comes from, for an error: ``--set KEY`` or ``file:line: KEY``."""
+    from trainables.recipe import key_line, yaml_key_lines
+    if given_by(overrides)(key):
+        return f"--set {key}"
+    line = key_line(yaml_key_lines(path), key)
+    return f"{path}{f':{line}' if line else ''}: {key}"
+
+
+def _check_teacher_weights(storage: str, recipe: Recipe, found: dict[str, list[dict]]) -> None:
+    """``student.hidden_distill`` loads each task's first teacher's weights (``model.pt``) from the store."""
+    from trainables.teacher_store import StoreError, TeacherStore
+    if recipe.student.hidden_distill <= 0:
+        return
+    store = TeacherStore(storage)
+    for t, recs in found.items():
+        if not store.has_file(recs[0]["key"], "model.pt"):
+            raise StoreError(f"{store.dir(recs[0]['key'])}/model.pt: teacher weights missing for task {t} seed "
+                             f"{recs[0]['seed']}, which student.hidden_distill loads (a store written before "
+                             "teachers kept their weights): set student.hidden_distill 0, or train the teachers "
+                             "again into another --storage")
 
 
 def check_teachers(storage: str, recipe: Recipe) -> None:
@@ -249,6 +399,7 @@ def check_teachers(storage: str, recipe: Recipe) -> None:
         raise UserError(f"teacher predictions missing for {', '.join(f'{t} seed {s}' for t, s in missing)}"
                         f"{within}; train them first: {cmd}")
     _check_teacher_predictions(storage, found, examples)
+    _check_teacher_weights(storage, recipe, found)
 
 
 def _check_teacher_experiments(storage: str, recipe: Recipe) -> None:
@@ -350,8 +501,8 @@ def _early_stopping(sw: dict, recipe: Recipe) -> dict | None:
         raise UserError(f"{grace_from}: only with --scheduler asha or median (not {scheduler})")
     if grace is not None and not 1 <= grace <= recipe.evals:
         raise UserError(f"{grace_from} {grace}: must be between 1 and the recipe's evals ({recipe.evals})")
-    if rf is not None and not rf > 1:
-        raise UserError(f"{rf_from} {rf}: must be > 1 (ASHA keeps 1/reduction-factor of the trials per rung)")
+    if rf is not None and not (rf > 1 and math.isfinite(rf)):
+        raise UserError(f"{rf_from} {rf}: must be a finite number > 1 (ASHA keeps 1/reduction-factor of the trials per rung)")
     return {k: v for k, v in (("grace_period", grace), ("reduction_factor", rf)) if v is not None}
 
 
@@ -389,6 +540,8 @@ def _scheduler_settings(args, space: dict, sw: dict) -> tuple[str, dict | None]:
     """(searcher, PBT settings): PBT samples its population at random (or from a grid) and then mutates it.
     ``sw``: ``sweep_settings`` (the searcher may come from the space's ``method``)."""
     (searcher, searcher_from), scheduler = sw["searcher"], sw["scheduler"][0]
+    if scheduler != "pbt" and args.perturbation_interval is not None:
+        raise UserError(f"--perturbation-interval: only with --scheduler pbt (not {scheduler})")
     if scheduler != "pbt":
         return searcher or "optuna", None
     if searcher == "optuna":
@@ -417,8 +570,9 @@ def plan_teachers(args) -> Plan:
     check_flags(args)
     base = teacher_recipe(base_recipe(args, defaults=with_params({}, teacher_stopping(args))))
     seeds = list(range(args.seeds)) if args.seeds is not None else [0]
-    recipe = recipe_from_dict(base, source="teachers")
+    recipe = resolve_paths(recipe_from_dict(base, source="teachers"))     # all from the command line
     check_data(recipe)
+    check_model_loadable(recipe, where="--model" if args.model else "model")
     check_model(recipe)
     storage = storage_root(args)
     _writable(storage)
@@ -437,15 +591,20 @@ def plan_train(args) -> Plan:
     overrides = list(args.set)
     if args.glue_dir:                                  # the flag beats the recipe file; an explicit --set beats both
         overrides.insert(0, f"data.glue_dir={glue_dir(args)}")
-    recipe = load_recipe(args.recipe, overrides=overrides)
+    recipe = resolve_paths(load_recipe(args.recipe, overrides=overrides), file=args.recipe,
+                           given=given_by(overrides))
+    if recipe.data.glue_dir is None and glue_dir(args):   # BAM_GLUE_DIR, as an absolute path every trial reads
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, glue_dir=glue_dir(args)))
     check_data(recipe)
+    check_model_loadable(recipe, where=_key_at(args.recipe, "model", overrides))
     check_model(recipe)
     storage = storage_root(args)
     check_teachers(storage, recipe)
     seeds = list(range(args.seeds))
     base = recipe.to_dict()
     _writable(storage)
-    return Plan(kind="train", name=args.name or f"train-{Path(args.recipe).stem}-{_digest([base, seeds])}",
+    name = args.name or f"train-{name_part(Path(args.recipe).stem)}-{_digest([base, seeds])}"
+    return Plan(kind="train", name=name,
                 trial=trial_config(storage, recipe, job="student", wandb=not args.no_wandb),
                 params={"seed": tune.grid_search(seeds)} if len(seeds) > 1 else {"seed": base["seed"]},
                 request=_request(args), trials=len(seeds), seeds=tuple(seeds))
@@ -461,10 +620,13 @@ def plan_sweep(args) -> Plan:
     sw = sweep_settings(args, space)                  # flags beat the space's W&B keys, which beat the defaults
     space["settings_from"] = {k: origin for k, (_, origin) in sw.items()}   # which source won, quietly
     (metric, metric_from), scheduler = sw["metric"], sw["scheduler"][0]
-    recipe = recipe_from_dict(space["base"], source=space["path"])
+    check_space_types(space)
+    recipe = resolve_paths(recipe_from_dict(space["base"], source=space["path"]), file=space["path"],
+                           given=given_by(args.set, *(["model"] if args.model else [])), prefix=("base",))
     check_metric(metric, recipe, space, source=metric_from)
     early = _early_stopping(sw, recipe)
     check_data(recipe)
+    check_model_loadable(recipe, where="--model" if args.model else "model")
     check_model(recipe)
     storage = storage_root(args)
     check_teachers(storage, recipe)
@@ -472,7 +634,7 @@ def plan_sweep(args) -> Plan:
     budget = _check_disk_budget(args, storage, recipe)
     searcher, pbt = _scheduler_settings(args, space, sw)
     check_pbt(scheduler=scheduler, searcher=searcher, storage=storage)
-    name = sw["name"][0] or f"sweep-{Path(space['path']).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = sw["name"][0] or f"sweep-{name_part(Path(space['path']).stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
     params = to_tune(space, searcher=searcher)                  # a space the searcher cannot take fails here
     _writable(storage)
     return Plan(kind="sweep", name=name, trial=trial_config(storage, recipe, job="student", wandb=not args.no_wandb),
@@ -553,6 +715,7 @@ def plan_demo(args) -> DemoPlan:
                         "(teachers, sweep, best and report take URIs)")
     demo_recipe = recipe_from_dict(base, source="demo")
     check_data(demo_recipe)
+    check_model_loadable(demo_recipe, where="--model")
     model, tasks = demo_recipe.model, list(demo_recipe.tasks)
     space = load_space("demo", base_recipe=base)
     _check_not_searched(args, space)

@@ -9,8 +9,10 @@ starting a TorchTrainer deadlocked with num_cpus=2 and 0.5-CPU workers).
 """
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 
 from trainables.errors import UserError
 
@@ -24,6 +26,8 @@ TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 # The embedded Ray only: one local node, which no autoscaler or cloud provider drains, so Train's
 # PreemptionWatcher (one more Python process per trial, polling the node's drain state) has nothing to see.
 EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# A trial whose workers no node can hold waits for an autoscaler this long (BAM_PENDING_TIMEOUT), then errors.
+DEFAULT_PENDING_TIMEOUT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,11 @@ class Resources:
     cpus_per_worker: float
     use_gpu: bool
     max_concurrent: int
+    pending_timeout_s: float | None = None   # an autoscaler must add a node: a trial waits this long for it
 
     def as_dict(self) -> dict:
-        return {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "use_gpu": self.use_gpu}
+        d = {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "use_gpu": self.use_gpu}
+        return {**d, "pending_timeout_s": self.pending_timeout_s} if self.pending_timeout_s else d
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,91 @@ def start_ray(request: ResourceRequest, *, storage: str, trials: int | None = No
     """Start or join Ray, check the cluster can share ``storage``, and choose each trial's resources."""
     cluster = init_ray(address=request.address)
     check_shared_storage(storage=storage, shared=request.shared_storage)
-    return choose_resources(cluster, workers=request.workers, cpus_per_worker=request.cpus_per_worker,
-                            use_gpu=request.use_gpu, max_concurrent=request.max_concurrent, trials=trials)
+    resources = choose_resources(cluster, workers=request.workers, cpus_per_worker=request.cpus_per_worker,
+                                 use_gpu=request.use_gpu, max_concurrent=request.max_concurrent, trials=trials)
+    return check_fits(resources, joined=bool(request.address or os.environ.get("RAY_ADDRESS")))
+
+
+def check_fits(resources: Resources, *, joined: bool) -> Resources:
+    """Before the first trial: a trial no node of the cluster can ever hold is refused in one line (it would wait
+    PENDING forever). A cluster with an autoscaler may add such a node: then one warning line, and each trial
+    waits at most ``BAM_PENDING_TIMEOUT`` seconds for its workers (``pending_timeout_s``) before it errors."""
+    import ray
+    nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive", True)]
+    problem = resource_problem(nodes, workers=resources.workers, cpus_per_worker=resources.cpus_per_worker,
+                               use_gpu=resources.use_gpu)
+    if problem is None:
+        return resources
+    types = autoscaler_node_types() if joined else []
+    if not types:
+        raise UserError(problem)
+    timeout = pending_timeout()
+    print(f"bam-search: warning: {problem.split(': lower', 1)[0]}; the cluster's autoscaler (node types "
+          f"{', '.join(types)}) may add one: each trial waits up to {timeout:g} s for it (BAM_PENDING_TIMEOUT)",
+          file=sys.stderr)
+    return replace(resources, pending_timeout_s=timeout)
+
+
+def resource_problem(nodes: list[dict], *, workers: int, cpus_per_worker: float, use_gpu: bool) -> str | None:
+    """Why one trial can never run on nodes with these resources (``ray.nodes()[i]["Resources"]``), or None.
+
+    A trial is its driver (``DRIVER_CPU``) on some node plus ``workers`` bundles of ``cpus_per_worker`` CPUs (and
+    one GPU each with ``use_gpu``), each bundle on one node; Ray Train spreads bundles over nodes if it must."""
+    def holds(free: dict) -> int:
+        n = int(free.get("CPU", 0) // cpus_per_worker + 1e-9) if cpus_per_worker > 0 else workers
+        return min(n, int(free.get("GPU", 0) + 1e-9)) if use_gpu else n
+    for i, host in enumerate(nodes):                  # the driver on node i, the workers wherever they fit
+        if host.get("CPU", 0) + 1e-9 < DRIVER_CPU:
+            continue
+        rest = [{**n, "CPU": n.get("CPU", 0) - DRIVER_CPU} if j == i else n for j, n in enumerate(nodes)]
+        if sum(max(0, holds(n)) for n in rest) >= workers:
+            return None
+    gpu = " + 1 GPU" if use_gpu else ""
+    cpus = sorted((n.get("CPU", 0) for n in nodes), reverse=True)
+    gpus = sum(n.get("GPU", 0) for n in nodes)
+    has = (f"{len(nodes)} node{'s' * (len(nodes) != 1)} with {', '.join(f'{c:g}' for c in cpus[:4])}"
+           f"{', ...' if len(cpus) > 4 else ''} CPUs" + (f" and {gpus:g} GPUs in all" if use_gpu else ""))
+    return (f"--workers-per-trial {workers} --cpus-per-worker {cpus_per_worker:g}{' --use-gpu' if use_gpu else ''}: "
+            f"a trial needs {workers} x ({cpus_per_worker:g} CPU{gpu}) + {DRIVER_CPU:g} CPU for its driver, which "
+            f"this Ray cluster ({has}) can never hold: lower --cpus-per-worker or --workers-per-trial"
+            f"{', drop --use-gpu' if use_gpu and not gpus else ''}, or join a larger cluster (--address)")
+
+
+def pending_timeout() -> float:
+    """Seconds a trial waits for an autoscaler to add a node its workers fit on (BAM_PENDING_TIMEOUT)."""
+    raw = os.environ.get("BAM_PENDING_TIMEOUT", "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_PENDING_TIMEOUT_S
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise UserError(f"BAM_PENDING_TIMEOUT={raw}: give the seconds a trial may wait for a node (> 0)")
+    return value
+
+
+def autoscaler_node_types() -> list[str]:
+    """The node types of the connected cluster's autoscaler ([] when it has none, or cannot say)."""
+    import json
+
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+    try:
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        status = json.loads(raw) if raw else {}
+    except Exception:  # noqa: BLE001 - no status is no autoscaler as far as this check goes
+        return []
+    return node_types_of(status)
+
+
+def node_types_of(status: dict) -> list[str]:
+    """An autoscaler's node types from its status (``ray status``'s source): each node of a cluster without an
+    autoscaler (``ray start`` by hand, the embedded Ray) is a type of its own named ``node_<id>``."""
+    report = status.get("autoscaler_report") or {}
+    types = set()
+    for key in ("active_nodes", "idle_nodes", "pending_launches"):
+        types.update((report.get(key) or {}).keys())
+    types.update(p[1] for p in report.get("pending_nodes") or [] if len(p) > 1)
+    return sorted(t for t in types if not str(t).startswith("node_"))
 
 
 def init_ray(*, address: str | None, quiet: bool = True) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from trainables.errors import UserError
@@ -34,6 +35,48 @@ def trial_results(storage: str, name: str) -> list[dict]:
     return trials
 
 
+_TRIAL_DIR = re.compile(r"^train_driver_fn_([0-9a-f]+_\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def errored_trials(storage: str, name: str) -> list[tuple[str, str]]:
+    """(trial id, the last line of its ``error.txt``: the exception and its reason) of every trial of an
+    experiment that ended errored, for a command's exit code; the full traceback stays in the file. Tune's own
+    state says which ended so (a trial retried after an error that then finished keeps its error.txt); without
+    it, a trial with an error file. [] when there is no experiment."""
+    st = Storage.resolve(storage)
+    if not st.is_dir("experiments", name):
+        return []
+    states = _trial_states(st, name)
+    out = []
+    for d in sorted(st.listdir("experiments", name)):
+        if not st.is_file("experiments", name, d, "params.json"):
+            continue
+        files = set(st.listdir("experiments", name, d))
+        if (states.get(d) != "ERROR") if states is not None else not {"error.txt", "error.pkl"} & files:
+            continue
+        text = (st.read_bytes("experiments", name, d, "error.txt").decode(errors="replace")
+                if "error.txt" in files else "")
+        lines = [_ANSI.sub("", line).strip() for line in text.splitlines() if line.strip()]
+        m = _TRIAL_DIR.match(d)
+        out.append((m.group(1) if m else d, lines[-1] if lines else "no error.txt (see error.pkl)"))
+    return out
+
+
+def _trial_states(st: Storage, name: str) -> dict[str, str] | None:
+    """Each trial folder's status (TERMINATED, ERROR, ...) in Tune's newest ``experiment_state-*.json``; None
+    without a readable one."""
+    found = sorted(f for f in st.listdir("experiments", name)
+                   if f.startswith("experiment_state-") and f.endswith(".json"))
+    if not found:
+        return None
+    try:
+        trials = [json.loads(t[0]) for t in json.loads(st.read_bytes("experiments", name, found[-1]))["trial_data"]]
+        return {t["relative_logdir"]: t["status"] for t in trials}
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
 def experiment_metric(storage: str, name: str) -> str:
     """The metric an experiment was run with (glue_avg for older ones)."""
     st = Storage.resolve(storage)
@@ -47,17 +90,27 @@ def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
     """Per trial: its sampled params, state, evaluations, and its selected evaluation ``best_row``: the row with
     the highest ``metric`` (the first of equal ones), the same one Ray Train keeps as the trial's best
     checkpoint. That one evaluation (one checkpoint) is the trial's score everywhere: ``status``, ``best``,
-    the report (``best_scores``); ``best`` is its ``metric`` value and ``selected_step`` its step."""
+    the report (``best_scores``); ``best`` is its ``metric`` value and ``selected_step`` its step. Only an
+    evaluation that scored every task the trial reports is eligible when there is one: a sequential run
+    (``switch.mode: sequential``) averages only the tasks joined so far, and a model that never trained on a
+    task has no score for it (Ray Train may keep another checkpoint as best by its raw metric then)."""
     out = []
     for t in trials:
         rows = t["rows"]
-        best = max(rows, key=lambda r: r.get(metric, float("-inf"))) if rows else {}
+        best = max(_complete(rows), key=lambda r: r.get(metric, float("-inf"))) if rows else {}
         done = bool(rows) and (rows[-1].get("progress", 0) >= 1.0 or bool(rows[-1].get("stopped_early")))
         out.append({"trial_id": t["trial_id"], "params": t["params"].get("params", {}), "rows": rows,
                     "state": "ERROR" if t["error"] else ("DONE" if done else ("STOPPED" if rows else "PENDING")),
                     "iterations": len(rows), "best": best.get(metric), "best_row": best,
                     "selected_step": best.get("step"), "metric": metric, "dir": t["dir"]})
     return out
+
+
+def _complete(rows: list[dict]) -> list[dict]:
+    """The rows that hold a score for every task any row scores (all rows when none does)."""
+    tasks = {k[:-len("/score")] for r in rows for k in r if k.endswith("/score") and k.count("/") == 1}
+    full = [r for r in rows if all(f"{t}/score" in r for t in tasks)]
+    return full or rows
 
 
 def selection(metric: str) -> str:
@@ -106,11 +159,32 @@ def best_recipe(storage: str, name: str) -> tuple[dict, dict]:
     return with_params(trial["params"]["loop"]["recipe"], trial["params"].get("params") or {}), top
 
 
+def check_export(path: str) -> None:
+    """``best --export PATH`` names a file that can be written: checked before the experiment is read."""
+    import os
+    if not path.strip():
+        raise UserError(f"--export {path!r}: empty; give a file name such as best.yaml")
+    p = Path(path)
+    if p.is_dir() or path.endswith(("/", os.sep)):
+        raise UserError(f"--export {path}: is a folder; give a file name such as {p / 'best.yaml'}")
+    parent = p.absolute().parent
+    while not parent.exists():                   # atomic_write creates the missing folders
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--export {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--export {path}: cannot write in {parent} (permission denied)")
+
+
 def export_recipe(recipe: dict, path: str | Path, *, command: str, source: str) -> None:
     """Write ``recipe`` as a runnable YAML file whose first line is ``command`` (atomically)."""
     from trainables.recipe import dump_recipe, recipe_from_dict
     from trainables.storage import atomic_write
-    atomic_write(Path(path), dump_recipe(recipe_from_dict(recipe, source=source), command=command).encode())
+    text = dump_recipe(recipe_from_dict(recipe, source=source), command=command).encode()
+    try:
+        atomic_write(Path(path), text)
+    except OSError as e:                         # a race with check_export, a full disk, a read-only mount
+        raise UserError(f"{path}: cannot write the recipe ({e.strerror or type(e).__name__})") from None
 
 
 def baseline_lines(storage: str, tasks) -> list[str]:

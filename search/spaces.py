@@ -83,10 +83,16 @@ def _kind(name: str, spec: dict, where: str) -> str:
     return dist
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def check_param(name: str, spec: dict, where: str) -> str:
     kind = _kind(name, spec, where)
     if "probabilities" in spec and kind != "categorical":
         raise UserError(f"{where}: parameter {name}: probabilities go with values (a categorical), not {kind}")
+    if kind == "constant" and "value" not in spec:
+        raise UserError(f"{where}: parameter {name}: distribution constant needs value (e.g. {{value: 0.5}})")
     if kind == "categorical":
         if not isinstance(spec.get("values"), list) or not spec["values"]:
             raise UserError(f"{where}: parameter {name}: values must be a non-empty list")
@@ -94,8 +100,8 @@ def check_param(name: str, spec: dict, where: str) -> str:
             check_probabilities(name, spec, where)
     elif kind in ("uniform", "log_uniform_values", "int_uniform", "q_uniform", "q_log_uniform_values"):
         lo, hi = spec.get("min"), spec.get("max")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
-            raise UserError(f"{where}: parameter {name}: min and max must be numbers")
+        if not all(_number(v) for v in (lo, hi)):
+            raise UserError(f"{where}: parameter {name}: min and max must be finite numbers")
         if lo > hi:
             raise UserError(f"{where}: parameter {name}: min {lo} > max {hi}")
         if kind.startswith("log") or kind == "q_log_uniform_values":
@@ -103,9 +109,16 @@ def check_param(name: str, spec: dict, where: str) -> str:
                 raise UserError(f"{where}: parameter {name}: log_uniform_values needs min > 0")
         if kind == "int_uniform" and not all(isinstance(v, int) for v in (lo, hi)):
             raise UserError(f"{where}: parameter {name}: int_uniform needs integer min and max")
+        if kind.startswith("q_") and not (_number(spec.get("q", 1)) and spec.get("q", 1) > 0):
+            raise UserError(f"{where}: parameter {name}: q {spec['q']!r} must be a number > 0 (values are rounded "
+                            f"to multiples of q)")
     elif kind == "normal":
         if "mu" not in spec or "sigma" not in spec:
             raise UserError(f"{where}: parameter {name}: normal needs mu and sigma")
+        if not _number(spec["mu"]):
+            raise UserError(f"{where}: parameter {name}: mu {spec['mu']!r} must be a finite number")
+        if not (_number(spec["sigma"]) and spec["sigma"] > 0):
+            raise UserError(f"{where}: parameter {name}: sigma {spec['sigma']!r} must be a number > 0")
     return kind
 
 

@@ -8,6 +8,7 @@ WANDB_MODE says otherwise; the API key is read by wandb from the environment or 
 from __future__ import annotations
 
 import os
+import sys
 
 from ray.tune import Callback
 
@@ -29,14 +30,50 @@ def selected_summary(result: dict, *, metric: str) -> dict:
     return out
 
 
+# seconds wandb.init may take to reach W&B online (wandb's own default is 90; WANDB_INIT_TIMEOUT wins)
+INIT_TIMEOUT_S = 30.0
+
+
+def init_timeout() -> float:
+    try:
+        return float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT_S)
+    except ValueError:
+        return INIT_TIMEOUT_S
+
+
 class WandbTrials(Callback):
     def __init__(self, *, settings: dict, experiment: str):
         self.settings, self.experiment = settings, experiment
         self.runs: dict[str, object] = {}
         self.selected: dict[str, float] = {}          # trial id -> its selected evaluation's metric value
+        self.offline = False                           # online W&B failed once: every later run is offline
+
+    def _mode(self) -> str:
+        if getattr(self, "offline", False):            # (a callback unpickled by resume may predate the attribute)
+            return "offline"
+        return os.environ.get("WANDB_MODE") or self.settings.get("mode") or "offline"
+
+    def _start(self, **kwargs):
+        """``wandb.init`` with a timeout; online W&B that fails or does not answer (no network, no API key) falls
+        back to offline for this and every later run, with one warning line: a sweep never waits on W&B."""
+        import wandb
+        mode = self._mode()
+        settings = wandb.Settings(console="off", x_disable_stats=True, init_timeout=init_timeout())
+        try:
+            return wandb.init(mode=mode, settings=settings, **kwargs)
+        except Exception as e:  # noqa: BLE001 - CommError (timeout), UsageError/AuthenticationError (no key), ...
+            if mode == "offline":
+                raise
+            self.offline = True
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            key = os.environ.get("WANDB_API_KEY")
+            reason = reason.replace(key, "***") if key else reason        # never echo a key
+            print(f"bam-search: warning: W&B {mode} did not start ({type(e).__name__}: {reason}; timeout "
+                  f"{init_timeout():g} s): logging offline to {self.settings['dir']} instead (upload later with "
+                  "`wandb sync`)", file=sys.stderr)
+            return wandb.init(mode="offline", settings=settings, **kwargs)
 
     def _init(self, trial):
-        import wandb
         os.environ.setdefault("WANDB_SILENT", "true")
         from trainables.recipe import with_params
         cfg = trial.config
@@ -44,13 +81,12 @@ class WandbTrials(Callback):
         recipe = with_params(loop.get("recipe", {}), cfg.get("params") or {})
         job = loop.get("job", "student")
         os.makedirs(self.settings["dir"], exist_ok=True)
-        run = wandb.init(project=self.settings.get("project", "bam-search"), group=self.experiment,
-                         job_type=job, tags=[job, *recipe.get("tasks", [])], id=trial.trial_id,
-                         name=f"{self.experiment}-{trial.trial_id}", dir=self.settings["dir"], resume="allow",
-                         mode=os.environ.get("WANDB_MODE") or self.settings.get("mode") or "offline",
-                         config=scrub({"recipe": recipe, "params": cfg.get("params") or {},
-                                       "experiment": self.experiment, "resources": cfg.get("resources")}),
-                         reinit="create_new", settings=wandb.Settings(console="off", x_disable_stats=True))
+        run = self._start(project=self.settings.get("project", "bam-search"), group=self.experiment,
+                          job_type=job, tags=[job, *recipe.get("tasks", [])], id=trial.trial_id,
+                          name=f"{self.experiment}-{trial.trial_id}", dir=self.settings["dir"], resume="allow",
+                          config=scrub({"recipe": recipe, "params": cfg.get("params") or {},
+                                        "experiment": self.experiment, "resources": cfg.get("resources")}),
+                          reinit="create_new")
         self.runs[trial.trial_id] = run
         return run
 

@@ -84,6 +84,9 @@ def _label_value(task: Task, raw: str, where: str) -> int | float:
             raise UserError(f"{where}: score {raw!r} is not a number") from None
         if not math.isfinite(value):                  # a "nan" score would turn the loss into NaN mid-training
             raise UserError(f"{where}: score {raw!r} is not a finite number")
+        lo, hi = task.score_range
+        if not lo <= value <= hi:                     # mapped to [0, 1]: a 7.5 would be a target of 1.5
+            raise UserError(f"{where}: score {raw!r} is outside {task.dir_name}'s range {lo:g} to {hi:g}")
         return value
     if raw not in task.labels:
         raise UserError(f"{where}: label {raw!r} is not one of {', '.join(task.labels)}")
@@ -128,6 +131,7 @@ def _read_rows(path: Path, *, task: Task, lay, out: tuple[list, list, list, list
                 if len(row) not in lay.n_columns:
                     raise UserError(f"{path}:1: header has {len(row)} columns, {task.dir_name} expects "
                                     f"{' or '.join(map(str, lay.n_columns))}")
+                _check_header(path, row, task=task)
                 continue
             if not row or row == [""]:
                 continue                                  # a trailing blank line
@@ -140,6 +144,45 @@ def _read_rows(path: Path, *, task: Task, lay, out: tuple[list, list, list, list
             a.append(row[lay.text_columns[0]])
             if task.is_pair:
                 b.append(row[lay.text_columns[1]])
+
+
+# the names of the columns read (text columns, then the label's) in the header of each classic glue_data file
+GLUE_HEADER_NAMES = {"SST-2": ("sentence", "label"), "MRPC": ("#1 String", "#2 String", "Quality"),
+                     "STS-B": ("sentence1", "sentence2", "score"), "QQP": ("question1", "question2", "is_duplicate"),
+                     "MNLI": ("sentence1", "sentence2", "gold_label"), "QNLI": ("question", "sentence", "label"),
+                     "RTE": ("sentence1", "sentence2", "label"), "WNLI": ("sentence1", "sentence2", "label")}
+
+
+def _check_header(path: Path, row: list[str], *, task: Task) -> None:
+    """The header's text, not only its column count: a file without its header line would lose its first
+    example to it, and a file of another task would be read as this one."""
+    want = GLUE_HEADER_NAMES.get(task.dir_name)
+    if want is None:
+        return
+    lay = task.tsv
+    for col, name in zip((*lay.text_columns, lay.label_column), want):
+        got = row[col].strip()
+        if got.lower() != name.lower():
+            raise UserError(f"{path}:1: header column {col % len(row) + 1} is {got[:40]!r}, {task.dir_name} expects "
+                            f"{name!r} (the classic glue_data header line; a file without it would lose its first row)")
+
+
+def check_dev_labels(ex: Examples, *, max_examples: int | None, seed: int, glue_dir: str | None) -> None:
+    """The dev set a trial evaluates (``max_examples`` of it, as ``load_task_data`` subsamples) must hold two
+    gold values or more: with one, MCC and the correlations are 0 and accuracy only counts that value, whatever
+    the model, so the score cannot rank trials. Refused (not a warning)."""
+    sub = ex.subsample(max_examples=max_examples, seed=seed)
+    values = np.unique(sub.labels)
+    if len(values) != 1:
+        return
+    from . import synthetic
+    task, root = get_task(ex.task), resolve_glue_dir(glue_dir)
+    where = (f"{Path(root) / task.dir_name / f'{ex.split}.tsv'}" if root and not synthetic.is_synthetic(task.name)
+             else f"task {task.name} {ex.split}")
+    gold = repr(task.labels[int(values[0])]) if task.labels else f"{values[0]:g} (on the [0, 1] scale)"
+    cut = f" (the {len(sub)} kept by data.max_dev_examples)" if len(sub) < len(ex) else ""
+    raise UserError(f"{where}: every dev example{cut} has the gold value {gold}: its score cannot rank models "
+                    "(MCC and correlations are 0, accuracy counts that value only); use a dev set with two or more")
 
 
 def load_hub(*, task: Task, split: str) -> Examples:  # pragma: no cover - needs the network
@@ -354,6 +397,11 @@ class ExampleStream:
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
+
+    @property
+    def seen(self) -> int:
+        """Examples taken so far (over every pass): what the encoder has seen of this task."""
+        return self.epoch * len(self.lengths) + self.cursor
 
     def load_state(self, state: dict) -> None:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])

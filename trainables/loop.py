@@ -514,6 +514,8 @@ def eval_metrics(run: Run, ev: dict, *, fired: list[str], train_time: float) -> 
     for t, w in run.current_weights().items():
         if t in scores:
             metrics[f"{t}/sampling_weight"] = w
+    for t in scores:                               # what the encoder saw of each joined task (global batch)
+        metrics[f"{t}/examples_seen"] = run.streams[t].seen
     metrics["joined"] = ",".join(scores)
     metrics["joined_now"] = ",".join(t for t in run.active if t not in scores)
     metrics["switched"] = ",".join(t for t in run.tasks if run.switch[t].switched)

@@ -272,6 +272,8 @@ def _validate_switch(r: Recipe, tasks: tuple) -> None:
             raise UserError(f"{where}.ema: must be in (0, 1]")
         if sw.criterion == "fixed_step" and sw.at_step is None:
             raise UserError(f"{where}.at_step: required by criterion fixed_step")
+        if sw.at_step is not None and sw.at_step < 1:
+            raise UserError(f"{where}.at_step: {sw.at_step} must be >= 1 (the training step of the switch)")
         if not 0 <= sw.gold_weight <= 1:
             raise UserError(f"{where}.gold_weight: must be in [0, 1]")
         if sw.criterion == "never" and r.switch.mode == "sequential":
@@ -316,10 +318,15 @@ def validate(r: Recipe) -> None:
         raise UserError("optim.warmup: must be in [0, 1)")
     if o.weight_decay < 0 or o.clip < 0:
         raise UserError(f"optim.{'weight_decay' if o.weight_decay < 0 else 'clip'}: must be >= 0 (clip 0: no clipping)")
+    if o.steps is not None and o.steps < 1:
+        raise UserError(f"optim.steps: {o.steps} must be >= 1 (or null: the length from optim.epochs)")
     for key in ("max_train_examples", "max_dev_examples"):
         v = getattr(r.data, key)
         if v is not None and v < 1:
             raise UserError(f"data.{key}: must be >= 1 (or null for all)")
+    for key, v in (("seed", r.seed), ("data.data_seed", r.data.data_seed)):
+        if not 0 <= v < 2 ** 32:                      # numpy and torch seed generators take 0 .. 2^32-1
+            raise UserError(f"{key}: {v} must be a whole number from 0 to 2^32-1")
     if r.data.max_length < 8:
         raise UserError("data.max_length: must be >= 8")
     _validate_anneal(r, tasks)
@@ -333,21 +340,41 @@ def validate(r: Recipe) -> None:
         unknown = set(w) - set(tasks)
         if unknown:
             raise UserError(f"sampling.weights.{sorted(unknown)[0]}: task not in this run")
-        if any((not isinstance(v, (int, float))) or v < 0 for v in w.values()) or sum(w.values()) <= 0:
-            raise UserError("sampling.weights: weights must be >= 0 and sum to a positive number")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf for v in w.values()) \
+                or sum(w.values()) <= 0:
+            raise UserError("sampling.weights: weights must be finite, >= 0 and sum to a positive number")
     if r.mtl.pcgrad and s.batches == "single":
         raise UserError("mtl.pcgrad: needs sampling.batches mixed (single-task batches give one task's gradient "
                         "per step, so there is nothing to project)")
     _validate_switch(r, tasks)
     _validate_early_stop(r)
     _validate_student(r)
-    for t in (r.mtl.weights or {}):
-        if t not in tasks:
-            raise UserError(f"mtl.weights.{t}: task not in this run")
-    if not r.teacher.seeds:
-        raise UserError("teacher.seeds: at least one seed")
+    _validate_loss_weights(r, tasks)
+    _validate_teacher_seeds(r.teacher.seeds)
     if not all(isinstance(n, str) and n for n in r.teacher.experiment):
         raise UserError(f"teacher.experiment: expected experiment names, got {list(r.teacher.experiment)!r}")
+
+
+def _validate_loss_weights(r: Recipe, tasks: tuple) -> None:
+    """``mtl.weights``: a finite number >= 0 per task of the run (a negative weight would maximise that loss)."""
+    for t, w in (r.mtl.weights or {}).items():
+        if t not in tasks:
+            raise UserError(f"mtl.weights.{t}: task not in this run")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise UserError(f"mtl.weights.{t}: {w!r} must be a finite number >= 0 (a negative weight would "
+                            "maximise that task's loss)")
+
+
+def _validate_teacher_seeds(seeds: tuple) -> None:
+    """The seeds of ``bam-search teachers --seeds N`` are 0..N-1: whole numbers >= 0, each once."""
+    if not seeds:
+        raise UserError("teacher.seeds: at least one seed")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise UserError(f"teacher.seeds: {s!r} is not a teacher seed (bam-search teachers --seeds N trains "
+                            f"seeds 0..N-1): give whole numbers >= 0, e.g. [0] or [0, 1]")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"teacher.seeds: {list(seeds)} names a seed twice")
 
 
 def check_student_shape(model: str, *, init: str, num_layers: int | None, hidden_size: int | None) -> None:
@@ -379,6 +406,8 @@ def _validate_student(r: Recipe) -> None:
     check_student_shape(r.model, init=st.init, num_layers=st.num_layers, hidden_size=st.hidden_size)
     if st.hidden_distill < 0:
         raise UserError("student.hidden_distill: must be >= 0")
+    if not 0 <= st.dropout < 1:
+        raise UserError("student.dropout: must be in [0, 1)")
     if st.hidden_distill > 0 and not r.teacher.use:
         raise UserError("student.hidden_distill: needs teacher.use true (it distils the stored teachers' "
                         "hidden states)")
@@ -457,6 +486,26 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+def _construct_mapping(loader, node, deep=False):
+    """A key twice in one mapping is an error at the second key's line (YAML's last-wins would silently drop
+    the first block)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}, first on line {seen[key] + 1}; YAML would silently keep only "
+                    "the last: merge the two", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.construct_mapping = _construct_mapping
+
+
 def safe_load(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
@@ -520,8 +569,12 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def load_recipe(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    data = load_yaml(path)
+    if not data:                                 # every setting would silently be a default
+        raise UserError(f"{path}: empty recipe (no settings); give at least tasks and model, e.g. from "
+                        "bam-search best NAME --export FILE or recipes/")
     try:
-        return recipe_from_dict(apply_overrides(load_yaml(path), overrides), source=str(path))
+        return recipe_from_dict(apply_overrides(data, overrides), source=str(path))
     except UserError as e:
         raise UserError(with_key_line(str(e), path=path, overrides=overrides)) from None
 

@@ -11,7 +11,9 @@ files read here are the same place. The filesystem is opened lazily: an ``s3://`
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import IO, Callable
@@ -22,6 +24,8 @@ from .errors import UserError
 SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "file")
 # object stores: a PUT is atomic (the object appears whole when the stream closes); elsewhere tmp + move
 _ATOMIC_PUT = ("s3", "gcs")
+# seconds a remote store may take to answer its first request: pyarrow's clients retry for minutes without a network
+DEFAULT_TIMEOUT_S = 20.0
 
 
 class StorageError(UserError):
@@ -78,6 +82,43 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def storage_timeout() -> float:
+    """Seconds a remote --storage may take to answer (``BAM_STORAGE_TIMEOUT``, default 20)."""
+    raw = os.environ.get("BAM_STORAGE_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise UserError(f"BAM_STORAGE_TIMEOUT={raw}: give the seconds a remote --storage may take to answer (> 0)")
+    return value
+
+
+def within_timeout(uri: str, what: str, fn: Callable[[], object], *, timeout_s: float | None = None):
+    """``fn()``, or one line when it has not returned within the timeout: an unreachable store (no network, a
+    firewall) makes pyarrow retry for minutes in silence. ``fn`` runs in a daemon thread, left behind on a
+    timeout (it cannot be interrupted; it holds no lock of ours and ends with the process)."""
+    timeout = storage_timeout() if timeout_s is None else timeout_s
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller's thread
+            box["error"] = e
+    worker = threading.Thread(target=run, name="bam-storage-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise StorageError(f"--storage {uri}: not reachable within {timeout:g} s ({what}; check the network and "
+                           "credentials, or set BAM_STORAGE_TIMEOUT to wait longer)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 class Storage:
     """One storage root. ``uri`` is what configs and Ray get: an absolute local path, or the URI as given."""
 
@@ -117,15 +158,28 @@ class Storage:
         """On this machine's filesystem (a plain path, ``file://``, or an NFS mount, which looks the same)."""
         return self.local is not None
 
+    _reached: set = set()                    # URIs that answered once in this process: not probed again
+
     def _open(self) -> None:
+        """Open the filesystem; the first time a URI is opened in a process, ask it about the root too, within
+        ``storage_timeout()`` seconds: the first request to an unreachable store fails in one line, not after
+        minutes of retries."""
         if self._fs is not None:
             return
         import pyarrow.fs
-        try:
-            self._fs, self._root = pyarrow.fs.FileSystem.from_uri(self.uri)
-        except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError (network, credentials, region)
-            raise StorageError(f"--storage {self.uri}: cannot open it: {_first_line(e)}") from None
-        self._root = self._root.rstrip("/")
+        first = self.uri not in Storage._reached
+
+        def connect():
+            try:
+                fs, root = pyarrow.fs.FileSystem.from_uri(self.uri)
+                if first:
+                    fs.get_file_info(root.rstrip("/") or "/")
+            except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError (network, credentials, region)
+                raise StorageError(f"--storage {self.uri}: cannot open it: {_first_line(e)}") from None
+            return fs, root
+        fs, root = within_timeout(self.uri, "opening it", connect) if first else connect()
+        Storage._reached.add(self.uri)
+        self._fs, self._root = fs, root.rstrip("/")
 
     @property
     def filesystem(self):
@@ -242,15 +296,19 @@ class Storage:
                 raise StorageError(f"--storage {self.uri}: not writable: {_first_line(e)}") from None
             return
         fs, path = self.filesystem, self._path(probe)          # an unreachable store fails in here already
-        try:
-            fs.create_dir(self._root, recursive=True)
-            with fs.open_output_stream(path) as f:
-                f.write(b"ok")
-            with fs.open_input_stream(path) as f:
-                ok = f.read() == b"ok"
-            fs.delete_file(path)
-        except OSError as e:
-            raise StorageError(f"--storage {self.uri}: not writable: {_first_line(e)}") from None
+
+        def write_read_delete() -> bool:
+            try:
+                fs.create_dir(self._root, recursive=True)
+                with fs.open_output_stream(path) as f:
+                    f.write(b"ok")
+                with fs.open_input_stream(path) as f:
+                    same = f.read() == b"ok"
+                fs.delete_file(path)
+            except OSError as e:
+                raise StorageError(f"--storage {self.uri}: not writable: {_first_line(e)}") from None
+            return same
+        ok = within_timeout(self.uri, "writing a probe file", write_read_delete)
         if not ok:
             raise StorageError(f"--storage {self.uri}: a probe file read back different bytes")
 

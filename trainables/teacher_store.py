@@ -137,9 +137,17 @@ class TeacherStore:
             except FileNotFoundError:
                 raise StoreError(f"{path}: no teacher predictions under this key") from None
         try:
-            return json.loads(text)
+            meta = json.loads(text)
         except json.JSONDecodeError:
-            raise StoreError(f"{path}: corrupt meta.json") from None
+            raise StoreError(f"{path}: corrupt teacher store: corrupt meta.json (not JSON); delete its folder and "
+                             "re-run bam-search teachers") from None
+        sums = meta.get("sha256") if isinstance(meta, dict) else None
+        sums = sums if isinstance(sums, dict) else {}
+        lost = [n for n in ("predictions.npy", "ids.npy") if not isinstance(sums.get(n), str)]
+        if lost:                                 # every file of a key is checked against meta.json's sha256
+            raise StoreError(f"{path}: corrupt teacher store: meta.json has no sha256 of {' and '.join(lost)}; "
+                             "delete its folder and re-run bam-search teachers")
+        return meta
 
     def load(self, key: str, *, task: str, expect_ids: np.ndarray, fingerprint: str) -> np.ndarray:
         """Predictions aligned with the current data, or a clear error naming the task."""

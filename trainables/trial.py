@@ -4,6 +4,7 @@ worker running THE loop). A ``TrialConfig`` is what they hand on: built from the
 to the workers as its ``to_dict()``."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -87,6 +88,7 @@ def train_fn_per_worker(config: TrialConfig | dict) -> None:
 
     t0 = time.perf_counter()
     cfg = TrialConfig.of(config)
+    check_not_diverged(cfg)
     timing = bool(os.environ.get("BAM_STARTUP_LOG"))
     if timing:
         startup_mark("worker_entered", trial=cfg.run_id, process_created=_process_created())
@@ -104,11 +106,36 @@ def train_fn_per_worker(config: TrialConfig | dict) -> None:
     try:
         run_training(run, report=report, on_step=first_step_mark(cfg.run_id) if timing else None)
     except NonFiniteLoss as e:
+        if run.world.rank == 0:
+            mark_diverged(cfg, str(e))
         raise RuntimeError(f"trial stopped: {e}") from None
     if cfg.job == "teacher":
         finish_teacher(run, storage=cfg.storage, experiment=cfg.experiment, wall_s=time.perf_counter() - t0)
     if timing:
         startup_mark("worker_fn_returned", trial=cfg.run_id)
+
+
+DIVERGED = "diverged.txt"      # beside a trial's reports: a non-finite loss, which a retry would only repeat
+
+
+def _diverged_parts(cfg: TrialConfig) -> tuple[str, ...]:
+    return ("experiments", cfg.experiment or "", "reports", f"{cfg.run_id}.{DIVERGED}")
+
+
+def mark_diverged(cfg: TrialConfig, reason: str) -> None:
+    """Record that this trial's loss went non-finite (under the storage, so any node sees it)."""
+    if cfg.experiment and cfg.run_id:
+        Storage.resolve(cfg.storage).write_bytes(*_diverged_parts(cfg), data=reason.encode())
+
+
+def check_not_diverged(cfg: TrialConfig) -> None:
+    """A retried trial (Train's or Tune's FailureConfig) whose loss went non-finite fails again at once: the
+    same weights, data order and settings would diverge the same way, so retrying only burns compute."""
+    if cfg.experiment and cfg.run_id:
+        st = Storage.resolve(cfg.storage)
+        if st.is_file(*_diverged_parts(cfg)):
+            reason = st.read_bytes(*_diverged_parts(cfg)).decode(errors="replace")
+            raise RuntimeError(f"trial stopped: {reason} (recorded in {DIVERGED}; not retried)")
 
 
 def restore_run(run: Run, *, own, resume_from: str | None) -> None:
@@ -201,6 +228,7 @@ def train_driver_fn(config: dict) -> None:
     pointer = pointer_of(ray.tune.get_checkpoint())
     run_name, resume_from = train_run_for(trial_id, pointer)
     cfg = build_trial_config(config, trial_id=trial_id, resume_from=resume_from)
+    check_not_diverged(cfg)                        # Tune's retry of a trial whose loss went non-finite
     history = ReportHistory(cfg.storage, experiment=cfg.experiment, trial_id=trial_id, run_name=run_name)
     if pointer is None:          # restarted with no Tune checkpoint: Tune begins its result.json afresh
         for row in history.replay():
@@ -240,6 +268,16 @@ def artifacts_dir(storage_root: str, *, experiment: str, trial_id: str) -> str:
     return str(Path(tempfile.gettempdir()) / "bam-artifacts" / experiment / trial_id)
 
 
+def pending_retries(pending_timeout_s: float | None) -> int:
+    """Train's ``controller_failure_limit`` for a trial that waits at most ``pending_timeout_s`` for its workers'
+    resources (an autoscaler adding a node): Train gives up on a placement group after
+    RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) and retries, forever by default (-1)."""
+    if not pending_timeout_s:
+        return -1
+    wait = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S") or 60)
+    return max(0, math.ceil(pending_timeout_s / wait) - 1)
+
+
 def torch_trainer(cfg: TrialConfig, *, run_name: str, resources: dict, metric: str, callback):
     """The trial's ``TorchTrainer``: ``resources["workers"]`` workers running ``train_fn_per_worker`` on
     ``cfg.to_dict()``; Train keeps the best checkpoint by ``metric`` and always the latest."""
@@ -258,7 +296,8 @@ def torch_trainer(cfg: TrialConfig, *, run_name: str, resources: dict, metric: s
             storage_path=Storage.resolve(cfg.storage).join("experiments", cfg.experiment, "train"),
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
                                                checkpoint_score_order="max"),   # the best, and always the latest
-            failure_config=FailureConfig(max_failures=res.get("max_failures", 1)),
+            failure_config=FailureConfig(max_failures=res.get("max_failures", 1),
+                                         controller_failure_limit=pending_retries(res.get("pending_timeout_s"))),
             callbacks=[callback],
         ),
     )

@@ -1,5 +1,5 @@
-"""`bench/quality.py --quick` end to end (real Ray, tiny model), then a second run that resumes without
-redoing any phase, then a changed budget in the same storage refused before any compute.
+"""`bench/quality.py --quick` (protocol v2) end to end (real Ray, tiny model): every arm, then a second run
+that resumes without redoing any phase, then a changed budget in the same storage refused before any compute.
 
 Two tasks and two seeds keep it to the fewest Ray rounds that still give every group a test (Welch's t over
 seeds needs 2 runs per group).
@@ -15,9 +15,15 @@ import pytest
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-GROUPS = ["teachers", "multitask", "bam_linear", "kd_switch", "searched"]
-LABELS = ["single-task teachers", "plain multi-task (no KD)", "BAM, linear annealing",
-          "BAM + per-task KD switch (joint)", "searched recipe (bam_full sweep, retrained)"]
+GROUPS = ["reference", "teachers", "multitask", "bam_linear", "lu_joint", "lu_sequential", "kd_switch",
+          "multitask_l3", "bam_l3", "kd_switch_l3", "searched"]
+LABELS = ["reference fine-tune (plain loop)", "single-task teachers (early-stopped)", "plain multi-task (no KD)",
+          "BAM, linear annealing", "Lu et al., joint (gold until each switch)", "Lu et al., sequential",
+          "BAM + per-task KD switch (joint)", "compact: plain multi-task", "compact: BAM, linear annealing",
+          "compact: BAM + per-task KD switch", "searched recipe (bam_full sweep, retrained)"]
+TARGET_LINES = ["teachers vs reference fine-tune, GLUE average", "BAM (linear) vs plain multi-task, GLUE average",
+                "compact BAM+switch vs compact plain multi-task, GLUE average",
+                "searched recipe vs best fixed recipe, GLUE average", "searched recipe vs teachers, GLUE average"]
 
 
 def tasks() -> list[str]:
@@ -32,7 +38,8 @@ def quality(storage: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def snapshot(storage: Path) -> dict:
     """Every file of the experiments and the registry, with its size and mtime."""
-    files = [p for p in (storage / "experiments").rglob("*") if p.is_file()] + [storage / "baselines.jsonl"]
+    files = [p for d in ("experiments", "reference") for p in (storage / d).rglob("*") if p.is_file()]
+    files.append(storage / "baselines.jsonl")
     return {str(p.relative_to(storage)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
 
 
@@ -65,15 +72,25 @@ def test_table_has_every_group_and_task(first):
                 assert cell["p_holm"] is None or 0 <= cell["p"] <= cell["p_holm"] <= 1
         avg = entry["glue_avg"]
         assert avg["mean"] == pytest.approx(sum(entry["tasks"][t]["mean"] for t in tasks()) / len(tasks()))
-    assert set(result["targets"]) == {"searched_gain", "searched_significant_tasks", "bam_vs_multitask"}
+    assert [t["label"] for t in result["targets"].values()] == TARGET_LINES
+    assert all(t["value"] is not None and isinstance(t["met"], bool) for t in result["targets"].values())
+    assert result["missing"] == []
+    # what each arm's encoder saw: students at their selected step, the reference all its epochs
+    for g in GROUPS:
+        seen = result["table"][g]["seen"]
+        assert set(seen["passes"]) == set(tasks()) and all(v > 0 for v in seen["passes"].values()), (g, seen)
+    assert all(v == pytest.approx(1.0) for v in result["table"]["reference"]["seen"]["passes"].values())
+    assert all(0 < v <= 3.0 + 1e-9 for v in result["table"]["teachers"]["seen"]["passes"].values())
 
     md = (storage / "quality.md").read_text()
-    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| group")]
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| arm")]
     assert [r.split(" | ")[0][2:] for r in rows] == LABELS
-    header = next(line for line in md.splitlines() if line.startswith("| group"))
+    header = next(line for line in md.splitlines() if line.startswith("| arm"))
     assert [c.strip() for c in header.strip("|").split("|")] == \
-        ["group", "n", *[get_task(t).dir_name for t in tasks()], "GLUE avg"]
-    assert all(r.count("|") == len(tasks()) + 4 and "nan" not in r for r in rows)
+        ["arm", "n", *[get_task(t).dir_name for t in tasks()], "GLUE avg", "encoder saw (selected checkpoint)"]
+    assert all(r.count("|") == len(tasks()) + 5 and "nan" not in r for r in rows)
+    for label in TARGET_LINES:       # the wording runs are compared by
+        assert sum(line.startswith(f"- {label}: ") for line in md.splitlines()) == 1, label
 
     report = storage / "reports" / "quality"
     html = (report / "report.html").read_text()
@@ -81,7 +98,7 @@ def test_table_has_every_group_and_task(first):
     for png in ("bars.png", "curves.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (storage / "reports" / "quality-kd_switch" / "curves.png").is_file()
-    assert "phase 7/7" in out
+    assert "phase 13/13" in out
 
 
 def test_second_run_resumes_without_redoing(first, tmp_path):
@@ -89,18 +106,18 @@ def test_second_run_resumes_without_redoing(first, tmp_path):
     before = snapshot(storage)
     state_before = json.loads((storage / "quality-state.json").read_text())
     results = tmp_path / "RESULTS.md"
-    results.write_text("# head\n<!-- quality-protocol:begin -->\nold\n<!-- quality-protocol:end -->\ntail\n")
+    results.write_text("# head\n<!-- quality-protocol-v2:begin -->\nold\n<!-- quality-protocol-v2:end -->\ntail\n")
     r = quality(storage, "--update-results", str(results))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     # the table and the figures' paths land between the markers; the figures are copied next to RESULTS.md
     text = results.read_text()
-    assert text.startswith("# head\n<!-- quality-protocol:begin -->\nRun: ") and text.endswith("-->\ntail\n")
+    assert text.startswith("# head\n<!-- quality-protocol-v2:begin -->\nRun: ") and text.endswith("-->\ntail\n")
     assert "old" not in text and text.count("| searched recipe") == 1
-    figures = tmp_path / "figures" / "quality"
+    figures = tmp_path / "figures" / "quality-v2"
     for png in ("bars.png", "curves.png", "curves-kd_switch.png"):
         assert (figures / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(figures / png) in text
     assert str(storage) not in text.split("figures:")[1]
-    for key in ("teachers", "multitask", "bam_linear", "kd_switch", "sweep", "searched"):
+    for key in [g for g in GROUPS if g != "searched"] + ["sweep", "searched"]:
         assert f"{key}: complete in" in r.stdout and "skipped" in r.stdout, r.stdout[-3000:]
     assert snapshot(storage) == before                        # no trial ran, no teacher was added
     state = json.loads((storage / "quality-state.json").read_text())
@@ -127,5 +144,5 @@ def test_results_file_without_markers_refused_before_compute(first, tmp_path):
     results.write_text("# no markers here\n")
     r = quality(storage, "--update-results", str(results))
     assert r.returncode == 2 and r.stderr.count("\n") == 1
-    assert str(results) in r.stderr and "quality-protocol:begin" in r.stderr
+    assert str(results) in r.stderr and "quality-protocol-v2:begin" in r.stderr
     assert snapshot(storage) == before and results.read_text() == "# no markers here\n"

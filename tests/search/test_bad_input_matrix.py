@@ -8,6 +8,7 @@ tests/search/test_faults_ray.py (a real sweep: the trial errors with the reason,
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -75,6 +76,10 @@ def plant_teachers(storage: Path, mode: str) -> None:
         for p in folder.iterdir():
             p.unlink()
         folder.rmdir()
+    elif mode == "no_sha256":                          # a meta.json without the files' checksums
+        meta = json.loads((folder / "meta.json").read_text())
+        del meta["sha256"]
+        (folder / "meta.json").write_text(json.dumps(meta))
     BaselineRegistry(storage).append({"task": "syn_noisy", "seed": 0, "fingerprint": fp, "model": model_identity("tiny"),
                                       "model_name": "tiny", "key": key, "score": 50.0})
 
@@ -206,6 +211,96 @@ CASES: dict[str, tuple[list[str], dict, list[str]]] = {
     "teachers-folder-gone": (SMOKE, {"teachers": "folder_gone"}, ["no teacher predictions under this key"]),
     "teachers-train-recipe": (TR, {"teachers": "fewer_rows", "recipe.yaml": "tasks: [syn_noisy]\nmodel: tiny\n"},
                               ["task syn_noisy", "rows"]),
+    # --- issue 21, items 2 and 4: what only a trial used to find; names that would leave the storage
+    "flag-model-not-loadable": (T + ["--tasks", "syn_noisy", "--model", "minilmm"], {},
+                                ["--model 'minilmm'", "cannot load it"]),
+    "space-fractional-on-an-integer-key": (SW, {"space.yaml": LR + "  optim.batch_size: {distribution: uniform, "
+                                                              "min: 16, max: 64}\n"},
+                                           ["{tmp}/space.yaml:3", "optim.batch_size", "whole number", "int_uniform"]),
+    "space-q-uniform-on-a-per-task-integer": (SW, {"space.yaml": LR + "  switch.per_task.syn_noisy.patience: "
+                                                                 "{distribution: q_uniform, min: 1, max: 4, q: 1}\n"},
+                                              ["{tmp}/space.yaml:3", "switch.per_task.syn_noisy.patience", "q_uniform"]),
+    "recipe-relative-glue-dir-missing": (TR, {"recipe.yaml": "tasks: [rte]\nteacher: {use: false}\ndata:\n"
+                                                             "  glue_dir: glue_data\n"},
+                                         ["{tmp}/recipe.yaml:4", "data.glue_dir", "{tmp}/glue_data",
+                                          "relative to that file"]),
+    "recipe-sampling-weight-inf": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nteacher: {use: false}\nsampling:\n"
+                                                       "  method: weights\n  weights: {syn_noisy: .inf}\n"},
+                                   ["{tmp}/recipe.yaml:5", "sampling.weights", "finite"]),
+    "recipe-student-dropout": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nteacher: {use: false}\nstudent:\n"
+                                                   "  dropout: 1.5\n"}, ["{tmp}/recipe.yaml:4", "student.dropout"]),
+    "teachers-weights-missing-for-hidden-distill": (
+        TR, {"teachers": "ok", "recipe.yaml": "tasks: [syn_noisy]\nmodel: tiny\nstudent:\n  hidden_distill: 0.5\n"},
+        ["model.pt", "teacher weights missing", "student.hidden_distill"]),
+    "flag-name-escapes-the-storage": (T + ["--tasks", "syn_noisy", "--name", "../../escaped"], {},
+                                      ["--name '../../escaped'", "not an experiment name"]),
+    "flag-sweep-name-dot-dot": (SMOKE + ["--name", ".."], {}, ["--name '..'"]),
+    "flag-status-absolute-path": (["status", "{tmp}/storage/experiments/x", "--storage", "{st}"], {},
+                                  ["NAME '{tmp}/storage/experiments/x'", "not an experiment name"]),
+    "flag-report-dot-dot": (["report", "../x", "--storage", "{st}"], {}, ["NAME '../x'"]),
+    "flag-report-student-path": (["report", "x", "--student", "/abs/path", "--storage", "{st}"], {},
+                                 ["--student '/abs/path'"]),
+    "flag-resume-name-a-path": (["resume", "a/b", "--storage", "{st}"], {}, ["NAME 'a/b'"]),
+    "flag-best-name-dot": (["best", ".", "--storage", "{st}"], {}, ["NAME '.'"]),
+    # --- issue 21, items 5 and 6: tracebacks and silently accepted input (helper 21b)
+    "space-constant-without-value": (SW, {"space.yaml": LR + "  anneal.w: {distribution: constant}\n"},
+                                     ["{tmp}/space.yaml:3", "constant needs value"]),
+    "space-normal-sigma-not-a-number": (SW, {"space.yaml": LR + "  anneal.w: {distribution: normal, mu: 0.5, "
+                                                            "sigma: wide}\n"},
+                                        ["{tmp}/space.yaml:3", "sigma 'wide'", "> 0"]),
+    "space-normal-sigma-zero": (SW, {"space.yaml": LR + "  anneal.w: {distribution: normal, mu: 0.5, sigma: 0}\n"},
+                                ["{tmp}/space.yaml:3", "sigma 0", "> 0"]),
+    "space-q-uniform-q-zero": (SW, {"space.yaml": LR + "  anneal.w: {distribution: q_uniform, min: 0.1, max: 0.9, "
+                                                   "q: 0}\n"}, ["{tmp}/space.yaml:3", "q 0", "> 0"]),
+    "space-duplicate-parameter": (SW, {"space.yaml": LR + "  optim.lr: {values: [0.01]}\n"},
+                                  ["{tmp}/space.yaml:3", "duplicate key 'optim.lr'", "line 2"]),
+    "recipe-teacher-seeds-text": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nmodel: tiny\nteacher:\n  seeds: [a]\n"},
+                                  ["{tmp}/recipe.yaml:4", "teacher.seeds", "'a'"]),
+    "recipe-teacher-seeds-nested": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nmodel: tiny\nteacher:\n  seeds: [[0]]\n"},
+                                    ["{tmp}/recipe.yaml:4", "teacher.seeds", "[0]"]),
+    "recipe-teacher-seeds-negative": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nmodel: tiny\nteacher:\n  seeds: [-1]\n"},
+                                      ["{tmp}/recipe.yaml:4", "teacher.seeds", "-1", ">= 0"]),
+    "recipe-data-seed-negative": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nteacher: {use: false}\ndata:\n"
+                                                      "  data_seed: -1\n"},
+                                  ["{tmp}/recipe.yaml:4", "data.data_seed", "-1"]),
+    "recipe-duplicate-key": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nteacher: {use: false}\noptim:\n  lr: 0.001\n"
+                                                 "optim:\n  epochs: 1\n"},
+                             ["{tmp}/recipe.yaml:5", "duplicate key 'optim'", "line 3"]),
+    "recipe-empty": (TR, {"recipe.yaml": "# nothing yet\n"}, ["{tmp}/recipe.yaml", "empty recipe"]),
+    "recipe-loss-weight-negative": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nteacher: {use: false}\nmtl:\n"
+                                                        "  weights: {syn_noisy: -1}\n"},
+                                    ["{tmp}/recipe.yaml:4", "mtl.weights.syn_noisy", ">= 0"]),
+    "recipe-steps-negative": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nteacher: {use: false}\noptim:\n  steps: -5\n"},
+                              ["{tmp}/recipe.yaml:4", "optim.steps", ">= 1"]),
+    "recipe-at-step-negative": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nteacher: {use: false}\nswitch:\n"
+                                                    "  criterion: fixed_step\n  at_step: -3\n"},
+                                ["{tmp}/recipe.yaml:5", "switch.at_step", ">= 1"]),
+    "recipe-num-layers-zero": (TR, {"recipe.yaml": "tasks: [syn_noisy]\nteacher: {use: false}\nstudent:\n"
+                                                   "  init: random\n  num_layers: 0\n"},
+                               ["{tmp}/recipe.yaml:5", "student.num_layers", ">= 1"]),
+    "flag-sweep-seed-negative": (SMOKE + ["--set", "teacher.use=false", "--seed", "-1"], {}, ["--seed -1"]),
+    "flag-storage-empty": (["teachers", "--model", "tiny", "--tasks", "syn_noisy", "--storage", ""], {},
+                           ["--storage ''", "empty"]),
+    "flag-perturbation-interval-without-pbt": (SMOKE + ["--set", "teacher.use=false", "--perturbation-interval", "2"],
+                                               {}, ["--perturbation-interval", "pbt", "asha"]),
+    "flag-reduction-factor-inf": (SMOKE + ["--reduction-factor", "inf"], {}, ["--reduction-factor inf", "finite"]),
+    "flag-best-export-folder": (["best", "nothing-here", "--export", "{tmp}", "--storage", "{st}"], {},
+                                ["--export {tmp}", "folder"]),
+    "flag-best-export-under-a-file": (["best", "nothing-here", "--export", "{tmp}/afile/best.yaml", "--storage",
+                                       "{st}"], {"afile": "not a folder\n"},
+                                      ["--export {tmp}/afile/best.yaml", "not a folder"]),
+    "tsv-score-out-of-range": (TG + ["--tasks", "stsb"], {"glue/STS-B/train.tsv": (
+        3, "1\tg\tf\ty\t0\tn\tn\tA.\tB.\t7.5")}, ["{glue}/STS-B/train.tsv:3", "'7.5'", "range 0 to 5"]),
+    "tsv-no-header-line": (TG + ["--tasks", "rte"],
+                           {"glue/RTE/train.tsv": (1, "0\tA dog runs.\tAn animal moves.\tentailment")},
+                           ["{glue}/RTE/train.tsv:1", "header", "'A dog runs.'", "'sentence1'"]),
+    "tsv-header-of-another-file": (TG + ["--tasks", "sst2"], {"glue/SST-2/dev.tsv": (1, "text\tlabel")},
+                                   ["{glue}/SST-2/dev.tsv:1", "header", "'text'", "'sentence'"]),
+    "tsv-dev-one-gold-value": (TG + ["--tasks", "rte"], {"glue/RTE/dev.tsv": "index\tsentence1\tsentence2\tlabel\n"
+                               "0\ta\tb\tentailment\n1\tc\td\tentailment\n"},
+                               ["{glue}/RTE/dev.tsv", "every dev example", "'entailment'"]),
+    "teachers-meta-without-sha256": (SMOKE, {"teachers": "no_sha256"},
+                                     ["meta.json", "corrupt teacher store", "sha256"]),
 }
 
 SUBPROCESS = ["flag-bad-choice", "recipe-unknown-key", "tsv-wrong-columns", "teachers-fewer-rows"]

@@ -127,7 +127,11 @@ def test_nan_trial_errors_with_its_reason_and_the_sweep_goes_on(tmp_path, cache_
     assert result_rows_of(bad) == []                                    # nothing recorded as a result
     reason = (bad / "error.txt").read_text()
     assert "non-finite loss" in reason and "at step" in reason                # the loop's NonFiniteLoss
+    assert len(list((exp / "reports").glob("*.diverged.txt"))) == 1        # retries fail at once, no retraining
     assert "ERROR" in r.stdout and "DONE" in r.stdout                     # bam-search status at the end
+    assert r.returncode == 1, r.stderr[-2000:]                          # a trial errored: scripts and CI see it
+    said = [line for line in r.stderr.splitlines() if line.startswith("bam-search: trial ")]
+    assert len(said) == 1 and "of nan errored:" in said[0] and "non-finite loss" in said[0], r.stderr[-2000:]
 
 
 def result_rows_of(trial: Path) -> list[dict]:

@@ -35,6 +35,18 @@ def _row(step, a, b, best_a, best_b, **extra):
 ROWS = [_row(10, 90.0, 50.0, 90.0, 50.0), _row(20, 85.0, 70.0, 90.0, 70.0), _row(30, 60.0, 80.0, 90.0, 80.0)]
 
 
+def test_a_sequential_run_is_scored_by_an_evaluation_of_every_task():
+    """switch.mode sequential: task b joins at step 20; the early glue_avg (task a alone, 90) is higher than
+    any average over both, but a model that never trained on b has no score for it: step 30 is selected."""
+    rows = [{"step": 10, "a/score": 90.0, "glue_avg": 90.0, "progress": 0.3},
+            {"step": 20, "a/score": 70.0, "b/score": 40.0, "glue_avg": 55.0, "progress": 0.6},
+            {"step": 30, "a/score": 72.0, "b/score": 60.0, "glue_avg": 66.0, "progress": 1.0}]
+    t = _trial(rows)
+    assert t["selected_step"] == 30 and t["best"] == pytest.approx(66.0)
+    assert results.best_scores(t, ["a", "b"]) == {"a": 72.0, "b": 60.0}
+    assert _trial(rows[:1])["selected_step"] == 10          # no evaluation of both yet: the only one there is
+
+
 def test_a_run_is_scored_by_one_evaluation_not_each_tasks_best():
     t = _trial(ROWS)
     assert t["selected_step"] == 20 and t["best"] == pytest.approx(77.5)

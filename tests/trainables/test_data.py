@@ -456,3 +456,14 @@ def test_example_stream_resumes_identically(before):
     c = ExampleStream(lengths, batch_size=4, seed=6)
     c.load_state(state)
     assert not np.array_equal(a.take(53), c.take(53))           # the seed matters
+
+
+def test_a_stream_counts_what_it_gave_over_passes_and_a_restore():
+    from trainables.data import ExampleStream
+    s = ExampleStream(np.arange(10) + 3, batch_size=4, seed=0)
+    s.take(4)
+    s.take(8)                                        # crosses into the 2nd pass
+    assert s.seen == 12 and s.epoch == 1
+    t = ExampleStream(np.arange(10) + 3, batch_size=4, seed=0)
+    t.load_state(s.state())
+    assert t.seen == 12

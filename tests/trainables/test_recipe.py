@@ -233,7 +233,8 @@ def test_load_yaml_other_errors(tmp_path):
     with pytest.raises(UserError, match="mapping at the top level"):
         load_yaml(tmp_path / "list.yaml")
     (tmp_path / "empty.yaml").write_text("# nothing\n")
-    assert load_recipe(tmp_path / "empty.yaml") == Recipe()
+    with pytest.raises(UserError, match="empty recipe"):      # issue 21: not silently every default
+        load_recipe(tmp_path / "empty.yaml")
 
 
 def test_load_recipe_error_names_the_file_and_key(tmp_path):

@@ -99,6 +99,70 @@ def test_an_s3_uri_that_cannot_be_opened_is_a_storage_error(monkeypatch):
     assert str(e.value) == "--storage s3://b/bam: cannot open it: When resolving region for bucket 'b': AWS Error NETWORK_CONNECTION"
 
 
+class _Hanging:
+    """A filesystem whose every call blocks until released: a store behind a network that drops packets."""
+    def __init__(self):
+        import threading
+        self.release = threading.Event()
+
+    def _block(self, *a, **k):
+        self.release.wait(30)
+        raise OSError("released")
+    get_file_info = create_dir = open_output_stream = _block
+
+
+def _hang_on_open(monkeypatch) -> _Hanging:
+    fs = _Hanging()
+
+    class Opening:
+        @staticmethod
+        def from_uri(uri):
+            return fs, uri.split("://", 1)[1]
+    monkeypatch.setattr(pafs, "FileSystem", Opening)
+    monkeypatch.setenv("BAM_STORAGE_TIMEOUT", "0.2")
+    return fs
+
+
+def test_a_store_that_does_not_answer_times_out_in_one_line(monkeypatch):
+    import time
+    fs = _hang_on_open(monkeypatch)
+    t0 = time.monotonic()
+    with pytest.raises(StorageError) as e:
+        Storage.resolve("gs://hanging-bucket/bam").exists("teachers")
+    fs.release.set()
+    assert time.monotonic() - t0 < 5
+    assert str(e.value) == ("--storage gs://hanging-bucket/bam: not reachable within 0.2 s (opening it; check the "
+                            "network and credentials, or set BAM_STORAGE_TIMEOUT to wait longer)")
+
+
+def test_a_probe_write_that_never_returns_times_out(monkeypatch):
+    monkeypatch.setenv("BAM_STORAGE_TIMEOUT", "0.2")
+    fs = _Hanging()
+    with pytest.raises(StorageError, match=r"^--storage s3://b/bam: not reachable within 0.2 s \(writing a probe"):
+        Storage(uri="s3://b/bam", local=None, filesystem=fs, root="b/bam").check_writable()
+    fs.release.set()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf"])
+def test_a_bad_storage_timeout_is_named(monkeypatch, value):
+    from trainables.errors import UserError
+    from trainables.storage import storage_timeout
+    monkeypatch.setenv("BAM_STORAGE_TIMEOUT", value)
+    with pytest.raises(UserError, match=f"^BAM_STORAGE_TIMEOUT={value}: "):
+        storage_timeout()
+
+
+def test_cli_on_a_store_that_does_not_answer_exit_2_one_line(monkeypatch, capsys, tmp_path):
+    from search.cli import main
+    fs = _hang_on_open(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["status", "x", "--storage", "gs://hanging-cli/bam"])
+    fs.release.set()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not reachable within 0.2 s" in err[0]
+    assert err[0].startswith("bam-search: error: --storage gs://hanging-cli/bam: ")
+
+
 def test_unwritable_local_storage_fails_when_checked(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
