@@ -17,6 +17,8 @@ from . import __version__
 EPILOG = """examples:
   bam-search teachers --tasks rte,mrpc --model tiny --seeds 1 --max-train-examples 200 --storage runs
   bam-search sweep spaces/smoke.yaml --tasks rte,mrpc --model tiny --num-samples 8 --scheduler asha --storage runs
+  bam-search sweep spaces/smoke.yaml --tasks rte,mrpc --model tiny --num-samples 8 --storage runs --dry-run
+  bam-search list --storage runs
   bam-search status NAME --storage runs
   bam-search best NAME --export best.yaml --storage runs
   bam-search train best.yaml --seeds 3 --storage runs
@@ -70,9 +72,9 @@ def _run(plan, *, quiet: bool, banner: str | None = None) -> None:
     run_plan(plan, plan.resources or resources, progress=not quiet)
 
 
-def _status(storage: str, name: str) -> int:
-    from .results import status_lines
-    print("\n".join(status_lines(storage, name)))
+def _status(storage: str, name: str, *, as_json: bool = False) -> int:
+    from .results import status_data, status_lines, to_json
+    print(to_json(status_data(storage, name)) if as_json else "\n".join(status_lines(storage, name)))
     return 0
 
 
@@ -117,6 +119,10 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     from .preflight import plan_sweep, with_retries
     plan = with_retries(plan_sweep(args), args)
+    if args.dry_run:                                  # every check ran; no Ray, nothing written
+        from .dry_run import dry_run_lines
+        print("\n".join(dry_run_lines(plan)))
+        return 0
     _run(plan, quiet=args.quiet, banner=f"experiment: {plan.name}   (resume with: bam-search resume {plan.name} "
                                         f"--storage {args.storage or 'bam-storage'})")
     return _status(plan.storage, plan.name) or _errored(plan.storage, plan.name)
@@ -131,16 +137,31 @@ def cmd_resume(args) -> int:
 
 def cmd_status(args) -> int:
     from .preflight import storage_root
-    return _status(storage_root(args), args.name)
+    return _status(storage_root(args), args.name, as_json=args.json)
+
+
+def cmd_list(args) -> int:
+    from .preflight import storage_root
+    from .results import list_experiments, list_lines, to_json
+    storage = storage_root(args)
+    found = list_experiments(storage)
+    print(to_json({"storage": storage, "experiments": found}) if args.json else "\n".join(list_lines(storage, found)))
+    return 0
 
 
 def cmd_best(args) -> int:
     from .preflight import storage_root
-    from .results import best_recipe, check_export, export_recipe, selected_lines
+    from .results import best_data, best_recipe, check_export, export_recipe, selected_lines, to_json
     storage = storage_root(args)
     if args.export is not None:
         check_export(args.export)                     # a folder or an unwritable path: one line, before anything
     recipe, top = best_recipe(storage, args.name)
+    if args.json:
+        if args.export:
+            export_recipe(recipe, args.export, command=f"bam-search train {args.export} --seeds 3",
+                          source=f"best trial of {args.name}")
+        print(to_json(best_data(args.name, top, export=args.export)))
+        return 0
     print(f"best trial {top['trial_id']}: {top['metric']} {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
     print("\n".join(selected_lines(top)))
     if args.export:
@@ -290,6 +311,9 @@ def _training_commands(sub) -> None:
                     help="bytes the experiment may hold on disk, e.g. 2GB (default 20GB; none for no limit); "
                          "ended trials keep only their best checkpoint")
     sw.add_argument("--seed", type=int, default=0, help="searcher seed")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="check everything, then print the space, trials, resources, disk budget and an estimate of "
+                         "wall time; start nothing, write nothing")
     for p in (t, tr, sw):
         _retries(p)
     sw.add_argument("--quiet", action="store_true")
@@ -301,6 +325,8 @@ def _experiment_commands(sub) -> None:
                               ("resume", cmd_resume, "continue an interrupted experiment")):
         s = _command(sub, cmd, fn, helptext, f"example:\n  bam-search {cmd} NAME --storage runs")
         s.add_argument("name"); s.add_argument("--storage")
+        if cmd == "status":
+            s.add_argument("--json", action="store_true", help="one JSON document on stdout (README: Scripting)")
         if cmd == "resume":
             s.add_argument("--address"); s.add_argument("--quiet", action="store_true")
             s.add_argument("--storage-is-shared", action="store_true")
@@ -311,6 +337,10 @@ def _experiment_commands(sub) -> None:
     b = _command(sub, "best", cmd_best, "the best trial; --export writes it as a runnable recipe",
                  "example:\n  bam-search best NAME --export best.yaml --storage runs")
     b.add_argument("name"); b.add_argument("--storage"); b.add_argument("--export")
+    b.add_argument("--json", action="store_true", help="one JSON document on stdout (README: Scripting)")
+    ls = _command(sub, "list", cmd_list, "the experiments under --storage: kind, trials by state, best, started, size",
+                  "example:\n  bam-search list --storage runs\n  bam-search list --storage runs --json")
+    ls.add_argument("--storage"); ls.add_argument("--json", action="store_true", help="one JSON document on stdout")
     rp = _command(sub, "report", cmd_report, "best recipe vs single-task baselines: HTML, Markdown, plots",
                   "example:\n  bam-search report NAME --storage runs")
     rp.add_argument("name"); rp.add_argument("--storage")

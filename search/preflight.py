@@ -213,10 +213,20 @@ def _request(args) -> ResourceRequest:
                            shared_storage=getattr(args, "storage_is_shared", False))
 
 
-def _writable(storage: str) -> None:
-    """The last check: a bad --storage fails before Ray starts."""
-    from trainables.storage import Storage
-    Storage.resolve(storage).check_writable()
+def _writable(storage: str, *, dry_run: bool = False) -> None:
+    """The last check: a bad --storage fails before Ray starts. ``dry_run`` (sweep --dry-run) writes nothing: a
+    local root, or the nearest folder above it that exists, must be a folder this user can write in."""
+    from trainables.storage import Storage, StorageError
+    st = Storage.resolve(storage)
+    if not dry_run:
+        st.check_writable()
+    elif st.local is not None:
+        p = st.local
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+            why = "not a folder" if not p.is_dir() else "permission denied"
+            raise StorageError(f"--storage {st.uri}: not writable: {p}: {why}")
 
 
 def _digest(obj) -> str:
@@ -636,7 +646,7 @@ def plan_sweep(args) -> Plan:
     check_pbt(scheduler=scheduler, searcher=searcher, storage=storage)
     name = sw["name"][0] or f"sweep-{name_part(Path(space['path']).stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
     params = to_tune(space, searcher=searcher)                  # a space the searcher cannot take fails here
-    _writable(storage)
+    _writable(storage, dry_run=getattr(args, "dry_run", False))
     return Plan(kind="sweep", name=name, trial=trial_config(storage, recipe, job="student", wandb=not args.no_wandb),
                 params=params, request=_request(args),
                 trials=trial_count(space, searcher=searcher, num_samples=args.num_samples), space=space,

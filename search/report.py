@@ -571,7 +571,8 @@ img{max-width:100%;height:auto;display:block;margin:1em 0}
 """
 
 
-def _render_html(comparison: dict, *, title: str, recipe_yaml: str | None, images: dict[str, str]) -> str:
+def _render_html(comparison: dict, *, title: str, recipe_yaml: str | None, images: dict[str, str],
+                 compute: dict | None = None) -> str:
     e = html.escape
     lines = [
         "<!DOCTYPE html>",
@@ -607,6 +608,8 @@ def _render_html(comparison: dict, *, title: str, recipe_yaml: str | None, image
     ]
     if recipe_yaml is not None:
         lines += ["<h2>Best recipe</h2>", f'<pre class="recipe">{e(recipe_yaml)}</pre>']
+    if compute is not None:
+        lines += _compute_html(compute)
     if images:
         lines.append("<h2>Figures</h2>")
         for src, alt in images.items():
@@ -619,7 +622,8 @@ def _md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _render_markdown(comparison: dict, *, title: str, recipe_yaml: str | None, images: dict[str, str]) -> str:
+def _render_markdown(comparison: dict, *, title: str, recipe_yaml: str | None, images: dict[str, str],
+                     compute: dict | None = None) -> str:
     header = _table_header(comparison)
     lines = [
         f"# {_md_cell(title)}",
@@ -642,9 +646,32 @@ def _render_markdown(comparison: dict, *, title: str, recipe_yaml: str | None, i
         lines += [text.replace("*", "\\*"), ""]
     if recipe_yaml is not None:
         lines += ["## Best recipe", "", "```yaml", recipe_yaml.rstrip("\n"), "```", ""]
+    if compute is not None:
+        lines += _compute_markdown(compute)
     for src, alt in images.items():
         lines += [f"![{_md_cell(alt)}]({src})", ""]
     return "\n".join(lines)
+
+
+def _compute_html(compute: dict) -> list[str]:
+    """The "Compute" section (``search/accounting.py``): each trial's cost, the totals, what early stopping
+    saved, compute per GLUE point over the teachers."""
+    from .accounting import notes, table
+    e = html.escape
+    header, rows = table(compute)
+    return (["<h2>Compute</h2>", "<table>", "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
+             + "</tr></thead>", "<tbody>"]
+            + ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>" for cells in rows]
+            + ["</tbody>", "</table>"] + [f'<p class="note">{e(text)}</p>' for text in notes(compute)])
+
+
+def _compute_markdown(compute: dict) -> list[str]:
+    from .accounting import notes, table
+    header, rows = table(compute)
+    return (["## Compute", "", "| " + " | ".join(_md_cell(h) for h in header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+            + ["| " + " | ".join(_md_cell(c) for c in cells) + " |" for cells in rows]
+            + [""] + [x for text in notes(compute) for x in (_md_cell(text).replace("*", "\\*"), "")])
 
 
 def _bars_png(comparison: dict) -> bytes:
@@ -748,6 +775,7 @@ def write_report(
     groups: list[str] | None = None,
     baseline: str = "teachers",
     candidate: str = "student",
+    compute: dict | None = None,
 ) -> dict:
     """Write ``report.html``, ``report.md``, ``comparison.json``, ``bars.png`` and (when the
     candidate's runs carry validation curves) ``curves.png`` into ``out_dir``.
@@ -755,11 +783,17 @@ def write_report(
     ``groups`` selects and orders the groups to show (must include baseline and candidate);
     default: every group, baseline first and candidate last. Every file is written atomically.
     Returns ``{"html", "markdown", "json", "bars"[, "curves"]}`` -> path (str) of each file written.
+    ``compute``: the experiment's account (``accounting.for_experiment``): a "Compute" section, and
+    ``comparison.json``'s ``compute``, its compute per GLUE point taken over this comparison's teachers.
     """
     comparison = _compare(list(runs), baseline=baseline, candidate=candidate, tasks=None, groups=groups)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe_yaml = _recipe_yaml(recipe) if recipe is not None else None
+    if compute is not None:
+        from .accounting import with_teachers
+        compute = with_teachers(compute, comparison)
+        comparison = {**comparison, "compute": compute}
 
     written: dict[str, str] = {}
     images: dict[str, str] = {}
@@ -781,11 +815,13 @@ def write_report(
     written["json"] = str(json_path)
 
     md_path = out / "report.md"
-    atomic_write(md_path, _render_markdown(comparison, title=title, recipe_yaml=recipe_yaml, images=images))
+    atomic_write(md_path, _render_markdown(comparison, title=title, recipe_yaml=recipe_yaml, images=images,
+                                           compute=compute))
     written["markdown"] = str(md_path)
 
     html_path = out / "report.html"
-    atomic_write(html_path, _render_html(comparison, title=title, recipe_yaml=recipe_yaml, images=images))
+    atomic_write(html_path, _render_html(comparison, title=title, recipe_yaml=recipe_yaml, images=images,
+                                         compute=compute))
     written["html"] = str(html_path)
     return written
 
@@ -872,12 +908,13 @@ def publish_report(storage: str, name: str, *, records: list[dict], recipe: dict
     from trainables.errors import UserError
     from trainables.storage import Storage
 
+    from .accounting import for_experiment
     st = Storage.resolve(storage)
     with tempfile.TemporaryDirectory() as tmp:
         out = st.local / "reports" / name if st.is_local else Path(tmp)
         try:
             paths = write_report(runs=records, out_dir=out, title=f"bam-search report: {name}", recipe=recipe,
-                                 baseline="teachers", candidate="student")
+                                 baseline="teachers", candidate="student", compute=for_experiment(storage, name))
         except ValueError as e:
             raise UserError(f"report {name}: {e}") from None
         if not st.is_local:

@@ -14,7 +14,7 @@ def trial_results(storage: str, name: str) -> list[dict]:
     st = Storage.resolve(storage)
     if not st.is_dir("experiments", name):
         raise UserError(f"no experiment {name!r} under {st.join('experiments')}")
-    trials = []
+    trials, states = [], _trial_states(st, name)
     for d in st.listdir("experiments", name):
         if not st.is_file("experiments", name, d, "params.json"):
             continue
@@ -31,8 +31,17 @@ def trial_results(storage: str, name: str) -> list[dict]:
                 except json.JSONDecodeError:
                     break                                 # a torn last line after a crash
         trials.append({"dir": st.join("experiments", name, d), "trial_id": rows[-1]["trial_id"] if rows else d,
-                       "params": params, "rows": rows, "error": bool({"error.txt", "error.pkl"} & files)})
+                       "params": params, "rows": rows, "error": _ended_errored(states, d, files),
+                       "tune_status": (states or {}).get(d)})
     return trials
+
+
+def _ended_errored(states: dict[str, str] | None, d: str, files: set[str]) -> bool:
+    """Did trial folder ``d`` end errored? Tune's own state says (a trial retried after an error that then
+    finished keeps its error.txt but is TERMINATED); without it (or without ``d`` in it), an error file."""
+    if states is not None and d in states:
+        return states[d] == "ERROR"
+    return bool({"error.txt", "error.pkl"} & files)
 
 
 _TRIAL_DIR = re.compile(r"^train_driver_fn_([0-9a-f]+_\d+)")
@@ -53,7 +62,7 @@ def errored_trials(storage: str, name: str) -> list[tuple[str, str]]:
         if not st.is_file("experiments", name, d, "params.json"):
             continue
         files = set(st.listdir("experiments", name, d))
-        if (states.get(d) != "ERROR") if states is not None else not {"error.txt", "error.pkl"} & files:
+        if not _ended_errored(states, d, files):
             continue
         text = (st.read_bytes("experiments", name, d, "error.txt").decode(errors="replace")
                 if "error.txt" in files else "")
@@ -102,7 +111,8 @@ def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
         out.append({"trial_id": t["trial_id"], "params": t["params"].get("params", {}), "rows": rows,
                     "state": "ERROR" if t["error"] else ("DONE" if done else ("STOPPED" if rows else "PENDING")),
                     "iterations": len(rows), "best": best.get(metric), "best_row": best,
-                    "selected_step": best.get("step"), "metric": metric, "dir": t["dir"]})
+                    "selected_step": best.get("step"), "metric": metric, "dir": t["dir"],
+                    "tune_status": t.get("tune_status"), "resources": (t["params"] or {}).get("resources")})
     return out
 
 
@@ -133,7 +143,8 @@ def selected_lines(trial: dict) -> list[str]:
 
 
 def status_lines(storage: str, name: str) -> list[str]:
-    """``bam-search status``: one line per trial, then the best trial's task scores at its selected evaluation."""
+    """``bam-search status``: one line per trial, then the best trial's task scores at its selected evaluation,
+    then what the trials cost (``search/accounting.py``)."""
     metric = experiment_metric(storage, name)
     rows = summarize(trial_results(storage, name), metric=metric)
     lines = [f"{'trial':<14}{'state':<9}{'evals':>6}{'best ' + metric:>15}  params"]
@@ -144,6 +155,10 @@ def status_lines(storage: str, name: str) -> list[str]:
     if rows and any(r["best"] is not None for r in rows):
         top = max((r for r in rows if r["best"] is not None), key=lambda r: r["best"])
         lines += [f"best trial {top['trial_id']}:", *selected_lines(top)]
+    if rows:                                                     # after the table: its lines stay as they are
+        from .accounting import compute_lines, for_experiment
+        account = for_experiment(storage, name, rows)
+        lines += ["", *compute_lines(account)]
     return lines
 
 
@@ -298,3 +313,152 @@ def run_record(storage: str, experiment: str, trial: dict, tasks, *, group: str,
     if preds:
         record["dev_predictions"] = preds
     return record
+
+
+# ------------------------------------------------------------------------------------------------ scripts
+
+def status_data(storage: str, name: str) -> dict:
+    """``status --json``: the table of ``status_lines`` as data; each trial's task scores are those of its
+    selected evaluation (one checkpoint). ``best``: the best trial's id, or None."""
+    metric = experiment_metric(storage, name)
+    rows = summarize(trial_results(storage, name), metric=metric)
+    trials = [{"trial_id": r["trial_id"], "state": r["state"], "evals": r["iterations"], "best": r["best"],
+               "selected_step": r["selected_step"], "scores": _scores(r["best_row"]), "params": r["params"]}
+              for r in rows]
+    ranked = [r for r in rows if r["best"] is not None]
+    top = max(ranked, key=lambda r: r["best"]) if ranked else None
+    out = {"experiment": name, "metric": metric, "selection": selection(metric), "trials": trials,
+           "best": top["trial_id"] if top else None}
+    if rows:                                          # status' compute lines, as data
+        from .accounting import for_experiment
+        out["compute"] = for_experiment(storage, name, rows)
+    return out
+
+
+def best_data(name: str, top: dict, *, export: str | None = None) -> dict:
+    """``best --json``: the best trial (``best_recipe``'s summary) as data: its selected evaluation's scores,
+    each task's best of the run (different checkpoints: an extra) and the recipe file written, if any."""
+    scores = _scores(top["best_row"])
+    return {"experiment": name, "metric": top["metric"], "selection": selection(top["metric"]),
+            "trial_id": top["trial_id"], "best": top["best"], "selected_step": top["selected_step"],
+            "params": top["params"], "scores": scores, "best_of_run": best_of_run(top, sorted(scores)),
+            "export": export}
+
+
+def _scores(row: dict) -> dict[str, float]:
+    return {k[:-len("/score")]: v for k, v in sorted(row.items()) if k.endswith("/score") and k.count("/") == 1}
+
+
+def experiment_kind(name: str, meta: dict | None, params: dict | None = None) -> str:
+    """teachers, train, sweep or demo: the ``kind`` bam_experiment.json records, else read off it (or off a
+    trial's params.json): a teacher job is teachers; a student whose only parameter is the seed, train."""
+    if name.startswith("demo-"):
+        return "demo"
+    if (meta or {}).get("kind"):
+        return meta["kind"]
+    loop = (meta or {}).get("loop") or (params or {}).get("loop") or {}
+    searched = (meta or {}).get("params") or (params or {}).get("params")
+    if not loop and searched is None:
+        return "?"
+    if loop.get("job") == "teacher":
+        return "teachers"
+    return "train" if set(searched or {}) <= {"seed"} else "sweep"
+
+
+_STARTED = re.compile(r"^(?:experiment_state|basic-variant-state)-(\d{4}-\d\d-\d\d)_(\d\d)-(\d\d)-(\d\d)\.json$")
+
+
+def experiment_started(files: list[str]) -> str | None:
+    """When an experiment first started, ``YYYY-MM-DD HH:MM:SS`` (local time): Tune names its state files
+    after the start of each run of it (a resume adds one), so the earliest of them."""
+    found = sorted(m.groups() for m in map(_STARTED.match, files) if m)
+    return f"{found[0][0]} {':'.join(found[0][1:])}" if found else None
+
+
+def list_experiments(storage: str) -> list[dict]:
+    """``bam-search list``: every experiment under ``<storage>/experiments``, sorted by start: its kind, metric,
+    trials by state (as ``status`` counts them), the best trial and its value, when it started, and its bytes
+    on disk (local storage; None on a URI)."""
+    from .budget import disk_bytes
+    st = Storage.resolve(storage)
+    out = []
+    for name in experiment_names(storage):
+        files = st.listdir("experiments", name)
+        meta = None
+        if "bam_experiment.json" in files:
+            try:
+                meta = json.loads(st.read_bytes("experiments", name, "bam_experiment.json"))
+            except (ValueError, UserError):
+                meta = None
+        metric = experiment_metric(storage, name)
+        trials = trial_results(storage, name)
+        rows = summarize(trials, metric=metric)
+        states: dict[str, int] = {}
+        for r in rows:
+            states[r["state"]] = states.get(r["state"], 0) + 1
+        ranked = [r for r in rows if r["best"] is not None]
+        top = max(ranked, key=lambda r: r["best"]) if ranked else None
+        out.append({"name": name, "kind": experiment_kind(name, meta, trials[0]["params"] if trials else None),
+                    "metric": metric, "trials": len(rows), "states": states,
+                    "best": {"trial_id": top["trial_id"], "value": top["best"]} if top else None,
+                    "started": experiment_started(files),
+                    "size_bytes": disk_bytes(st.local / "experiments" / name) if st.is_local else None})
+    return sorted(out, key=lambda e: (e["started"] or "", e["name"]))
+
+
+def list_lines(storage: str, experiments: list[dict]) -> list[str]:
+    """``bam-search list``'s table: one line per experiment, each column as wide as its widest cell."""
+    from .budget import format_size
+    if not experiments:
+        return [f"no experiments under {Storage.resolve(storage).join('experiments')}"]
+    table = [["experiment", "kind", "trials", "best", "started", "size"]]
+    for e in experiments:
+        states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(e["states"].items())) or "none"
+        table.append([e["name"], e["kind"], states,
+                      f"{e['metric']} {e['best']['value']:.2f}" if e["best"] else "-", e["started"] or "-",
+                      format_size(e["size_bytes"]) if e["size_bytes"] is not None else "-"])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(c.rjust(w) if i == len(row) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            for row in table]
+
+
+def measured_rates(storage: str, model: str) -> list[dict]:
+    """Step rates measured by the finished trials under ``storage`` that trained ``model``: per trial, its
+    last report's ``examples_per_s`` (training only, all workers) and ``train_s``, and Tune's wall time
+    ``time_total_s`` (start-up and evaluations too). For ``sweep --dry-run``'s estimate of wall time."""
+    out = []
+    for e in experiment_names(storage):
+        for t in trial_results(storage, e):
+            rows = t["rows"]
+            if not rows or (t["params"].get("loop") or {}).get("recipe", {}).get("model") != model:
+                continue
+            last = rows[-1]
+            if t["error"] or not (last.get("progress", 0) >= 1.0 or last.get("stopped_early")):
+                continue
+            if last.get("examples_per_s") and last.get("train_s"):
+                out.append({"experiment": e, "trial_id": t["trial_id"], "examples_per_s": last["examples_per_s"],
+                            "train_s": last["train_s"], "wall_s": last.get("time_total_s") or last["train_s"]})
+    return out
+
+
+def experiment_names(storage: str) -> list[str]:
+    """The experiment folders under ``<storage>/experiments`` ([] when there is none)."""
+    st = Storage.resolve(storage)
+    if not st.is_dir("experiments"):
+        return []
+    return [n for n in sorted(st.listdir("experiments")) if st.is_dir("experiments", n)]
+
+
+def to_json(doc) -> str:
+    """One JSON document for ``--json``: strict JSON (a NaN or infinite score is null), other values as text."""
+    import math
+
+    def finite(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        return x
+    return json.dumps(finite(doc), default=str, allow_nan=False)

@@ -301,6 +301,11 @@ CASES: dict[str, tuple[list[str], dict, list[str]]] = {
                                ["{glue}/RTE/dev.tsv", "every dev example", "'entailment'"]),
     "teachers-meta-without-sha256": (SMOKE, {"teachers": "no_sha256"},
                                      ["meta.json", "corrupt teacher store", "sha256"]),
+    # --- sweep --dry-run runs every check, with the same one-line errors (accepted: tests/search/test_list_dry_run.py)
+    "flag-dry-run-num-samples-zero": (SMOKE + ["--dry-run", "--num-samples", "0"], {}, ["--num-samples 0"]),
+    "flag-dry-run-storage-under-a-file": (SMOKE[:-1] + ["{tmp}/afile/st", "--dry-run", "--set", "teacher.use=false"],
+                                          {"afile": "not a folder\n"}, ["--storage {tmp}/afile/st", "not writable"]),
+    "teachers-missing-dry-run": (SMOKE + ["--dry-run"], {}, ["teacher predictions missing for syn_noisy seed 0"]),
 }
 
 SUBPROCESS = ["flag-bad-choice", "recipe-unknown-key", "tsv-wrong-columns", "teachers-fewer-rows"]
