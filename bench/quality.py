@@ -551,10 +551,14 @@ class Protocol:
         from search.report import compare, write_report
         runs = self.records()
         groups = [g for g in ARMS if any(r["group"] == g for r in runs)]
-        if "teachers" not in groups or len(groups) < 2:
-            raise UserError(f"{self.storage}: the report needs the teachers and one more complete arm "
-                            f"(complete: {', '.join(groups) or 'none'})")
         tasks = list(self.budget.tasks)
+        if "teachers" not in groups or (len(groups) < 2 and not self.partial):
+            raise UserError(f"{self.storage}: the report needs the teachers and one more complete arm "
+                            f"(complete: {', '.join(groups) or 'none'}; --partial reports the teachers alone)")
+        if len(groups) < 2:                 # --partial with the teachers alone: their row, no comparison yet
+            table = {"teachers": table_entry("teachers", runs, {}, tasks)}
+            return {"table": table, "targets": self.targets(runs, table, tasks),
+                    "missing": [g for g in ARMS if g != "teachers"], "report": {}, "group_reports": {}}
         title = f"bam-search quality protocol v2: {len(tasks)} tasks, {self.budget.model}"
         candidate = "searched" if "searched" in groups else groups[-1]
         best = None
@@ -775,7 +779,8 @@ def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
         "",
         *target_lines(result["targets"]),
         *([f"- not run yet: {', '.join(missing)} (the protocol resumes from its storage)"] if missing else []),
-        f"- report: `{_rel(result['report']['html'])}`; figures: " + ", ".join(f"`{f}`" for f in figs),
+        *([f"- report: `{_rel(result['report']['html'])}`; figures: " + ", ".join(f"`{f}`" for f in figs)]
+          if result["report"] else []),
     ])
 
 
@@ -974,7 +979,8 @@ def main(argv=None) -> int:
             update_results(Path(args.update_results), section)
         console.print(markdown_table(result, budget.tasks))
         console.print(f"\ntable: {storage / 'quality.md'}\nresults: {storage / 'quality.json'}\n"
-                      f"report: {result['report']['html']}\nwall time {meta['wall']}")
+                      f"report: {result['report'].get('html', 'none yet (no arm to compare)')}\n"
+                      f"wall time {meta['wall']}")
         return 0
     except UserError as e:
         print(f"bench/quality.py: error: {e}", file=sys.stderr)

@@ -146,3 +146,25 @@ def test_results_file_without_markers_refused_before_compute(first, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert str(results) in r.stderr and "quality-protocol-v2:begin" in r.stderr
     assert snapshot(storage) == before and results.read_text() == "# no markers here\n"
+
+
+def test_partial_reports_the_arms_done_and_names_the_rest(first, tmp_path):
+    """--partial runs nothing: with only the teachers complete it writes their row and every target line as
+    "not run yet", naming the missing arms (a protocol that spans sessions commits what it has)."""
+    import shutil
+    storage, _ = first
+    part = tmp_path / "part"
+    shutil.copytree(storage, part)
+    for d in (part / "experiments").iterdir():
+        if d.name != "q-teachers":
+            shutil.rmtree(d)
+    shutil.rmtree(part / "reference")
+    before = snapshot(part)
+    r = quality(part, "--partial")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    result = json.loads((part / "quality.json").read_text())
+    assert list(result["table"]) == ["teachers"] and result["missing"] == GROUPS[:1] + GROUPS[2:]
+    md = (part / "quality.md").read_text()
+    for label in TARGET_LINES:
+        assert f"- {label}: not run yet" in md
+    assert snapshot(part) == before                          # nothing trained
