@@ -99,7 +99,7 @@ def budget_line(plan, at_once: int) -> str:
         return "disk budget: none (no limit); ended trials keep only their best checkpoint"
     if not Storage.resolve(plan.storage).is_local:
         return f"disk budget: {format_size(plan.disk_budget)}, not checked on {plan.storage} (local storage only)"
-    est = check_budget(plan.disk_budget, recipe=plan.recipe, trials=plan.num_samples, concurrent=at_once)
+    est = check_budget(plan.disk_budget, recipe=plan.recipe, trials=plan.trials, concurrent=at_once)
     if est is None:
         return f"disk budget: {format_size(plan.disk_budget)}: ok (the checkpoint size of {plan.recipe.model} " \
                "cannot be estimated here; the running sweep measures it)"

@@ -534,15 +534,16 @@ def _check_delta_baselines(metric: str, storage: str, recipe: Recipe, *, source:
                             f"run bam-search teachers for these tasks first")
 
 
-def _check_disk_budget(args, storage: str, recipe: Recipe) -> int | None:
-    """--disk-budget as bytes; refused before Ray starts when the sweep's best checkpoints alone exceed it."""
+def _check_disk_budget(args, storage: str, recipe: Recipe, *, trials: int | None = None) -> int | None:
+    """--disk-budget as bytes; refused before Ray starts when the sweep's best checkpoints alone exceed it
+    (``trials``: the sweep's trial count, grid combinations included; default --num-samples)."""
     from trainables.storage import Storage
 
     from .budget import DEFAULT_BUDGET, check_budget, parse_size
     budget = parse_size(DEFAULT_BUDGET if args.disk_budget is None else args.disk_budget)
     if Storage.resolve(storage).is_local:
         at_once = args.max_concurrent or max(1, (os.cpu_count() or 1) // max(1, args.workers_per_trial))
-        check_budget(budget, recipe=recipe, trials=args.num_samples, concurrent=at_once)
+        check_budget(budget, recipe=recipe, trials=trials or args.num_samples, concurrent=at_once)
     return budget
 
 
@@ -641,8 +642,9 @@ def plan_sweep(args) -> Plan:
     storage = storage_root(args)
     check_teachers(storage, recipe)
     _check_delta_baselines(metric, storage, recipe, source=metric_from)
-    budget = _check_disk_budget(args, storage, recipe)
     searcher, pbt = _scheduler_settings(args, space, sw)
+    budget = _check_disk_budget(args, storage, recipe,
+                                trials=trial_count(space, searcher=searcher, num_samples=args.num_samples))
     check_pbt(scheduler=scheduler, searcher=searcher, storage=storage)
     name = sw["name"][0] or f"sweep-{name_part(Path(space['path']).stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
     params = to_tune(space, searcher=searcher)                  # a space the searcher cannot take fails here

@@ -169,3 +169,19 @@ def test_sweep_flag_mistakes_are_one_line_before_ray(tmp_path, args, needle):
     lines = [l for l in r.stderr.splitlines() if l.strip() and "Warning" not in l and "warn(" not in l]
     assert len(lines) == 1 and lines[0].startswith("bam-search: error:") and needle in lines[0], r.stderr
     assert not (tmp_path / "experiments").exists()                  # nothing ran
+
+
+def test_a_grid_sweeps_disk_budget_counts_every_combination(tmp_path):
+    """--searcher grid runs --num-samples x every combination of the categorical values: the budget check
+    counts them all (it counted --num-samples alone: a 4-point grid passed a budget for one trial)."""
+    from search.cli import build_parser
+    from search.preflight import plan_sweep
+    space = tmp_path / "grid.yaml"
+    space.write_text("parameters:\n  anneal.schedule: {values: [linear, cosine, sigmoid, none]}\n")
+    recipe = recipe_from_dict({"tasks": ["syn_noisy"], "model": "tiny", "teacher": {"use": False}})
+    one = B.check_budget(10**12, recipe=recipe, trials=1, concurrent=1)["minimum"]
+    argv = ["sweep", str(space), "--tasks", "syn_noisy", "--model", "tiny", "--set", "teacher.use=false",
+            "--searcher", "grid", "--num-samples", "1", "--max-concurrent", "1", "--storage", str(tmp_path / "s")]
+    with pytest.raises(UserError, match=r"--disk-budget .* 4 trials"):
+        plan_sweep(build_parser().parse_args([*argv, "--disk-budget", str(one + 1)]))
+    plan_sweep(build_parser().parse_args([*argv, "--disk-budget", str(10 * one)]))       # room for all four
