@@ -42,7 +42,13 @@ def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--use-gpu", action="store_true", default=None,
                    help="one GPU per Train worker even if the cluster has none yet (an autoscaler adds GPU nodes); "
                         "default: GPUs when the cluster has them")
+    p.add_argument("--gpus-per-worker", type=float, default=None, metavar="N",
+                   help="GPUs per Train worker: a fraction (0.5) lets trials share a GPU; 0: CPU only, even on a GPU "
+                        "cluster (default 1 when the cluster has GPUs or with --use-gpu)")
     p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
+    p.add_argument("--wandb-project", help="W&B project (default: $WANDB_PROJECT, else bam-search)")
+    p.add_argument("--wandb-entity", help="W&B entity, a user or team (default: $WANDB_ENTITY, else your key's)")
+    p.add_argument("--wandb-tags", metavar="A,B", help="comma-separated tags added to every W&B run")
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -192,7 +198,8 @@ def cmd_demo(args) -> int:
                   f"({', '.join(tasks)}), model {demo.model}, storage {storage}")
     resources = _start(demo.teachers)
     console.print(f"local Ray: {resources.max_concurrent} trials at once, {resources.workers} worker x "
-                  f"{resources.cpus_per_worker:g} CPU each")
+                  f"{resources.cpus_per_worker:g} CPU"
+                  f"{f' + {resources.gpus_per_worker:g} GPU' * resources.use_gpu} each")
     phase(console, 1, 4, "single-task teachers, trained to convergence (early stopping on the dev score; the "
                          "best weights' train-set predictions are stored)")
     run_plan(demo.teachers, resources, live_title="teachers", total_trials=len(tasks))
@@ -219,8 +226,24 @@ def cmd_demo(args) -> int:
     console.print(f"\n[bold green]done in {time.time() - t0:.0f}s[/]")
     console.print(f"  report:     {out / 'report.html'}")
     console.print(f"  recipe:     {recipe_path}")
-    console.print(f"  W&B runs:   {Path(storage) / 'wandb'}  (offline; upload with: wandb sync {Path(storage) / 'wandb' / 'wandb'}/offline-run-*)")
+    console.print(f"  W&B runs:   {Path(storage) / 'wandb'}  (offline; upload with: bam-search sync NAME "
+                  f"--storage {storage}, NAME {demo.teachers.name} and {name})", highlight=False)
     return failed
+
+
+def cmd_sync(args) -> int:
+    """``wandb sync`` of exactly this experiment's offline W&B runs (the command is printed first)."""
+    import os
+    import shlex
+    import subprocess
+
+    from .preflight import storage_root
+    from .wandb_sync import sync_command, wandb_dir
+    storage = storage_root(args)
+    cmd = sync_command(storage, args.name)
+    print("running: " + shlex.join(cmd), flush=True)
+    env = {**os.environ, "WANDB_DIR": str(wandb_dir(storage, args.name))}   # its own logs stay under --storage
+    return subprocess.run(cmd, check=False, env=env).returncode
 
 
 def cmd_spaces(args) -> int:
@@ -311,6 +334,9 @@ def _training_commands(sub) -> None:
                     help="bytes the experiment may hold on disk, e.g. 2GB (default 20GB; none for no limit); "
                          "ended trials keep only their best checkpoint")
     sw.add_argument("--seed", type=int, default=0, help="searcher seed")
+    sw.add_argument("--time-budget", default=None, metavar="TIME",
+                    help="stop the sweep after this long, e.g. 90m, 2h, 3600 (seconds): running trials stop, "
+                         "started trials are kept (default: no limit)")
     sw.add_argument("--dry-run", action="store_true",
                     help="check everything, then print the space, trials, resources, disk budget and an estimate of "
                          "wall time; start nothing, write nothing")
@@ -353,6 +379,9 @@ def _experiment_commands(sub) -> None:
     dm.add_argument("--trials", type=int, default=8, help="sweep trials (default 8)")
     dm.add_argument("--quick", action="store_true", help="a reduced budget (for tests)")
     _common(dm)
+    sy = _command(sub, "sync", cmd_sync, "upload an experiment's offline W&B runs (wandb sync of exactly them)",
+                  "example:\n  bam-search sync NAME --storage runs")
+    sy.add_argument("name"); sy.add_argument("--storage")
     sp = _command(sub, "spaces", cmd_spaces, "list the shipped search spaces, or show one",
                   "example:\n  bam-search spaces\n  bam-search spaces anneal")
     sp.add_argument("name", nargs="?")

@@ -29,7 +29,8 @@ def local_resources(plan) -> Resources | None:
         gpus = 0
     return choose_resources({"CPU": (os.cpu_count() or 1) + 1, "GPU": gpus}, workers=req.workers,
                             cpus_per_worker=req.cpus_per_worker, use_gpu=req.use_gpu,
-                            max_concurrent=req.max_concurrent, trials=plan.trials)
+                            max_concurrent=req.max_concurrent, trials=plan.trials,
+                            gpus_per_worker=req.gpus_per_worker)
 
 
 def space_lines(space: dict) -> list[str]:
@@ -129,17 +130,20 @@ def dry_run_lines(plan) -> list[str]:
              f"trials: {plan.trials} (--num-samples {plan.num_samples}{grid}), searcher {plan.searcher}, scheduler "
              f"{plan.scheduler}{stopping}, metric {plan.metric}, {plan.recipe.evals} evaluations each"]
     if res:
-        gpu = " + 1 GPU" if res.use_gpu else ""
+        gpu = f" + {res.gpus_per_worker:g} GPU" if res.use_gpu else ""
         lines += [f"trials at once: {min(res.max_concurrent, plan.trials)}",
                   f"resources per trial: {res.workers} worker{'s' * (res.workers != 1)} x ({res.cpus_per_worker:g} "
                   f"CPU{gpu}) + {DRIVER_CPU:g} CPU for its driver (the local Ray: {(os.cpu_count() or 1) + 1} CPUs)"]
     else:
         cpus = "CPUs chosen by" if req.cpus_per_worker is None else f"{req.cpus_per_worker:g} CPU from"
+        gpw = req.gpus_per_worker if req.gpus_per_worker is not None else 1.0 if req.use_gpu else 0.0
         lines += [f"trials at once: {req.max_concurrent or 'what the cluster holds'} (chosen when joining the cluster)",
                   f"resources per trial: {req.workers} worker{'s' * (req.workers != 1)} x ({cpus} the cluster"
-                  f"{', 1 GPU' if req.use_gpu else ''}) + {DRIVER_CPU:g} CPU for its driver"]
+                  f"{f', {gpw:g} GPU' if gpw else ''}) + {DRIVER_CPU:g} CPU for its driver"]
     budget_at_once = req.max_concurrent or max(1, (os.cpu_count() or 1) // max(1, req.workers))  # as preflight
     lines += [budget_line(plan, budget_at_once), wall_time_line(plan, at_once)]
+    if getattr(plan, "time_budget_s", None):
+        lines.append(f"time budget: the sweep stops after {plan.time_budget_s:g} s (--time-budget)")
     if Storage.resolve(plan.storage).is_dir("experiments", plan.name):
         lines.append(f"note: experiment {plan.name} exists under {plan.storage}: this sweep would continue it")
     return lines

@@ -40,11 +40,13 @@ def experiment_dir(storage: str, name: str) -> Path | str:
     return st.local / "experiments" / name if st.is_local else st.join("experiments", name)
 
 
-def wandb_settings(storage: str, *, enabled: bool = True, project: str = "bam-search") -> dict:
-    # W&B writes to a local folder: under local storage, else ./bam-wandb where the driver runs
+def wandb_settings(storage: str, *, enabled: bool = True, project: str | None = None, entity: str | None = None,
+                   tags: tuple = ()) -> dict:
+    """W&B writes to a local folder: under local storage, else ./bam-wandb where the driver runs (``bam-search
+    sync`` finds it in bam_experiment.json). project None: $WANDB_PROJECT, else bam-search (tracking.project)."""
     st = Storage.resolve(storage)
     folder = st.local / "wandb" if st.is_local else Path("bam-wandb").resolve()
-    return {"enabled": enabled, "dir": str(folder), "project": project}
+    return {"enabled": enabled, "dir": str(folder), "project": project, "entity": entity, "tags": list(tags)}
 
 
 def make_scheduler(kind: str, *, max_t: int, metric: str, pbt: dict | None = None, experiment_dir=None,
@@ -95,7 +97,8 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
                    searcher: str = "random", scheduler: str = "none", metric: str = "glue_avg", seed: int = 0,
                    progress: bool = True, live_title: str | None = None, total_trials: int | None = None,
                    disk_budget: int | str | None = "20GB", pbt: dict | None = None,
-                   early_stopping: dict | None = None, max_failures: int | None = 1, retry_errored: bool = False):
+                   early_stopping: dict | None = None, max_failures: int | None = 1, retry_errored: bool = False,
+                   time_budget_s: float | None = None):
     """Run (or continue) one Tune experiment under ``trial.storage``; returns the ResultGrid.
 
     ``trial``: what every trial gets (Tune's param space holds ``trial.to_dict()`` under ``loop``).
@@ -105,7 +108,8 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
     ``early_stopping``: with asha/median, ``{"grace_period", "reduction_factor"}`` (None: the defaults).
     ``max_failures``: Tune runs a failed trial (its driver's node lost, a Train run out of retries) again that
     often, from its last checkpoint (None, continuing: the experiment's own); ``retry_errored``: continuing,
-    the trials that had errored run again too."""
+    the trials that had errored run again too. ``time_budget_s``: Tune stops the experiment after this long
+    (``TuneConfig.time_budget_s``; a resumed one gets it again from its restart)."""
     from ray import tune
 
     from trainables.trial import train_driver_fn
@@ -131,7 +135,7 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
                                     max_failures=1 if max_failures is None else max_failures))
     tuner = tune.Tuner(trainable, param_space=space, run_config=run_config,
                        tune_config=tune.TuneConfig(
-                           metric=metric, mode="max", num_samples=num_samples,
+                           metric=metric, mode="max", num_samples=num_samples, time_budget_s=time_budget_s,
                            max_concurrent_trials=resources.max_concurrent,
                            search_alg=make_searcher(searcher, metric=metric, seed=seed,
                                                     max_concurrent=resources.max_concurrent),
@@ -140,7 +144,7 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
     st.write_bytes("experiments", name, "bam_experiment.json", data=json.dumps(  # what `resume` reads: atomic
         {"name": name, "loop": loop, "params": _describe(params), "num_samples": num_samples,
          "searcher": searcher, "scheduler": scheduler, "metric": metric, "resources": resources.as_dict(),
-         "disk_budget": budget, "pbt": pbt, "early_stopping": early_stopping},
+         "disk_budget": budget, "pbt": pbt, "early_stopping": early_stopping, "time_budget_s": time_budget_s},
         indent=1, default=str).encode())
     return tuner.fit()
 
@@ -198,7 +202,8 @@ def run_plan(plan, resources: Resources, *, progress: bool = True, live_title: s
                           metric=plan.metric, seed=plan.searcher_seed, progress=progress, live_title=live_title,
                           total_trials=total_trials, disk_budget=plan.disk_budget, pbt=plan.pbt,
                           early_stopping=plan.early_stopping, max_failures=getattr(plan, "max_failures", 1),
-                          retry_errored=getattr(plan, "retry_errored", False))
+                          retry_errored=getattr(plan, "retry_errored", False),
+                          time_budget_s=getattr(plan, "time_budget_s", None))
 
 
 def _describe(params: dict) -> dict:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ FLAG_KEYS = {"evals": "evals", "max_train_examples": "data.max_train_examples", 
 SYNTHETIC = ["syn_sentiment", "syn_pairmatch", "syn_similarity", "syn_noisy"]
 GLUE5 = ["cola", "sst2", "mrpc", "stsb", "rte"]
 # resume restores the trials with the resources and disk budget recorded in bam_experiment.json: these are refused
-RESUME_REFUSED = ("workers_per_trial", "cpus_per_worker", "max_concurrent", "disk_budget")
+RESUME_REFUSED = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker", "max_concurrent", "disk_budget")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Plan:
     resources: Resources | None = None   # resume: the experiment's own
     max_failures: int | None = 1         # Tune's retries of a failed trial (--max-failures); resume: None keeps its own
     retry_errored: bool = False          # resume --retry-errored: run the errored trials again
+    time_budget_s: float | None = None   # sweep --time-budget: Tune stops the sweep after this long
 
     @property
     def storage(self) -> str:
@@ -106,9 +108,50 @@ def check_flags(args) -> None:
     cpw = getattr(args, "cpus_per_worker", None)
     if cpw is not None and not cpw > 0:
         raise UserError(f"--cpus-per-worker {cpw}: must be more than 0")
+    check_gpus(args)
+    time_budget(args)                                  # sweep: checked here, before the data and the space
     seed = getattr(args, "seed", None)                 # sweep's searcher seed (Optuna, numpy: 0 .. 2^32-1)
     if seed is not None and not 0 <= seed < 2 ** 32:
         raise UserError(f"--seed {seed}: the searcher's seed must be from 0 to 2^32-1")
+    wandb_options(args)                                # --wandb-*: one line, before the data checks
+
+
+def check_gpus(args) -> None:
+    """--gpus-per-worker: 0 (CPU only) or more; Ray takes a fraction up to 1 (trials sharing a GPU) and whole
+    GPUs above it; with --use-gpu it must not be 0."""
+    gpw = getattr(args, "gpus_per_worker", None)
+    if gpw is None:
+        return
+    if not (math.isfinite(gpw) and gpw >= 0):
+        raise UserError(f"--gpus-per-worker {gpw:g}: must be 0 (CPU only) or more")
+    if gpw > 1 and not float(gpw).is_integer():
+        raise UserError(f"--gpus-per-worker {gpw:g}: Ray takes a fraction up to 1 (trials sharing a GPU) or whole "
+                        f"GPUs above it: give {math.floor(gpw)} or {math.ceil(gpw)}")
+    if 0 < gpw < 1e-4:
+        raise UserError(f"--gpus-per-worker {gpw:g}: Ray counts GPUs in steps of 0.0001; give 0 for CPU only")
+    if gpw == 0 and getattr(args, "use_gpu", None):
+        raise UserError("--use-gpu --gpus-per-worker 0: CPU only or GPUs? drop one of them")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def time_budget(args) -> float | None:
+    """sweep --time-budget in seconds, from "90m", "2h", "1h30m", "45s" or plain seconds; more than 0."""
+    import re
+    raw = getattr(args, "time_budget", None)
+    if raw is None:
+        return None
+    text = str(raw).strip().lower().replace(" ", "")
+    try:
+        seconds = float(text)
+    except ValueError:
+        if not re.fullmatch(r"(\d+(\.\d+)?[smhd])+", text):
+            raise UserError(f"--time-budget {raw}: give a duration such as 90m, 2h, 1h30m or 3600 (seconds)") from None
+        seconds = sum(float(n) * DURATION_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smhd])", text))
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise UserError(f"--time-budget {raw}: must be a finite time more than 0 (leave it out for no limit)")
+    return seconds
 
 
 def glue_dir(args) -> str | None:
@@ -196,21 +239,50 @@ def teacher_stopping(args) -> dict:
     return settings
 
 
-def trial_config(storage: str, recipe: Recipe, *, job: str, wandb: bool = True) -> TrialConfig:
-    """What every trial of an experiment gets: the recipe, its job, the storage root, the caches, W&B."""
+def trial_config(storage: str, recipe: Recipe, *, job: str, wandb: bool | dict | None = True) -> TrialConfig:
+    """What every trial of an experiment gets: the recipe, its job, the storage root, the caches, W&B (``wandb``:
+    off when false/None; a dict: ``wandb_options``)."""
     from trainables.storage import Storage
 
     from .experiment import wandb_settings
     local = Storage.resolve(storage).local            # a URI: each node tokenises into its own default cache
+    options = wandb if isinstance(wandb, dict) else {}
     return TrialConfig(recipe=recipe, job=job, storage=storage,
                        cache_dir=os.environ.get("BAM_CACHE_DIR") or (str(local / "cache") if local else None),
-                       wandb=wandb_settings(storage) if wandb else None)
+                       wandb=wandb_settings(storage, **options) if wandb else None)
+
+
+W_AND_B_NAME = re.compile(r"[^/\\#?%:]{1,128}")       # what W&B accepts as a project or entity name
+
+
+def wandb_options(args) -> dict | None:
+    """--wandb-project, --wandb-entity, --wandb-tags (comma list) checked in one line each; None with
+    --no-wandb (which refuses the others). Names only: a key never rides in a flag or in the config."""
+    given = {f: getattr(args, f.replace("-", "_"), None) for f in ("wandb-project", "wandb-entity", "wandb-tags")}
+    if getattr(args, "no_wandb", False):
+        for flag, value in given.items():
+            if value is not None:
+                raise UserError(f"--{flag}: not with --no-wandb (nothing is logged to W&B)")
+        return None
+    for flag in ("wandb-project", "wandb-entity"):
+        value = given[flag]
+        if value is not None and not W_AND_B_NAME.fullmatch(value.strip()):
+            raise UserError(f"--{flag} {value!r}: a W&B name is 1-128 characters, none of / \\ # ? % :")
+    tags = [t.strip() for t in (given["wandb-tags"] or "").split(",") if t.strip()]
+    if given["wandb-tags"] is not None and not tags:
+        raise UserError(f"--wandb-tags {given['wandb-tags']!r}: give comma-separated tags, e.g. --wandb-tags bam,v2")
+    for tag in tags:
+        if len(tag) > 64:
+            raise UserError(f"--wandb-tags: tag {tag[:20]!r}... is {len(tag)} characters; W&B allows 64")
+    return {"project": (given["wandb-project"] or "").strip() or None,
+            "entity": (given["wandb-entity"] or "").strip() or None, "tags": tuple(dict.fromkeys(tags))}
 
 
 def _request(args) -> ResourceRequest:
     return ResourceRequest(address=args.address, workers=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
                            use_gpu=getattr(args, "use_gpu", None), max_concurrent=args.max_concurrent,
-                           shared_storage=getattr(args, "storage_is_shared", False))
+                           shared_storage=getattr(args, "storage_is_shared", False),
+                           gpus_per_worker=getattr(args, "gpus_per_worker", None))
 
 
 def _writable(storage: str, *, dry_run: bool = False) -> None:
@@ -588,7 +660,7 @@ def plan_teachers(args) -> Plan:
     storage = storage_root(args)
     _writable(storage)
     return Plan(kind="teachers", name=args.name or f"teachers-{_digest([base, seeds])}",
-                trial=trial_config(storage, recipe, job="teacher", wandb=not args.no_wandb),
+                trial=trial_config(storage, recipe, job="teacher", wandb=wandb_options(args)),
                 params={"tasks": tune.grid_search([[t] for t in recipe.tasks]), "seed": tune.grid_search(seeds)},
                 request=_request(args), trials=len(recipe.tasks) * len(seeds), seeds=tuple(seeds))
 
@@ -616,7 +688,7 @@ def plan_train(args) -> Plan:
     _writable(storage)
     name = args.name or f"train-{name_part(Path(args.recipe).stem)}-{_digest([base, seeds])}"
     return Plan(kind="train", name=name,
-                trial=trial_config(storage, recipe, job="student", wandb=not args.no_wandb),
+                trial=trial_config(storage, recipe, job="student", wandb=wandb_options(args)),
                 params={"seed": tune.grid_search(seeds)} if len(seeds) > 1 else {"seed": base["seed"]},
                 request=_request(args), trials=len(seeds), seeds=tuple(seeds))
 
@@ -649,11 +721,13 @@ def plan_sweep(args) -> Plan:
     name = sw["name"][0] or f"sweep-{name_part(Path(space['path']).stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
     params = to_tune(space, searcher=searcher)                  # a space the searcher cannot take fails here
     _writable(storage, dry_run=getattr(args, "dry_run", False))
-    return Plan(kind="sweep", name=name, trial=trial_config(storage, recipe, job="student", wandb=not args.no_wandb),
+    return Plan(kind="sweep", name=name,
+                trial=trial_config(storage, recipe, job="student", wandb=wandb_options(args)),
                 params=params, request=_request(args),
                 trials=trial_count(space, searcher=searcher, num_samples=args.num_samples), space=space,
                 num_samples=args.num_samples, searcher=searcher, scheduler=scheduler, metric=metric,
-                searcher_seed=args.seed, disk_budget=budget, pbt=pbt, early_stopping=early)
+                searcher_seed=args.seed, disk_budget=budget, pbt=pbt, early_stopping=early,
+                time_budget_s=time_budget(args))
 
 
 def plan_resume(args) -> Plan:
@@ -671,13 +745,14 @@ def plan_resume(args) -> Plan:
     meta = json.loads(st.read_bytes("experiments", args.name, "bam_experiment.json"))
     r = meta["resources"]
     _writable(storage)
+    gpw = r.get("gpus_per_worker", 1.0) if r["use_gpu"] else 0.0    # recorded since --gpus-per-worker
     request = ResourceRequest(address=args.address, workers=r["workers"], cpus_per_worker=r["cpus_per_worker"],
-                              use_gpu=r["use_gpu"], shared_storage=args.storage_is_shared)
+                              use_gpu=r["use_gpu"], shared_storage=args.storage_is_shared, gpus_per_worker=gpw)
     return Plan(kind="resume", name=args.name, request=request, params={}, num_samples=meta["num_samples"],
                 trial=TrialConfig.from_dict(meta["loop"], source=f"experiment {args.name}"),
                 disk_budget=meta.get("disk_budget", Plan.disk_budget),
                 resources=Resources(workers=r["workers"], cpus_per_worker=r["cpus_per_worker"],
-                                    use_gpu=r["use_gpu"], max_concurrent=1))
+                                    use_gpu=r["use_gpu"], max_concurrent=1, gpus_per_worker=gpw or 1.0))
 
 
 def demo_budget(*, model: str, quick: bool) -> dict:
@@ -731,7 +806,7 @@ def plan_demo(args) -> DemoPlan:
     model, tasks = demo_recipe.model, list(demo_recipe.tasks)
     space = load_space("demo", base_recipe=base)
     _check_not_searched(args, space)
-    request, wandb = _request(args), not args.no_wandb
+    request, wandb = _request(args), wandb_options(args)
     teachers = Plan(kind="teachers", name="demo-teachers", request=request,
                     trial=trial_config(storage, recipe_from_dict(teacher_recipe(teacher_base), source="demo"),
                                        job="teacher", wandb=wandb),

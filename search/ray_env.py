@@ -37,9 +37,12 @@ class Resources:
     use_gpu: bool
     max_concurrent: int
     pending_timeout_s: float | None = None   # an autoscaler must add a node: a trial waits this long for it
+    gpus_per_worker: float = 1.0             # with use_gpu: a fraction lets trials share a GPU
 
     def as_dict(self) -> dict:
         d = {"workers": self.workers, "cpus_per_worker": self.cpus_per_worker, "use_gpu": self.use_gpu}
+        if self.use_gpu:
+            d["gpus_per_worker"] = self.gpus_per_worker
         return {**d, "pending_timeout_s": self.pending_timeout_s} if self.pending_timeout_s else d
 
 
@@ -52,6 +55,7 @@ class ResourceRequest:
     use_gpu: bool | None = None
     max_concurrent: int | None = None
     shared_storage: bool = False             # --storage-is-shared
+    gpus_per_worker: float | None = None     # --gpus-per-worker: 0 CPU only; None: 1 when GPUs are used
 
 
 def start_ray(request: ResourceRequest, *, storage: str, trials: int | None = None) -> Resources:
@@ -59,7 +63,8 @@ def start_ray(request: ResourceRequest, *, storage: str, trials: int | None = No
     cluster = init_ray(address=request.address)
     check_shared_storage(storage=storage, shared=request.shared_storage)
     resources = choose_resources(cluster, workers=request.workers, cpus_per_worker=request.cpus_per_worker,
-                                 use_gpu=request.use_gpu, max_concurrent=request.max_concurrent, trials=trials)
+                                 use_gpu=request.use_gpu, max_concurrent=request.max_concurrent, trials=trials,
+                                 gpus_per_worker=request.gpus_per_worker)
     return check_fits(resources, joined=bool(request.address or os.environ.get("RAY_ADDRESS")))
 
 
@@ -70,7 +75,7 @@ def check_fits(resources: Resources, *, joined: bool) -> Resources:
     import ray
     nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive", True)]
     problem = resource_problem(nodes, workers=resources.workers, cpus_per_worker=resources.cpus_per_worker,
-                               use_gpu=resources.use_gpu)
+                               use_gpu=resources.use_gpu, gpus_per_worker=resources.gpus_per_worker)
     if problem is None:
         return resources
     types = autoscaler_node_types() if joined else []
@@ -83,29 +88,35 @@ def check_fits(resources: Resources, *, joined: bool) -> Resources:
     return replace(resources, pending_timeout_s=timeout)
 
 
-def resource_problem(nodes: list[dict], *, workers: int, cpus_per_worker: float, use_gpu: bool) -> str | None:
+def resource_problem(nodes: list[dict], *, workers: int, cpus_per_worker: float, use_gpu: bool,
+                     gpus_per_worker: float = 1.0) -> str | None:
     """Why one trial can never run on nodes with these resources (``ray.nodes()[i]["Resources"]``), or None.
 
     A trial is its driver (``DRIVER_CPU``) on some node plus ``workers`` bundles of ``cpus_per_worker`` CPUs (and
-    one GPU each with ``use_gpu``), each bundle on one node; Ray Train spreads bundles over nodes if it must."""
+    ``gpus_per_worker`` GPUs each with ``use_gpu``), each bundle on one node; Ray Train spreads bundles over
+    nodes if it must."""
+    gpw = gpus_per_worker if use_gpu else 0.0
+
     def holds(free: dict) -> int:
         n = int(free.get("CPU", 0) // cpus_per_worker + 1e-9) if cpus_per_worker > 0 else workers
-        return min(n, int(free.get("GPU", 0) + 1e-9)) if use_gpu else n
+        return min(n, int(free.get("GPU", 0) / gpw + 1e-9)) if gpw > 0 else n
     for i, host in enumerate(nodes):                  # the driver on node i, the workers wherever they fit
         if host.get("CPU", 0) + 1e-9 < DRIVER_CPU:
             continue
         rest = [{**n, "CPU": n.get("CPU", 0) - DRIVER_CPU} if j == i else n for j, n in enumerate(nodes)]
         if sum(max(0, holds(n)) for n in rest) >= workers:
             return None
-    gpu = " + 1 GPU" if use_gpu else ""
+    gpu = f" + {gpw:g} GPU" if gpw > 0 else ""
     cpus = sorted((n.get("CPU", 0) for n in nodes), reverse=True)
     gpus = sum(n.get("GPU", 0) for n in nodes)
     has = (f"{len(nodes)} node{'s' * (len(nodes) != 1)} with {', '.join(f'{c:g}' for c in cpus[:4])}"
            f"{', ...' if len(cpus) > 4 else ''} CPUs" + (f" and {gpus:g} GPUs in all" if use_gpu else ""))
-    return (f"--workers-per-trial {workers} --cpus-per-worker {cpus_per_worker:g}{' --use-gpu' if use_gpu else ''}: "
+    flag = "" if not gpw else " --use-gpu" if gpw == 1 else f" --gpus-per-worker {gpw:g}"
+    return (f"--workers-per-trial {workers} --cpus-per-worker {cpus_per_worker:g}{flag}: "
             f"a trial needs {workers} x ({cpus_per_worker:g} CPU{gpu}) + {DRIVER_CPU:g} CPU for its driver, which "
             f"this Ray cluster ({has}) can never hold: lower --cpus-per-worker or --workers-per-trial"
-            f"{', drop --use-gpu' if use_gpu and not gpus else ''}, or join a larger cluster (--address)")
+            f"{', drop --use-gpu (or give --gpus-per-worker 0)' if gpw and not gpus else ''}"
+            f"{', lower --gpus-per-worker' if gpw and gpus else ''}, or join a larger cluster (--address)")
 
 
 def pending_timeout() -> float:
@@ -285,24 +296,26 @@ def _free_port() -> int:
 
 def choose_resources(cluster: dict, *, workers: int = 1, cpus_per_worker: float | None = None,
                      use_gpu: bool | None = None, max_concurrent: int | None = None,
-                     trials: int | None = None) -> Resources:
-    """GPUs when the cluster has them; concurrency = what the cluster holds (at least 1).
+                     trials: int | None = None, gpus_per_worker: float | None = None) -> Resources:
+    """GPUs when the cluster has them (``gpus_per_worker`` each, default 1; 0: CPU only, even on a GPU cluster);
+    concurrency = what the cluster holds (at least 1): 1 GPU and 0.5 per worker run two trials at once.
 
     Without --cpus-per-worker, the CPUs are shared out over the trials that can run at once: a lone
     trial (``train`` with one seed) gets every core, a sweep gets one core per worker.
     """
-    gpus = int(cluster.get("GPU", 0))
+    gpus = float(cluster.get("GPU", 0))
     cpus = float(cluster.get("CPU", 1))
     gpu = bool(gpus) if use_gpu is None else use_gpu
+    if gpus_per_worker is not None:                    # given: it decides (preflight refuses --use-gpu with 0)
+        gpu = gpus_per_worker > 0
+    gpw = (gpus_per_worker or 1.0) if gpu else 1.0
+    by_gpu = max(1, int(gpus / (workers * gpw) + 1e-9)) if gpu and gpus else None   # trials the GPUs hold
     cpw = cpus_per_worker
     if cpw is None:
         at_once = max(1, int(cpus // (DRIVER_CPU + workers)))
-        at_once = min(at_once, trials or at_once, max_concurrent or at_once)
+        at_once = min(at_once, trials or at_once, max_concurrent or at_once, by_gpu or at_once)
         cpw = float(max(1, int((cpus - DRIVER_CPU * at_once) // (workers * at_once))))
-    per_trial = DRIVER_CPU + workers * cpw
-    fit = int(cpus // per_trial + 1e-9)
-    if gpu:
-        fit = min(fit, gpus // workers) if gpus else fit
-    fit = max(1, fit)
-    return Resources(workers=workers, cpus_per_worker=cpw, use_gpu=gpu,
+    fit = int(cpus // (DRIVER_CPU + workers * cpw) + 1e-9)
+    fit = max(1, min(fit, by_gpu or fit))
+    return Resources(workers=workers, cpus_per_worker=cpw, use_gpu=gpu, gpus_per_worker=gpw,
                      max_concurrent=min(max_concurrent, fit) if max_concurrent else fit)

@@ -27,7 +27,40 @@ def selected_summary(result: dict, *, metric: str) -> dict:
            if k.endswith("/score") and k.count("/") == 1 and isinstance(v, (int, float))}
     out.update({"selected/step": result.get("step"), "selected/glue_avg": result.get("glue_avg"),
                 f"selected/{metric}": result.get(metric), "selected/by": metric})
+    out.update(delta_summary(result))
     return out
+
+
+def delta_summary(result: dict) -> dict:
+    """``delta/TASK`` (the student's dev score minus its teachers', metric points) and ``delta/mean`` at the
+    same evaluation as ``selected/*``: W&B's runs table compares students with their teachers as it is. Empty
+    for a run without teachers (a teacher, plain multi-task, or a student whose teachers were not found)."""
+    out = {f"delta/{k[:-len('/delta_vs_teachers')]}": v for k, v in result.items()
+           if k.endswith("/delta_vs_teachers") and k.count("/") == 1 and isinstance(v, (int, float))}
+    if out and isinstance(result.get("delta_vs_teachers"), (int, float)):
+        out["delta/mean"] = result["delta_vs_teachers"]
+    return out
+
+
+JOB_TYPES = ("teacher", "baseline-multitask", "student")
+
+
+def run_labels(*, job: str, recipe: dict, experiment: str, tags=()) -> dict:
+    """W&B ``job_type``, ``group`` and ``tags`` of one trial's run, so W&B's UI groups and filters runs with
+    no extra code: teachers are ``teacher``; a student without teachers and without a KD switch (plain
+    multi-task) is ``baseline-multitask``; any other student is ``student``. ``group`` is the experiment."""
+    teacher = recipe.get("teacher") or {}
+    switch = recipe.get("switch") or {}
+    criteria = {switch.get("criterion", "never")} | {(o or {}).get("criterion", "never")
+                                                     for o in (switch.get("per_task") or {}).values()}
+    if job == "teacher":
+        job_type = "teacher"
+    elif teacher.get("use", True) is False and criteria == {"never"}:
+        job_type = "baseline-multitask"
+    else:
+        job_type = "student"
+    labels = [job_type, *recipe.get("tasks", []), *tags]
+    return {"job_type": job_type, "group": experiment, "tags": list(dict.fromkeys(str(t) for t in labels))}
 
 
 # seconds wandb.init may take to reach W&B online (wandb's own default is 90; WANDB_INIT_TIMEOUT wins)
@@ -39,6 +72,12 @@ def init_timeout() -> float:
         return float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT_S)
     except ValueError:
         return INIT_TIMEOUT_S
+
+
+def project(settings: dict) -> str:
+    """--wandb-project, else $WANDB_PROJECT (as wandb itself reads it), else bam-search. (No entity given:
+    wandb reads $WANDB_ENTITY, else the API key's default entity.)"""
+    return settings.get("project") or os.environ.get("WANDB_PROJECT") or "bam-search"
 
 
 class WandbTrials(Callback):
@@ -79,11 +118,12 @@ class WandbTrials(Callback):
         cfg = trial.config
         loop = cfg.get("loop", {})
         recipe = with_params(loop.get("recipe", {}), cfg.get("params") or {})
-        job = loop.get("job", "student")
+        labels = run_labels(job=loop.get("job", "student"), recipe=recipe, experiment=self.experiment,
+                            tags=self.settings.get("tags") or ())
         os.makedirs(self.settings["dir"], exist_ok=True)
-        run = self._start(project=self.settings.get("project", "bam-search"), group=self.experiment,
-                          job_type=job, tags=[job, *recipe.get("tasks", [])], id=trial.trial_id,
-                          name=f"{self.experiment}-{trial.trial_id}", dir=self.settings["dir"], resume="allow",
+        run = self._start(project=project(self.settings), entity=self.settings.get("entity") or None, **labels,
+                          id=trial.trial_id, name=f"{self.experiment}-{trial.trial_id}", dir=self.settings["dir"],
+                          resume="allow",
                           config=scrub({"recipe": recipe, "params": cfg.get("params") or {},
                                         "experiment": self.experiment, "resources": cfg.get("resources")}),
                           reinit="create_new")

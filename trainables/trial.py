@@ -278,9 +278,18 @@ def pending_retries(pending_timeout_s: float | None) -> int:
     return max(0, math.ceil(pending_timeout_s / wait) - 1)
 
 
+def gpus_per_worker(resources: dict) -> dict:
+    """``{"GPU": n}`` for Train's ``resources_per_worker`` ({} without GPUs): n from --gpus-per-worker, 1 when
+    not recorded (experiments from before it); a fraction lets several trials share one GPU."""
+    if not resources.get("use_gpu"):
+        return {}
+    return {"GPU": float(resources.get("gpus_per_worker") or 1.0)}
+
+
 def torch_trainer(cfg: TrialConfig, *, run_name: str, resources: dict, metric: str, callback):
-    """The trial's ``TorchTrainer``: ``resources["workers"]`` workers running ``train_fn_per_worker`` on
-    ``cfg.to_dict()``; Train keeps the best checkpoint by ``metric`` and always the latest."""
+    """The trial's ``TorchTrainer``: ``resources["workers"]`` workers (``Resources.as_dict()``: CPUs and GPUs
+    each) running ``train_fn_per_worker`` on ``cfg.to_dict()``; Train keeps the best checkpoint by ``metric``
+    and always the latest."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     res = resources
@@ -289,8 +298,7 @@ def torch_trainer(cfg: TrialConfig, *, run_name: str, resources: dict, metric: s
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if res["use_gpu"] else "gloo"),
         scaling_config=ScalingConfig(num_workers=res["workers"], use_gpu=res["use_gpu"],
-                                     resources_per_worker={"CPU": res["cpus_per_worker"],
-                                                           **({"GPU": 1} if res["use_gpu"] else {})}),
+                                     resources_per_worker={"CPU": res["cpus_per_worker"], **gpus_per_worker(res)}),
         run_config=RunConfig(
             name=run_name,
             storage_path=Storage.resolve(cfg.storage).join("experiments", cfg.experiment, "train"),

@@ -106,13 +106,13 @@ def test_second_run_resumes_without_redoing(first, tmp_path):
     before = snapshot(storage)
     state_before = json.loads((storage / "quality-state.json").read_text())
     results = tmp_path / "RESULTS.md"
-    results.write_text("# head\n<!-- quality-protocol-v2:begin -->\nold\n<!-- quality-protocol-v2:end -->\ntail\n")
+    results.write_text("# head\n<!-- quality-protocol-v2:begin -->\nOLD BLOCK\n<!-- quality-protocol-v2:end -->\ntail\n")
     r = quality(storage, "--update-results", str(results))
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     # the table and the figures' paths land between the markers; the figures are copied next to RESULTS.md
     text = results.read_text()
     assert text.startswith("# head\n<!-- quality-protocol-v2:begin -->\nRun: ") and text.endswith("-->\ntail\n")
-    assert "old" not in text and text.count("| searched recipe") == 1
+    assert "OLD BLOCK" not in text and text.count("| searched recipe") == 1
     figures = tmp_path / "figures" / "quality-v2"
     for png in ("bars.png", "curves.png", "curves-kd_switch.png"):
         assert (figures / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(figures / png) in text
