@@ -118,6 +118,28 @@ def run_reference(args, *, task_name: str, epochs: int | None = None, max_steps:
     return out
 
 
+def run_hf_trainer(args, *, task_name: str, storage: str, epochs: int | None = None, max_steps: int | None = None,
+                   seed: int = 0) -> dict:
+    """Hugging Face ``Trainer`` on the same examples (``bench/hf_trainer.py``), scored with the same metric code."""
+    from hf_trainer import train_hf_trainer
+    from trainables.data import load_examples
+    from trainables.metrics import compute_metrics
+    from trainables.model import resolve_model
+    from trainables.tasks import get_task
+    task = get_task(task_name)
+    glue = os.path.abspath(args.glue_dir)
+    train = load_examples(task=task_name, split="train", glue_dir=glue).subsample(max_examples=args.examples, seed=0)
+    dev = load_examples(task=task_name, split=task.dev_splits[0], glue_dir=glue) if epochs else None
+    out = train_hf_trainer(model_dir=resolve_model(args.model), train=train, dev=dev, task=task, epochs=epochs,
+                           max_steps=max_steps, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
+                           seed=seed, output_dir=os.path.join(storage, f"hf-{task_name}-s{seed}"))
+    preds = out.pop("predictions", None)
+    if preds is not None:
+        out["score"] = {task_name: compute_metrics(metrics=task.metrics, predictions=preds,
+                                                   labels=dev.labels)["score"]}
+    return out
+
+
 def seed_scores(args, *, task: str, storage: str, first: tuple, log) -> dict:
     """Dev metric of the reference, the bf16 student and the bf16 student with the reference's optimiser over
     ``--score-seeds`` seeds (seed 0 is ``first``); per loop the scores, mean and sd, and each student's mean
@@ -125,9 +147,15 @@ def seed_scores(args, *, task: str, storage: str, first: tuple, log) -> dict:
     import statistics
     scores = {"reference": [first[0]["score"][task]], "student": [first[1]["score"][task]],
               "student_reference_optimiser": [first[2]["score"][task]]}
+    if len(first) > 3:
+        scores["hf_trainer"] = [first[3]["score"][task]]
     for seed in range(1, args.score_seeds):
         log(f"{task}: seed {seed}: reference")
         scores["reference"].append(run_reference(args, task_name=task, epochs=args.epochs, seed=seed)["score"][task])
+        if "hf_trainer" in scores:
+            log(f"{task}: seed {seed}: Hugging Face Trainer")
+            scores["hf_trainer"].append(run_hf_trainer(args, task_name=task, storage=storage, epochs=args.epochs,
+                                                       seed=seed)["score"][task])
         log(f"{task}: seed {seed}: students")
         scores["student"].append(run_student(args, tasks=[task], precision="auto", storage=storage,
                                              epochs=args.epochs, seed=seed)["score"][task])
@@ -136,7 +164,7 @@ def seed_scores(args, *, task: str, storage: str, first: tuple, log) -> dict:
             seed=seed)["score"][task])
     out = {k: {"scores": v, "mean": statistics.mean(v), "sd": statistics.stdev(v)} for k, v in scores.items()}
     for k in ("student", "student_reference_optimiser"):
-        diffs = [a - b for a, b in zip(scores[k], scores["reference"])]
+        diffs = [a - b for a, b in zip(scores[k], scores["reference"])]    # same seed: same initial head weights
         out[k]["paired_diff_mean"] = statistics.mean(diffs)
         out[k]["paired_diff_sd"] = statistics.stdev(diffs)
     return out
@@ -144,7 +172,8 @@ def seed_scores(args, *, task: str, storage: str, first: tuple, log) -> dict:
 
 def speed_pairs(args, *, task: str, storage: str, log) -> dict:
     """``--speed-repeats`` pairs of timed runs of ``--speed-steps`` steps, the reference then the student
-    (precision auto), one after the other; the speed-up of each pair, their median, minimum and maximum."""
+    (precision auto), one after the other (then ``Trainer`` with ``--hf-trainer``); the speed-up of each pair,
+    their median, minimum and maximum."""
     import statistics
     pairs = []
     for i in range(args.speed_repeats):
@@ -153,9 +182,18 @@ def speed_pairs(args, *, task: str, storage: str, log) -> dict:
         stu = run_student(args, tasks=[task], precision="auto", storage=storage, steps=args.speed_steps,
                           seed=100 + i)["tokens_per_s"]
         pairs.append({"reference_tokens_per_s": ref, "student_tokens_per_s": stu, "speedup": stu / ref})
+        if args.hf_trainer:
+            hf = run_hf_trainer(args, task_name=task, storage=storage, max_steps=args.speed_steps, seed=100 + i)
+            pairs[-1].update({"hf_trainer_tokens_per_s": hf["tokens_per_s"],
+                              "speedup_vs_hf_trainer": stu / hf["tokens_per_s"]})
     ups = [p["speedup"] for p in pairs]
-    return {"steps": args.speed_steps, "pairs": pairs, "speedup_median": statistics.median(ups),
-            "speedup_min": min(ups), "speedup_max": max(ups)}
+    out = {"steps": args.speed_steps, "pairs": pairs, "speedup_median": statistics.median(ups),
+           "speedup_min": min(ups), "speedup_max": max(ups)}
+    if args.hf_trainer:
+        hf_ups = [p["speedup_vs_hf_trainer"] for p in pairs]
+        out.update({"speedup_vs_hf_trainer_median": statistics.median(hf_ups),
+                    "speedup_vs_hf_trainer_min": min(hf_ups), "speedup_vs_hf_trainer_max": max(hf_ups)})
+    return out
 
 
 def main() -> None:
@@ -179,6 +217,8 @@ def main() -> None:
                     help="per task, this many more (reference, student) pairs of short timed runs, alternating")
     ap.add_argument("--speed-steps", type=int, default=30, help="training steps of each timed run of --speed-repeats")
     ap.add_argument("--no-mixture", action="store_true")
+    ap.add_argument("--hf-trainer", action="store_true",
+                    help="also Hugging Face Trainer (its speed options on) per task: speed and dev metric (needs accelerate)")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
@@ -213,7 +253,11 @@ def main() -> None:
             log(f"{t}: student (auto), the reference's optimiser")
             refopt = run_student(args, tasks=[t], precision="auto", storage=storage, epochs=args.epochs,
                                  optim_extra=REFERENCE_OPTIM)
-            for r in (ref, fast, fp32, refopt):
+            hf = None
+            if args.hf_trainer:
+                log(f"{t}: Hugging Face Trainer")
+                hf = run_hf_trainer(args, task_name=t, storage=storage, epochs=args.epochs)
+            for r in (ref, fast, fp32, refopt, *([hf] if hf else [])):
                 r["utilisation"] = utilisation(r)
             result["tasks"][t] = {
                 "reference": ref, "student": fast, "student_fp32": fp32, "student_reference_optimiser": refopt,
@@ -222,10 +266,13 @@ def main() -> None:
                 "speedup_fp32_student": fp32["tokens_per_s"] / ref["tokens_per_s"],
                 "score_delta_vs_reference": fast["score"][t] - ref["score"][t],   # scores are in [0, 100]
                 "score_delta_vs_fp32_student": fast["score"][t] - fp32["score"][t]}
+            if hf:
+                result["tasks"][t].update({"hf_trainer": hf, "speedup_vs_hf_trainer": fast["tokens_per_s"] / hf["tokens_per_s"],
+                                           "score_delta_vs_hf_trainer": fast["score"][t] - hf["score"][t]})
             if args.speed_repeats > 0:
                 result["tasks"][t]["speed_pairs"] = speed_pairs(args, task=t, storage=storage, log=log)
             if args.score_seeds > 1:
-                result["tasks"][t]["seeds"] = seed_scores(args, task=t, storage=storage, first=(ref, fast, refopt),
+                result["tasks"][t]["seeds"] = seed_scores(args, task=t, storage=storage, first=(ref, fast, refopt, *([hf] if hf else [])),
                                                           log=log)
             print(json.dumps({t: {k: v for k, v in result["tasks"][t].items() if not isinstance(v, dict)}}),
                   file=sys.stderr, flush=True)

@@ -93,10 +93,12 @@ def test_pbt_exploit_carries_weights_switch_state_and_soft_labels(tmp_path, cach
     assert carried, "no exploit after the KD switch (at_step 10, the 1st of 8 evaluations)"
 
     # both trials ran to the end (an exploit of a finished donor re-reports its last evaluation) with every task
-    # switched. (Tune may drop an exploited trial's rows before the exploit from its result.json: not checked.)
+    # switched. Not Tune's training_iteration: a trial cloned from a donor that had already finished reports once
+    # more and stops, so its count of reports can be 4 of 8 (CI, stop 23) while its weights are the full run's.
+    # (Tune may drop an exploited trial's rows before the exploit from its result.json: not checked.)
     for trial in trials.values():
         last = rows_of(trial)[-1]
-        assert last["training_iteration"] >= 8 and last["step"] == good_steps(trials)
+        assert last["step"] == good_steps(trials), [r["step"] for r in rows_of(trial)]
         assert last["switched"] == "syn_noisy,syn_pairmatch"
 
 
