@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .artifacts import ensure_local, publish
 from .errors import UserError
 from .storage import atomic_write, sha256_file
 from .teacher_store import StoreError, load_checked_npy
@@ -37,11 +38,12 @@ def _read_json(path: Path, what: str):
         raise UserError(f"{path}: {what} is truncated or corrupt (not valid JSON)") from None
 
 
-def verify_checkpoint(directory: Path, *, references: bool = False) -> None:
+def verify_checkpoint(directory: Path, *, references: bool = False, store=None) -> None:
     """Raise UserError naming the file if a checkpoint is incomplete or corrupt (checksums).
 
     ``references``: also check the files the checkpoint refers to outside its folder (best-weights snapshots,
-    KD-switch soft labels) against the checksums recorded in its ``state.json``."""
+    KD-switch soft labels) against the checksums recorded in its ``state.json``, fetching them from the URI
+    storage ``store`` first where this node lacks them (``artifacts.ensure_local``)."""
     sums_path = directory / "checksums.json"
     if not sums_path.is_file():
         raise UserError(f"{directory}: checkpoint has no checksums.json (incomplete)")
@@ -56,14 +58,14 @@ def verify_checkpoint(directory: Path, *, references: bool = False) -> None:
     st = _read_json(directory / "state.json", "checkpoint state")
     snap_sums = st.get("snapshot_sha256") or {}
     for step, path in (st.get("snapshot_files") or {}).items():
-        p = Path(path)
+        p = ensure_local(path, store, sha256=snap_sums.get(step))
         if not p.is_file():
             raise UserError(f"{p}: best-weights snapshot of checkpoint {directory} is missing")
         if step in snap_sums and sha256_file(p) != snap_sums[step]:
             raise UserError(f"{p}: best-weights snapshot is truncated or corrupt (checksum mismatch)")
     for task, ref in (st.get("soft_labels") or {}).items():
         try:
-            load_checked_npy(Path(ref["path"]), ref["sha256"])
+            load_checked_npy(ensure_local(ref["path"], store, sha256=ref["sha256"]), ref["sha256"])
         except StoreError as e:
             raise UserError(f"{e} (soft labels of task {task}, checkpoint {directory})") from None
 
@@ -114,6 +116,7 @@ def save_snapshots(run) -> None:
         for s, sd in run.snapshots.items():
             if s not in run.snapshot_files:
                 path, sha = atomic_torch_save(sd, run.artifacts / "snapshots" / f"step{s}.pt", content_name=True)
+                publish(path, getattr(run, "store", None))
                 run.snapshot_files[s], run.snapshot_sha[s] = str(path), sha
     run.snapshot_files, run.snapshot_sha = run.world.broadcast((run.snapshot_files, run.snapshot_sha))
 
@@ -152,7 +155,7 @@ def load_checkpoint(run, directory: Path) -> None:
     """Load a checkpoint into ``run`` after checking it and every file it refers to; every file is read before
     anything is changed, so nothing is changed on error."""
     directory = Path(directory)
-    verify_checkpoint(directory, references=True)
+    verify_checkpoint(directory, references=True, store=getattr(run, "store", None))
     tensors = load_tensors(directory / "model.pt", map_location=run.device)
     own = directory / f"rng-rank{run.world.rank}.pt"
     rng = load_tensors(own) if own.is_file() else tensors["torch_rng"]

@@ -28,6 +28,7 @@ from .metrics import compute_metrics, glue_average
 from .model import MultiTaskModel, layer_depths, set_attention, set_dropout
 from .precision import autocast_dtype
 from .recipe import Recipe
+from .artifacts import ensure_local, publish
 from .teacher_store import atomic_save_npy, load_checked_npy
 from .switch import TaskSwitch
 
@@ -87,12 +88,13 @@ class Run:
 
     def __init__(self, *, recipe: Recipe, data: dict[str, TaskData], model: MultiTaskModel, world: World,
                  device: torch.device, artifacts_dir: str | Path, hidden_teachers: dict | None = None,
-                 keep_best_weights: bool = False):
+                 keep_best_weights: bool = False, store=None):
         """``keep_best_weights``: keep each task's best-evaluation weights (``best_weights``) even without a
-        KD switch: a teacher predicts its train set with them."""
+        KD switch: a teacher predicts its train set with them. ``store``: the URI storage that artifacts are
+        copied to and fetched from (``artifacts.py``); None with local storage."""
         self.r, self.data, self.model, self.world, self.device = recipe, data, model, world, device
         self.keep_best_weights = keep_best_weights
-        self.artifacts = Path(artifacts_dir)
+        self.artifacts, self.store = Path(artifacts_dir), store
         self.tasks = list(recipe.tasks)
         self.sizes = {t: len(data[t].train) for t in self.tasks}
         o = recipe.optim
@@ -182,7 +184,8 @@ class Run:
     def _soft(self, task: str) -> np.ndarray:
         if task not in self._soft_cache:
             ref = self.soft_labels[task]
-            self._soft_cache[task] = load_checked_npy(Path(ref["path"]), ref["sha256"])
+            self._soft_cache[task] = load_checked_npy(ensure_local(ref["path"], self.store, sha256=ref["sha256"]),
+                                                      ref["sha256"])
         return self._soft_cache[task]
 
     def current_weights(self) -> dict[str, float]:
@@ -438,6 +441,7 @@ class Run:
         sha = None
         if self.world.rank == 0:
             sha = atomic_save_npy(path, preds)
+            publish(path, self.store)
         sha = self.world.broadcast(sha)
         self.soft_labels[task] = {"path": str(path), "sha256": sha, "step": sw.best_step}
         self._soft_cache[task] = preds

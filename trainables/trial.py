@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import artifacts_dir, remote_store
 from .checkpoint import checkpoint_siblings, load_checkpoint, restore_latest_good, save_checkpoint
 from .data import load_task_data
 from .loop import NonFiniteLoss, Run, World, run_training, stopped_early
@@ -76,7 +77,7 @@ def setup_run(config: TrialConfig | dict, *, world: World | None = None) -> Run:
             hidden_teachers = load_teacher_encoders(recipe, found, storage=cfg.storage, tokenizer=tokenizer)
     model = build_model(recipe, tokenizer=tokenizer, tasks={t: d.task for t, d in data.items()})
     return Run(recipe=recipe, data=data, model=model, world=world or World(), device=get_device(),
-               artifacts_dir=cfg.artifacts_dir, hidden_teachers=hidden_teachers,
+               artifacts_dir=cfg.artifacts_dir, store=remote_store(cfg.storage), hidden_teachers=hidden_teachers,
                keep_best_weights=cfg.job == "teacher")     # a teacher predicts with its best-dev weights
 
 
@@ -257,15 +258,6 @@ def build_trial_config(config: dict, *, trial_id: str, resume_from: str | None) 
     cfg = cfg.replace(experiment=experiment, run_id=trial_id,
                       artifacts_dir=artifacts_dir(cfg.storage, experiment=experiment, trial_id=trial_id))
     return cfg.replace(resume_from=resume_from) if resume_from else cfg
-
-
-def artifacts_dir(storage_root: str, *, experiment: str, trial_id: str) -> str:
-    """Soft labels and switch snapshots: under the experiment on local storage; on a URI, on this node's disk
-    (the checkpoints refer to them by path, so a trial resumed on another node loses them: see docs/cluster.md)."""
-    storage = Storage.resolve(storage_root)
-    if storage.is_local:
-        return storage.join("experiments", experiment, "artifacts", trial_id)
-    return str(Path(tempfile.gettempdir()) / "bam-artifacts" / experiment / trial_id)
 
 
 def pending_retries(pending_timeout_s: float | None) -> int:
