@@ -327,6 +327,9 @@ def _training_commands(sub) -> None:
                          "else 2; Tune's own default is 4)")
     sw.add_argument("--perturbation-interval", type=int, default=None,
                     help="pbt: evaluations between exploit/explore steps (default evals/4)")
+    sw.add_argument("--pbt-synch", action="store_true",
+                    help="pbt: synchronous PBT (Tune's synch=True): exploit only once every trial has reached the "
+                         "interval, so every interval exploits; the fastest trials wait for the slowest")
     sw.add_argument("--metric", default=None,
                     help="glue_avg (default, or the space's metric: name), delta_vs_teachers (mean over tasks of "
                          "student minus single-task teacher dev score), or TASK/score; always maximized")

@@ -70,7 +70,8 @@ def make_scheduler(kind: str, *, max_t: int, metric: str, pbt: dict | None = Non
                       perturbation_interval=pbt.get("interval") or max(1, max_t // 4),
                       hyperparam_mutations={"params": pbt["mutations"]},
                       custom_explore_fn=ClipToSpace(pbt.get("bounds") or {}),
-                      quantile_fraction=pbt.get("quantile_fraction", 0.25), resample_probability=0.25)
+                      quantile_fraction=pbt.get("quantile_fraction", 0.25), resample_probability=0.25,
+                      synch=bool(pbt.get("synch")))
     raise UserError(f"--scheduler {kind!r}: one of asha, median, pbt, none")
 
 

@@ -625,6 +625,8 @@ def _scheduler_settings(args, space: dict, sw: dict) -> tuple[str, dict | None]:
     (searcher, searcher_from), scheduler = sw["searcher"], sw["scheduler"][0]
     if scheduler != "pbt" and args.perturbation_interval is not None:
         raise UserError(f"--perturbation-interval: only with --scheduler pbt (not {scheduler})")
+    if scheduler != "pbt" and getattr(args, "pbt_synch", False):
+        raise UserError(f"--pbt-synch: only with --scheduler pbt (not {scheduler})")
     if scheduler != "pbt":
         return searcher or "optuna", None
     if searcher == "optuna":
@@ -641,7 +643,8 @@ def _scheduler_settings(args, space: dict, sw: dict) -> tuple[str, dict | None]:
                         f"resamples it uniformly from its values; drop probabilities or use another --scheduler")
     if args.perturbation_interval is not None and args.perturbation_interval < 1:
         raise UserError("--perturbation-interval: must be >= 1 (evaluations)")
-    return searcher or "random", {"mutations": mutations, "bounds": bounds, "interval": args.perturbation_interval}
+    return searcher or "random", {"mutations": mutations, "bounds": bounds, "interval": args.perturbation_interval,
+                                  "synch": bool(getattr(args, "pbt_synch", False))}
 
 
 # ------------------------------------------------------------------------------------------------ plans

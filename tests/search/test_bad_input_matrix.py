@@ -283,6 +283,7 @@ CASES: dict[str, tuple[list[str], dict, list[str]]] = {
                            ["--storage ''", "empty"]),
     "flag-perturbation-interval-without-pbt": (SMOKE + ["--set", "teacher.use=false", "--perturbation-interval", "2"],
                                                {}, ["--perturbation-interval", "pbt", "asha"]),
+    "flag-pbt-synch-without-pbt": (SMOKE + ["--set", "teacher.use=false", "--pbt-synch"], {}, ["--pbt-synch", "pbt", "asha"]),
     "flag-reduction-factor-inf": (SMOKE + ["--reduction-factor", "inf"], {}, ["--reduction-factor inf", "finite"]),
     "flag-best-export-folder": (["best", "nothing-here", "--export", "{tmp}", "--storage", "{st}"], {},
                                 ["--export {tmp}", "folder"]),

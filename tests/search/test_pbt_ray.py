@@ -2,8 +2,11 @@
 state and recorded soft labels included (search/pbt.py, trainables/tune_bridge.py).
 
 Two trials: one learns (lr 3e-3), one cannot (lr 1e-6). Both switch every task to KD at the same step (the 1st evaluation,
-step 12, before the first possible exploit at the 2nd), each against soft labels from its own best weights. PBT must clone the good trial into the bad one; afterwards the
-bad trial's checkpoints refer to the good trial's soft labels and carry its switch state and step.
+step 12), each against soft labels from its own best weights. Synchronous PBT (--pbt-synch) exploits at the 4th
+evaluation, once both trials are there: asynchronous PBT exploited only if the trials happened to overlap at an
+interval, and on a loaded machine one finished first and nothing was exploited (a rerun here, 2026-12-03). PBT must
+clone the good trial into the bad one; afterwards the bad trial's checkpoints refer to the good trial's soft labels
+and carry its switch state and step.
 
 Mean pooling: with the [CLS] vector the tiny random model mostly stays at the majority class for these 94 steps
 whatever the rate (measured over 4 seeds), so which trial PBT called better was luck of the dropout stream; with
@@ -40,7 +43,8 @@ def test_pbt_exploit_carries_weights_switch_state_and_soft_labels(tmp_path, cach
     space.write_text("# bam-search sweep pbt.yaml --scheduler pbt --searcher grid\n" + yaml.safe_dump(SPACE))
     storage = tmp_path / "storage"
     r = subprocess.run([sys.executable, "-m", "search.cli", "sweep", str(space), "--tasks", TASKS, "--model", "tiny",
-                        "--scheduler", "pbt", "--searcher", "grid", "--num-samples", "1", "--perturbation-interval", "2",
+                        "--scheduler", "pbt", "--searcher", "grid", "--num-samples", "1", "--perturbation-interval", "4",
+                        "--pbt-synch",
                         "--storage", str(storage), "--name", "pbt", "--no-wandb", "--quiet"],
                        capture_output=True, text=True, timeout=900, env=os.environ.copy())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
