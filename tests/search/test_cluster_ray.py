@@ -2,7 +2,8 @@
 
 * A ``ray.cluster_utils.Cluster`` (a head and two worker nodes): a local --storage is refused before any trial
   starts; with --storage-is-shared a smoke sweep's trials train on two different nodes, all reading the teacher
-  predictions from the one store, and every trial completes.
+  predictions from the one store, and every trial completes. Then a node is lost: the worker node running a
+  trial that has switched to KD is removed, and the trial goes on on the other node from its last checkpoint.
 * ``ray start --head`` with token authentication: a driver without RAY_AUTH_MODE is refused with one line that
   says what to export; with it (and the token) a smoke sweep runs there with --address and a file:// storage.
 
@@ -168,6 +169,10 @@ CLUSTER = textwrap.dedent("""
     cluster.wait_for_nodes()
     print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id,
                       "workers": [w.node_id for w in workers]}), flush=True)
+    for line in sys.stdin:                     # "remove NODE_ID": that node is lost (its processes killed)
+        node = next(w for w in workers if w.node_id == line.split()[1])
+        cluster.remove_node(node, allow_graceful=False)
+        print("removed", flush=True)
     time.sleep(3600)
 """)
 
@@ -180,12 +185,18 @@ def ray_cluster():
     env = {**cli_env(), **SLOW_START, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     log = open(Path(temp) / "cluster.log", "w")
     proc = subprocess.Popen([sys.executable, "-c", CLUSTER, temp, str(free_port()), str(free_port())],
-                            stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                            start_new_session=True)
     try:
         line = proc.stdout.readline()
         if not line:
             raise AssertionError(f"cluster did not start:\n{(Path(temp) / 'cluster.log').read_text()[-3000:]}")
-        yield {**json.loads(line), "token": token}
+
+        def remove_node(node_id: str) -> None:
+            proc.stdin.write(f"remove {node_id}\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "removed"
+        yield {**json.loads(line), "token": token, "remove_node": remove_node}
     finally:
         log.close()
         kill_group(proc, temp)
@@ -220,6 +231,65 @@ def test_multi_node_sweep_reads_the_shared_store(ray_cluster, tmp_path, cache_di
     from trainables.teacher_store import BaselineRegistry
     assert [x["key"] for x in BaselineRegistry(storage).records(strict=True)] == [x["key"] for x in records]
     assert sorted(p.name for p in (storage / "teachers").iterdir()) == sorted(x["key"] for x in records)
+
+
+LOSS_SPACE = {"description": "node-loss test: a KD switch early, training long enough to lose a node after it",
+              "base": {"evals": 8, "optim": {"steps": 1600, "lr": 1e-3, "batch_size": 16},
+                       "switch": {"criterion": "fixed_step", "at_step": 150}},
+              "parameters": {"anneal.schedule": {"values": ["linear"]}}}
+
+
+@pytest.mark.slow
+def test_a_lost_node_s_trial_resumes_on_the_other_with_its_switch_state(ray_cluster, tmp_path, cache_dir):
+    """The node that runs a switched trial is lost: the trial goes on on the other worker node from its last
+    checkpoint, with the KD-switch state and the soft labels it had (not switched again), and its rows are there
+    once each (issue 21)."""
+    import yaml
+    storage = tmp_path / "shared"
+    make_teachers(storage)
+    space = tmp_path / "loss.yaml"
+    space.write_text("# bam-search sweep loss.yaml (tests/search/test_cluster_ray.py)\n" + yaml.safe_dump(LOSS_SPACE))
+    env = cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_cluster["token"])
+    args = ["sweep", str(space), "--tasks", ",".join(TASKS), "--model", "tiny", *DATA, "--num-samples", "1",
+            "--scheduler", "none", "--searcher", "random", "--storage", str(storage), "--name", "loss",
+            "--address", ray_cluster["address"], "--storage-is-shared", "--cpus-per-worker", "1.5", "--quiet",
+            "--no-wandb", "--max-failures", "1"]
+    sweep = subprocess.Popen([sys.executable, "-m", "search.cli", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    exp = storage / "experiments" / "loss"
+    deadline, lost = time.time() + 600, None
+    while lost is None and time.time() < deadline and sweep.poll() is None:
+        rows = [r for rs in (trial_rows(exp).values() if exp.is_dir() else []) for r in rs]
+        switched = [r for r in rows if r.get("switched")]
+        if switched:                                   # the trial has switched and checkpointed: lose its node
+            lost = switched[0]
+            ray_cluster["remove_node"](lost["node_id"])
+            removed_at = time.time()
+        time.sleep(0.2)
+    out, err = sweep.communicate(timeout=900)
+    assert lost is not None, "the trial ended before its node could be removed\n" + err[-3000:]
+    assert sweep.returncode == 0, out[-3000:] + err[-3000:]
+    (rows,) = trial_rows(exp).values()
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps)) and len(rows) == 8 and rows[-1]["progress"] == pytest.approx(1.0), steps
+    # the rows run on the lost node up to its removal (a report may land while it is being removed), then on the
+    # other worker node to the end
+    nodes = [r["node_id"] for r in rows]
+    moved = next((i for i, n in enumerate(nodes) if n != lost["node_id"]), None)
+    assert moved is not None and set(nodes[:moved]) == {lost["node_id"]}, nodes
+    assert len(set(nodes[moved:])) == 1 and nodes[-1] in ray_cluster["workers"], (nodes, ray_cluster)
+    later = [r for r in rows if r["step"] > lost["step"]]
+    assert all(r["switched"] == lost["switched"] for r in later)
+    # resumed from a checkpoint, not trained again from step 0: the evaluations up to the lost node's last
+    # checkpoint were not run again (each evaluation writes its dev predictions once; a re-report writes nothing)
+    preds = storage / "experiments" / "loss" / "artifacts" / rows[0]["trial_id"] / "dev_predictions"
+    assert (preds / f"step{lost['step']:07d}.npz").stat().st_mtime < removed_at
+    assert len(list(preds.glob("step*.npz"))) == 8
+    from search.budget import trial_checkpoints
+    final = json.loads((trial_checkpoints(exp, rows[0]["trial_id"])[0] / "state.json").read_text())
+    for task in lost["switched"].split(","):           # switched once, before the loss, against the same labels
+        assert final["switch"][task]["switched_at"] <= lost["step"], final["switch"][task]
+        assert Path(final["soft_labels"][task]["path"]).is_file()
 
 
 # ------------------------------------------------------------------------------------------- ray start
