@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -162,18 +163,18 @@ def cmd_best(args) -> int:
     if args.export is not None:
         check_export(args.export)                     # a folder or an unwritable path: one line, before anything
     recipe, top = best_recipe(storage, args.name)
+    # the retrain command runs as printed: the same storage (its teachers) wherever it is run from
+    retrain = shlex.join(["bam-search", "train", str(args.export), "--seeds", "3", "--storage", str(storage)])
     if args.json:
         if args.export:
-            export_recipe(recipe, args.export, command=f"bam-search train {args.export} --seeds 3",
-                          source=f"best trial of {args.name}")
+            export_recipe(recipe, args.export, command=retrain, source=f"best trial of {args.name}")
         print(to_json(best_data(args.name, top, export=args.export)))
         return 0
     print(f"best trial {top['trial_id']}: {top['metric']} {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
     print("\n".join(selected_lines(top)))
     if args.export:
-        export_recipe(recipe, args.export, command=f"bam-search train {args.export} --seeds 3",
-                      source=f"best trial of {args.name}")
-        print(f"recipe written to {args.export}")
+        export_recipe(recipe, args.export, command=retrain, source=f"best trial of {args.name}")
+        print(f"recipe written to {args.export}; retrain it with: {retrain}")
     return 0
 
 

@@ -112,6 +112,8 @@ def test_best_json_with_export_writes_the_recipe_and_prints_one_document(tmp_pat
     assert doc["trial_id"] == "ab12c_00000" and doc["best"] == 80.0 and doc["selected_step"] == 5
     assert doc["scores"] == {"syn_noisy": 80.0} and doc["params"] == {"optim.lr": 0.002}
     assert doc["export"] == str(out) and "lr: 0.002" in out.read_text()
+    # its first line is the retrain command, runnable as printed: the same storage (issue 20, item 7)
+    assert out.read_text().splitlines()[0] == f"# bam-search train {out} --seeds 3 --storage {st}"
 
 
 def _files(root: Path) -> dict[str, bytes]:
