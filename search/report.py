@@ -50,7 +50,7 @@ import numpy as np
 
 from trainables.storage import atomic_write
 
-from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, holm, paired_bootstrap, welch
+from .stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, holm, paired_bootstrap, welch, welch_interval
 
 __all__ = [
     "ALPHA",
@@ -324,6 +324,9 @@ def _task_row(task: str, by_group: dict[str, list[dict]], *, baseline: str, cand
         "task": task,
         "groups": stats_by_group,
         "deltas": {g: stats_by_group[g]["mean"] - base_mean for g in by_group},
+        # 95% interval of each group's difference to the baseline (Welch: the runs are independent), for the chart
+        "intervals": {g: welch_interval(stats_by_group[g]["scores"], stats_by_group[baseline]["scores"])
+                      for g in by_group if g != baseline},
         "delta": stats_by_group[candidate]["mean"] - base_mean,
         # each task's best evaluation over the run, mean over the candidate's runs: several checkpoints, shown
         # for reference only (never tested)
@@ -547,7 +550,8 @@ def _recipe_yaml(recipe: dict) -> str:
     return yaml.safe_dump(_to_plain(recipe), sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-_BARS_ALT = "Grouped bar chart: mean dev score per task for each group; error bars show ±1 sd over seeds"
+_BARS_ALT = ("Grouped bar chart: each group's difference in mean dev score to the baseline per task; error bars "
+             "show the 95% Welch interval over seeds; * marks a significant difference after Holm")
 
 
 def _curves_alt(candidate: str, baseline: str) -> str:
@@ -674,29 +678,51 @@ def _compute_markdown(compute: dict) -> list[str]:
             + [""] + [x for text in notes(compute) for x in (_md_cell(text).replace("*", "\\*"), "")])
 
 
+def delta_bars(comparison: dict) -> list[dict]:
+    """What the bar chart draws: per task and group other than the baseline, the difference of means to the
+    baseline, its 95% Welch interval (None with fewer than 2 runs a side), and the Holm mark (the candidate's
+    test only: the one the report runs)."""
+    base, cand = comparison["baseline"], comparison["candidate"]
+    out = []
+    for row in comparison["tasks"]:
+        for g in comparison["groups"]:
+            if g != base:
+                out.append({"task": row["task"], "group": g, "delta": row["deltas"][g],
+                            "interval": (row.get("intervals") or {}).get(g),
+                            "significant": g == cand and bool(row["significant"])})
+    return out
+
+
 def _bars_png(comparison: dict) -> bytes:
+    """Each group's difference to the baseline per task, with its interval and the Holm marks: a 2-point
+    difference is visible, where bars of absolute scores starting at 0 hid it (the absolute table is beside)."""
     from matplotlib.figure import Figure  # Agg-rendered, no global backend state touched
 
-    groups = comparison["groups"]
-    rows = comparison["tasks"]
-    n_tasks, n_groups = len(rows), len(groups)
-    fig = Figure(figsize=(max(6.0, 1.2 * n_tasks * max(1, n_groups) / 2 + 2), 4.5), dpi=_DPI)
+    bars = delta_bars(comparison)
+    tasks = comparison["task_names"]
+    groups = [g for g in comparison["groups"] if g != comparison["baseline"]]
+    n_tasks, n_groups = len(tasks), max(1, len(groups))
+    fig = Figure(figsize=(max(6.0, 1.2 * n_tasks * n_groups / 2 + 2), 4.5), dpi=_DPI)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(n_tasks)
     width = 0.8 / n_groups
     for i, g in enumerate(groups):
-        means = [row["groups"][g]["mean"] for row in rows]
-        sds = [row["groups"][g]["sd"] for row in rows]
-        ax.bar(x + (i - (n_groups - 1) / 2) * width, means, width, yerr=sds, capsize=3, label=g)
-    for xi, row in zip(x, rows):
-        if row["significant"]:
-            top = max(row["groups"][g]["mean"] + row["groups"][g]["sd"] for g in groups)
-            ax.annotate("*", (xi, top), ha="center", va="bottom", fontsize=14)
-    ax.margins(y=0.12)
+        mine = [b for b in bars if b["group"] == g]
+        pos = x + (i - (n_groups - 1) / 2) * width
+        deltas = np.array([b["delta"] for b in mine])
+        lo = np.array([b["delta"] - b["interval"][0] if b["interval"] else 0.0 for b in mine])
+        hi = np.array([b["interval"][1] - b["delta"] if b["interval"] else 0.0 for b in mine])
+        ax.bar(pos, deltas, width, yerr=np.vstack([lo, hi]), capsize=3, label=g)
+        for p, b, top in zip(pos, mine, deltas + hi):
+            if b["significant"]:
+                ax.annotate("*", (p, max(top, b["delta"])), ha="center", va="bottom", fontsize=14)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.margins(y=0.15)
     ax.set_xticks(x)
-    ax.set_xticklabels([row["task"] for row in rows], rotation=30 if n_tasks > 6 else 0)
-    ax.set_ylabel("dev score (GLUE, ×100)")
-    ax.set_title("Mean dev score per task (± sd over seeds; * = significant after Holm)")
+    ax.set_xticklabels(tasks, rotation=30 if n_tasks > 6 else 0)
+    ax.set_ylabel(f"difference to {comparison['baseline']} (dev score points)")
+    ax.set_title(f"Difference to {comparison['baseline']} per task\n(95% Welch interval over seeds; "
+                 f"* = {comparison['candidate']} significant after Holm)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -72,6 +72,22 @@ def welch(candidate, baseline) -> dict:
     return out
 
 
+def welch_interval(candidate, baseline, *, level: float = 0.95) -> tuple[float, float] | None:
+    """The ``level`` confidence interval of mean(candidate) - mean(baseline) that Welch's test inverts
+    (Welch-Satterthwaite degrees of freedom); None with fewer than 2 runs in a group or no spread at all."""
+    c = np.asarray(candidate, dtype=float)
+    b = np.asarray(baseline, dtype=float)
+    if c.size < 2 or b.size < 2:
+        return None
+    vc, vb = c.var(ddof=1) / c.size, b.var(ddof=1) / b.size
+    if vc + vb == 0:
+        return None
+    df = (vc + vb) ** 2 / (vc ** 2 / (c.size - 1) + vb ** 2 / (b.size - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(vc + vb)
+    diff = float(c.mean() - b.mean())
+    return diff - half, diff + half
+
+
 # --------------------------------------------------------------------------- task metrics, many resamples at once
 
 

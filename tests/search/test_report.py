@@ -312,3 +312,39 @@ def test_module_has_no_heavy_imports():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == ""
+
+
+# --------------------------------------------------------------------------- the bar chart: differences (issue 20, 8)
+
+def test_welch_interval_is_statsmodels_and_inverts_welchs_test():
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
+    from search.stats import welch_interval
+    a, b = [75.0, 76.0, 77.5], [70.0, 72.0, 74.0, 71.0]
+    lo, hi = welch_interval(a, b)
+    exp_lo, exp_hi = CompareMeans(DescrStatsW(a), DescrStatsW(b)).tconfint_diff(alpha=0.05, usevar="unequal")
+    assert (lo, hi) == (pytest.approx(exp_lo, rel=1e-10), pytest.approx(exp_hi, rel=1e-10))
+    # the 95% interval just excludes 0 exactly when Welch's two-sided p is below 0.05
+    for shift in (0.0, 1.5, 3.0, 5.0, 8.0):
+        lo, hi = welch_interval([x - shift for x in a], b)
+        p = stats.ttest_ind([x - shift for x in a], b, equal_var=False).pvalue
+        assert (lo > 0 or hi < 0) == (p < 0.05)
+    assert welch_interval([1.0], b) is None and welch_interval([2.0, 2.0], [2.0, 2.0]) is None
+
+
+def test_bar_chart_draws_differences_to_the_baseline_with_intervals_and_holm_marks(runs):
+    cmp = compare(runs=runs, n_resamples=200)
+    bars = report.delta_bars(cmp)
+    assert {(b["task"], b["group"]) for b in bars} == {(t, g) for t in ("rte", "sst2") for g in ("multitask", "student")}
+    by = {(b["task"], b["group"]): b for b in bars}
+    # student rte: mean 76.17 - teachers' 72.0; the interval is Welch's over the seeds' scores
+    assert by["rte", "student"]["delta"] == pytest.approx(76.1666666 - 72.0, abs=1e-6)
+    from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
+    lo, hi = CompareMeans(DescrStatsW([75.0, 76.0, 77.5]), DescrStatsW([70.0, 72.0, 74.0])).tconfint_diff(
+        usevar="unequal")
+    assert by["rte", "student"]["interval"] == (pytest.approx(lo), pytest.approx(hi))
+    assert by["sst2", "multitask"]["delta"] == pytest.approx(89.75 - 91.0)
+    rows = {r["task"]: r for r in cmp["tasks"]}
+    for (task, group), b in by.items():        # only the candidate carries the report's (Holm) mark
+        assert b["significant"] == (group == "student" and rows[task]["significant"])
+    png = report._bars_png(cmp)
+    assert png[:8] == PNG_MAGIC
