@@ -297,16 +297,24 @@ def _flat(column) -> tuple[np.ndarray, np.ndarray]:
     return values, offsets - offsets[0]
 
 
+def read_cached_table(folder: Path):
+    """A ``Dataset.save_to_disk`` folder as one memory-mapped pyarrow table, read with pyarrow alone (already
+    imported by Ray): a trial whose tokenisation is cached never imports ``datasets``."""
+    import pyarrow as pa
+    files = json.loads((folder / "state.json").read_text())["_data_files"]
+    tables = [pa.ipc.open_stream(pa.memory_map(str(folder / f["filename"]))).read_all() for f in files]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
 def tokenize_split(examples: Examples, *, tokenizer, max_length: int, cache_dir: str | Path | None = None,
                    ) -> TokenizedSplit:
     """Tokenise once per (tokenizer, max length, task, split, data fingerprint); later calls memory-map it."""
-    import datasets
-
     fp = examples.fingerprint()
     key = f"{examples.task}-{examples.split}-L{max_length}-{tokenizer_fingerprint(tokenizer)}-{fp[:16]}"
     root = Path(cache_dir or default_cache_dir()) / "tokenized"
     target = root / key
     if not (target / "dataset_info.json").exists():
+        import datasets                                     # only to write the cache: ~1-2 s of imports
         root.mkdir(parents=True, exist_ok=True)
         columns = {"ids": examples.ids, "text_a": examples.text_a, "labels": examples.labels}
         if examples.text_b is not None:
@@ -327,8 +335,7 @@ def tokenize_split(examples: Examples, *, tokenizer, max_length: int, cache_dir:
             os.rename(tmp, target)                          # atomic: readers see all or nothing
         except OSError:                                     # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
-    ds = datasets.load_from_disk(str(target))               # memory-mapped Arrow
-    table = ds.data.table
+    table = read_cached_table(target)                       # memory-mapped Arrow
     input_values, offsets = _flat(table.column("input_ids"))
     type_values, _ = _flat(table.column("token_type_ids"))
     return TokenizedSplit(task=examples.task, split=examples.split,

@@ -40,13 +40,17 @@ def _process_created() -> float | None:
 
 
 def quiet_libraries() -> None:
-    """No per-worker progress-bar or info spam from datasets/transformers inside trials."""
+    """No per-worker progress-bar or info spam from datasets/transformers inside trials. ``datasets`` only
+    through its variables unless already imported: a trial with its tokenisation cached never imports it."""
+    import sys
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
     try:
-        import datasets
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
+        if "datasets" in sys.modules:
+            import datasets
+            datasets.disable_progress_bars()
+            datasets.logging.set_verbosity_error()
         import transformers
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()

@@ -348,6 +348,24 @@ def test_tokenize_split_caches(tmp_path, monkeypatch, glue_dir):
     assert len(_cached_folders(cache)) == 3                     # another max length -> another entry
 
 
+def test_cache_hit_reads_arrow_without_datasets(tmp_path, monkeypatch, glue_dir):
+    """A cache hit is read with pyarrow alone (a trial then never imports ``datasets``): the same rows as
+    ``datasets.load_from_disk``, a folder saved in several shards read whole and in order."""
+    import datasets
+
+    ex = load_examples(task="rte", split="train", glue_dir=str(glue_dir))
+    first = tokenize_split(ex, tokenizer=_fresh_tokenizer(), max_length=32, cache_dir=tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(datasets, "load_from_disk", lambda *a, **k: pytest.fail("cache hit went through datasets"))
+        second = tokenize_split(ex, tokenizer=_fresh_tokenizer(), max_length=32, cache_dir=tmp_path)
+    assert np.array_equal(first.input_values, second.input_values)
+    folder = tmp_path / "tokenized" / _cached_folders(tmp_path)[0]
+    assert D.read_cached_table(folder).equals(datasets.load_from_disk(str(folder)).data.table)
+    datasets.Dataset.from_dict({"x": list(range(10))}).save_to_disk(str(tmp_path / "two"), num_shards=2)
+    assert len(list((tmp_path / "two").glob("*.arrow"))) == 2
+    assert D.read_cached_table(tmp_path / "two").column("x").to_pylist() == list(range(10))
+
+
 def test_tokenize_split_cache_hit_with_the_same_tokenizer_object(tmp_path, glue_dir):
     tok = _fresh_tokenizer()
     ex = load_examples(task="rte", split="train", glue_dir=str(glue_dir))
