@@ -76,7 +76,8 @@ def _run(plan, *, quiet: bool, banner: str | None = None) -> None:
     resources = _start(plan)
     if banner:
         print(banner)
-    run_plan(plan, plan.resources or resources, progress=not quiet)
+    run_plan(plan, plan.resources or resources, progress=not quiet, live_title=None if quiet else plan.kind,
+             total_trials=plan.trials)                # the live table; Ray's own output to driver.log
 
 
 def _status(storage: str, name: str, *, as_json: bool = False) -> int:

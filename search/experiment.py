@@ -121,9 +121,11 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
     exp = st.join("experiments", name)
     trainable = tune.with_resources(train_driver_fn, {"CPU": DRIVER_CPU})
     check_pbt(scheduler=scheduler, searcher=searcher, storage=trial.storage)
-    if tune.Tuner.can_restore(exp):
-        return restore(exp, trainable, max_failures=max_failures, retry_errored=retry_errored).fit()
     local_exp = st.local / "experiments" / name if st.is_local else None
+    log = bool(progress and live_title)              # the table owns the terminal: Ray's console output to a file
+    if tune.Tuner.can_restore(exp):
+        return _fit(restore(exp, trainable, max_failures=max_failures, retry_errored=retry_errored),
+                    st=st, name=name, log=log)
     loop = trial.to_dict()                           # the trial side rebuilds it: TrialConfig.from_dict
     space = {"loop": loop, "resources": resources.as_dict(), "experiment": name, "params": params,
              "metric": metric,                       # Train keeps each trial's best checkpoint by it
@@ -147,7 +149,31 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
          "searcher": searcher, "scheduler": scheduler, "metric": metric, "resources": resources.as_dict(),
          "disk_budget": budget, "pbt": pbt, "early_stopping": early_stopping, "time_budget_s": time_budget_s},
         indent=1, default=str).encode())
-    return tuner.fit()
+    return _fit(tuner, st=st, name=name, log=log)
+
+
+LOG = "driver.log"
+
+
+def _fit(tuner, *, st: Storage, name: str, log: bool):
+    """``tuner.fit()``; with ``log``, what Ray, Tune and the libraries print goes to ``experiments/NAME/driver.log``
+    under the storage (a URI storage: copied up at the end), named on stderr at the end."""
+    if not log:
+        return tuner.fit()
+    import sys
+    import tempfile
+
+    from .progress import console_to_log
+    local = st.local / "experiments" / name / LOG if st.is_local else Path(tempfile.mkdtemp(prefix="bam-log-")) / LOG
+    try:
+        with console_to_log(local):
+            return tuner.fit()
+    finally:
+        if not st.is_local and local.is_file():
+            st.write_bytes("experiments", name, LOG, data=local.read_bytes())
+            local.unlink()
+            local.parent.rmdir()
+        print(f"Ray's and the libraries' output: {st.join('experiments', name, LOG)}", file=sys.stderr)
 
 
 def restore(exp: str, trainable, *, max_failures: int | None, retry_errored: bool):
