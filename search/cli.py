@@ -111,8 +111,14 @@ def cmd_teachers(args) -> int:
     from .preflight import plan_teachers, with_retries
     from .results import baseline_lines
     plan = with_retries(plan_teachers(args), args)
+    if not plan.trials:                               # every (task, seed) stored for the current data
+        print(f"every teacher of these flags is stored for the current data under {plan.storage}: nothing to train")
+        print("\n".join(baseline_lines(plan.storage, plan.recipe.tasks)))
+        return 0
     _run(plan, quiet=args.quiet,
-         banner=f"experiment: {plan.name}  ({len(plan.recipe.tasks)} tasks x {len(plan.seeds)} seeds)")
+         banner=f"experiment: {plan.name}  ({len(plan.recipe.tasks)} tasks x {len(plan.seeds)} seeds"
+                + ("" if plan.trials == len(plan.recipe.tasks) * len(plan.seeds) else
+                   f"; {plan.trials} to train, the others are stored for the current data") + ")")
     print("\n".join(baseline_lines(plan.storage, plan.recipe.tasks)))
     return _errored(plan.storage, plan.name)
 

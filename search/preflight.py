@@ -651,8 +651,8 @@ def _scheduler_settings(args, space: dict, sw: dict) -> tuple[str, dict | None]:
 
 def plan_teachers(args) -> Plan:
     """``bam-search teachers``: one trial per task x seed, gold labels only, trained to convergence (early
-    stopping: ``teacher_stopping``) unless --patience 0."""
-    from ray import tune
+    stopping: ``teacher_stopping``) unless --patience 0. Only the (task, seed) pairs without a stored teacher
+    for the current data (``missing_teacher_pairs``); none: nothing to run."""
     check_flags(args)
     base = teacher_recipe(base_recipe(args, defaults=with_params({}, teacher_stopping(args))))
     seeds = list(range(args.seeds)) if args.seeds is not None else [0]
@@ -662,10 +662,60 @@ def plan_teachers(args) -> Plan:
     check_model(recipe)
     storage = storage_root(args)
     _writable(storage)
-    return Plan(kind="teachers", name=args.name or f"teachers-{_digest([base, seeds])}",
+    from trainables.teachers import train_examples
+    fps = {t: ex.fingerprint() for t, ex in train_examples(recipe).items()}
+    todo = missing_teacher_pairs(storage, recipe.to_dict(), fps, seeds=seeds)
+    # the data are in the name: teachers of edited data are a new experiment, not a restore of the finished one
+    name = args.name or f"teachers-{_digest([base, seeds])}-{_digest(fps)}"
+    if todo and args.name and _finished(storage, args.name):      # restoring it would train nothing
+        raise UserError(f"--name {args.name}: that experiment exists, and teachers for the current data are missing "
+                        f"({', '.join(f'{t} seed {s}' for t, s in todo)}): give another --name (or none: the "
+                        "default name follows the data)")
+    return Plan(kind="teachers", name=name,
                 trial=trial_config(storage, recipe, job="teacher", wandb=wandb_options(args)),
-                params={"tasks": tune.grid_search([[t] for t in recipe.tasks]), "seed": tune.grid_search(seeds)},
-                request=_request(args), trials=len(recipe.tasks) * len(seeds), seeds=tuple(seeds))
+                params=pair_grid(todo), request=_request(args), trials=len(todo), seeds=tuple(seeds))
+
+
+def missing_teacher_pairs(storage: str, base: dict, fingerprints: dict[str, str], *, seeds: list[int]
+                          ) -> list[tuple[str, int]]:
+    """The (task, seed) pairs whose teacher of exactly this config is not stored for the current data (the
+    store's key: task, data fingerprint, model, teacher config, seed): what ``teachers`` trains, nothing more."""
+    from trainables.model import model_identity
+    from trainables.teacher_store import TeacherStore, teacher_key
+    from trainables.teachers import teacher_config
+    store = TeacherStore(storage)
+    todo = []
+    for t, fp in fingerprints.items():
+        for s in seeds:
+            one = recipe_from_dict(with_params(base, {"tasks": [t], "seed": s}), source="teachers")
+            key = teacher_key(task=t, fingerprint=fp, model=model_identity(one.model),
+                              teacher_config=teacher_config(one), seed=s)
+            if not store.has(key):
+                todo.append((t, s))
+    return todo
+
+
+def pair_grid(pairs: list[tuple[str, int]]) -> dict:
+    """Tune params training exactly ``pairs``: tasks x seeds when they are a full product, else one grid over
+    the pairs (``recipe.with_params`` sets both keys of a ``PAIR`` value)."""
+    from ray import tune
+
+    from trainables.recipe import PAIR
+    tasks = list(dict.fromkeys(t for t, _ in pairs))
+    seeds = list(dict.fromkeys(s for _, s in pairs))
+    if len(pairs) == len(tasks) * len(seeds):
+        return {"tasks": tune.grid_search([[t] for t in tasks]), "seed": tune.grid_search(seeds)}
+    return {PAIR: tune.grid_search([{"tasks": [t], "seed": s} for t, s in pairs])}
+
+
+def _finished(storage: str, name: str) -> bool:
+    """A ``teachers`` experiment of that name ran to its end (every trial terminated or errored)."""
+    from trainables.storage import Storage
+
+    from .results import _trial_states
+    st = Storage.resolve(storage)
+    states = _trial_states(st, name) if st.is_dir("experiments", name) else None
+    return bool(states) and all(v in ("TERMINATED", "ERROR") for v in states.values())
 
 
 def plan_train(args) -> Plan:

@@ -650,10 +650,14 @@ def dump_recipe(recipe: Recipe, *, command: str) -> str:
     return f"# {command}\n" + yaml.safe_dump(recipe.to_dict(), sort_keys=False)
 
 
+PAIR = "tasks+seed"          # a Tune param whose value sets several dotted keys at once (teachers' (task, seed) pairs)
+
+
 def with_params(recipe: dict, params: dict) -> dict:
-    """The base recipe with sampled values set at their dotted keys."""
+    """The base recipe with sampled values set at their dotted keys (a ``PAIR`` value: a dict of them)."""
     import copy
     out = copy.deepcopy(recipe)
     for key, value in params.items():
-        set_dotted(out, key.split("."), value)
+        for k, v in (value.items() if key == PAIR else [(key, value)]):
+            set_dotted(out, k.split("."), v)
     return out
