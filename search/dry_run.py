@@ -10,10 +10,11 @@ import math
 import os
 import statistics
 
+from trainables.errors import UserError
 from trainables.storage import Storage
 
 from .budget import check_budget, format_size
-from .ray_env import DRIVER_CPU, Resources, choose_resources
+from .ray_env import DRIVER_CPU, Resources, choose_resources, resource_problem
 
 
 def local_resources(plan) -> Resources | None:
@@ -27,10 +28,15 @@ def local_resources(plan) -> Resources | None:
         gpus = torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no torch / no CUDA: a CPU machine
         gpus = 0
-    return choose_resources({"CPU": (os.cpu_count() or 1) + 1, "GPU": gpus}, workers=req.workers,
-                            cpus_per_worker=req.cpus_per_worker, use_gpu=req.use_gpu,
-                            max_concurrent=req.max_concurrent, trials=plan.trials,
-                            gpus_per_worker=req.gpus_per_worker)
+    node = {"CPU": (os.cpu_count() or 1) + 1, "GPU": gpus}
+    res = choose_resources(node, workers=req.workers, cpus_per_worker=req.cpus_per_worker, use_gpu=req.use_gpu,
+                           max_concurrent=req.max_concurrent, trials=plan.trials, gpus_per_worker=req.gpus_per_worker)
+    # the real run refuses a trial the local Ray can never hold (ray_env.check_fits): so does the dry run
+    problem = resource_problem([node], workers=res.workers, cpus_per_worker=res.cpus_per_worker,
+                               use_gpu=res.use_gpu, gpus_per_worker=res.gpus_per_worker)
+    if problem:
+        raise UserError(problem)
+    return res
 
 
 def space_lines(space: dict) -> list[str]:

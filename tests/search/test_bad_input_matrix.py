@@ -307,6 +307,12 @@ CASES: dict[str, tuple[list[str], dict, list[str]]] = {
     "flag-dry-run-storage-under-a-file": (SMOKE[:-1] + ["{tmp}/afile/st", "--dry-run", "--set", "teacher.use=false"],
                                           {"afile": "not a folder\n"}, ["--storage {tmp}/afile/st", "not writable"]),
     "teachers-missing-dry-run": (SMOKE + ["--dry-run"], {}, ["teacher predictions missing for syn_noisy seed 0"]),
+    # the local Ray it would start can never hold the trial: refused as the real run refuses it (it said "2 at once")
+    "flag-dry-run-gpus-without-gpu": (SMOKE + ["--dry-run", "--set", "teacher.use=false", "--gpus-per-worker", "0.5"],
+                                      {}, ["--gpus-per-worker 0.5", "can never hold"]),
+    "flag-dry-run-cpus-more-than-the-machine": (SMOKE + ["--dry-run", "--set", "teacher.use=false",
+                                                         "--cpus-per-worker", "64"], {}, ["--cpus-per-worker 64",
+                                                                                          "can never hold"]),
 }
 
 SUBPROCESS = ["flag-bad-choice", "recipe-unknown-key", "tsv-wrong-columns", "teachers-fewer-rows"]
