@@ -85,3 +85,12 @@ def test_a_named_finished_experiment_with_stale_teachers_is_one_line(tmp_path, c
     rc = main(args(tmp_path, "--name", "mine"))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--name mine" in err[0] and "another --name" in err[0]
+
+
+def test_a_pair_value_sets_the_task_and_the_seed_a_trial_builds():
+    """What a trial does with one value of the joint grid (trainables.trial.build_trial_config's recipe)."""
+    from trainables.recipe import recipe_from_dict
+    base = {"tasks": ["rte", "syn_noisy"], "model": "tiny", "seed": 0, "teacher": {"use": False}}
+    r = recipe_from_dict(with_params(base, {PAIR: {"tasks": ["syn_noisy"], "seed": 1}}), source="sampled config")
+    assert list(r.tasks) == ["syn_noisy"]
+    assert r.seed == 1
