@@ -247,6 +247,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="syn_pairmatch,syn_noisy")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--storage", default=None, help="default: a temporary folder, removed afterwards")
+    ap.add_argument("--ray-data-callback", action="store_true",
+                    help="keep Ray Train's DatasetsCallback (BAM_RAY_DATA_CALLBACK=1): the before of issue 19's cut")
     ap.add_argument("--label", default="", help="a name for this run in the JSON output (e.g. before / after)")
     ap.add_argument("--json", default=None, help="also write the summary here")
     ap.add_argument("--ray-defaults", action="store_true",
@@ -255,6 +257,8 @@ def main() -> None:
     if args.ray_defaults:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "2.0"
         os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "1"
+    if args.ray_data_callback:
+        os.environ["BAM_RAY_DATA_CALLBACK"] = "1"
 
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(args.storage or tmp).resolve()
@@ -291,7 +295,8 @@ def main() -> None:
             "load_avg_before": [round(x, 2) for x in load], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
             "trials": args.trials, "at_once": res.max_concurrent, "cpus_per_worker": res.cpus_per_worker,
             "train_env": {k: os.environ.get(k, "(Ray's default)") for k in
-                          ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")},
+                          ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
+                           "BAM_RAY_DATA_CALLBACK")},
             "ray_init_s": round(ray_up, 2), "experiment_wall_s": round(wall, 2),
             "median_s": medians, "trials_detail": rows,
             "tokenized_cache_entries_written_by_trial": tokenized,

@@ -16,7 +16,9 @@ In one run, side by side:
    these lengths, are left out) against the measured peak of the dtype used: the utilisation;
 5. with ``--speed-repeats K``: per task, K more pairs of short timed runs (``--speed-steps`` each, reference
    then student, alternating), so the speed-up is a median over pairs measured side by side: on a shared host
-   one run's speed varies by up to ~10% (bench/RESULTS.md section 9).
+   one run's speed varies by up to ~10% (bench/RESULTS.md section 9);
+6. with ``--pack``: per task (and in each speed pair), the student (``auto``) again with ``pack: true`` on the
+   same batches (same seed), right after the unpacked run: ``pack_speedup`` and the dev metric's difference.
 Prints one JSON document; ``--out`` also writes it to a file.
 """
 from __future__ import annotations
@@ -61,22 +63,22 @@ REFERENCE_OPTIM = {"layer_decay": 1.0, "warmup": 0.0, "decay": "constant", "clip
 
 
 def student_recipe(args, *, tasks, precision: str, epochs: float | None = None, steps: int | None = None,
-                   optim_extra: dict | None = None, seed: int = 0) -> dict:
+                   optim_extra: dict | None = None, seed: int = 0, pack: bool = False) -> dict:
     optim = {"batch_size": args.batch_size, "lr": args.lr, **(optim_extra or {})}
     optim.update({"steps": steps} if steps else {"epochs": epochs})
     return {"tasks": list(tasks), "model": args.model, "seed": seed, "evals": 1, "precision": precision, "optim": optim,
-            "teacher": {"use": False}, "anneal": {"schedule": "none"},
+            "teacher": {"use": False}, "anneal": {"schedule": "none"}, "pack": pack,
             "data": {"glue_dir": os.path.abspath(args.glue_dir), "max_train_examples": args.examples,
                      "max_length": args.max_length}}
 
 
 def run_student(args, *, tasks, precision: str, storage: str, epochs=None, steps=None, optim_extra=None,
-                seed: int = 0) -> dict:
+                seed: int = 0, pack: bool = False) -> dict:
     from trainables.trial import setup_run
     from trainables.loop import run_training
     recipe = student_recipe(args, tasks=tasks, precision=precision, epochs=epochs, steps=steps, optim_extra=optim_extra,
-                            seed=seed)
-    tag = f"{'-'.join(tasks)}-{precision}{'-refopt' if optim_extra else ''}-s{seed}"
+                            seed=seed, pack=pack)
+    tag = f"{'-'.join(tasks)}-{precision}{'-refopt' if optim_extra else ''}{'-pack' if pack else ''}-s{seed}"
     run = setup_run({"recipe": recipe, "job": "student", "storage": storage, "cache_dir": args.cache_dir,
                      "artifacts_dir": os.path.join(storage, f"art-{tag}")})
     reports: list[dict] = []
@@ -182,6 +184,10 @@ def speed_pairs(args, *, task: str, storage: str, log) -> dict:
         stu = run_student(args, tasks=[task], precision="auto", storage=storage, steps=args.speed_steps,
                           seed=100 + i)["tokens_per_s"]
         pairs.append({"reference_tokens_per_s": ref, "student_tokens_per_s": stu, "speedup": stu / ref})
+        if args.pack:                                  # the same seed: the same batches, packed
+            packed = run_student(args, tasks=[task], precision="auto", storage=storage, steps=args.speed_steps,
+                                 seed=100 + i, pack=True)["tokens_per_s"]
+            pairs[-1].update({"student_packed_tokens_per_s": packed, "pack_speedup": packed / stu})
         if args.hf_trainer:
             hf = run_hf_trainer(args, task_name=task, storage=storage, max_steps=args.speed_steps, seed=100 + i)
             pairs[-1].update({"hf_trainer_tokens_per_s": hf["tokens_per_s"],
@@ -189,6 +195,8 @@ def speed_pairs(args, *, task: str, storage: str, log) -> dict:
     ups = [p["speedup"] for p in pairs]
     out = {"steps": args.speed_steps, "pairs": pairs, "speedup_median": statistics.median(ups),
            "speedup_min": min(ups), "speedup_max": max(ups)}
+    if args.pack:
+        out["pack_speedup_median"] = statistics.median(p["pack_speedup"] for p in pairs)
     if args.hf_trainer:
         hf_ups = [p["speedup_vs_hf_trainer"] for p in pairs]
         out.update({"speedup_vs_hf_trainer_median": statistics.median(hf_ups),
@@ -219,6 +227,8 @@ def main() -> None:
     ap.add_argument("--no-mixture", action="store_true")
     ap.add_argument("--hf-trainer", action="store_true",
                     help="also Hugging Face Trainer (its speed options on) per task: speed and dev metric (needs accelerate)")
+    ap.add_argument("--pack", action="store_true",
+                    help="also the student (auto) with pack: true on the same batches, per task and speed pair")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
@@ -253,11 +263,15 @@ def main() -> None:
             log(f"{t}: student (auto), the reference's optimiser")
             refopt = run_student(args, tasks=[t], precision="auto", storage=storage, epochs=args.epochs,
                                  optim_extra=REFERENCE_OPTIM)
+            packed = None
+            if args.pack:
+                log(f"{t}: student (auto), packed")
+                packed = run_student(args, tasks=[t], precision="auto", storage=storage, epochs=args.epochs, pack=True)
             hf = None
             if args.hf_trainer:
                 log(f"{t}: Hugging Face Trainer")
                 hf = run_hf_trainer(args, task_name=t, storage=storage, epochs=args.epochs)
-            for r in (ref, fast, fp32, refopt, *([hf] if hf else [])):
+            for r in (ref, fast, fp32, refopt, *([hf] if hf else []), *([packed] if packed else [])):
                 r["utilisation"] = utilisation(r)
             result["tasks"][t] = {
                 "reference": ref, "student": fast, "student_fp32": fp32, "student_reference_optimiser": refopt,
@@ -266,6 +280,10 @@ def main() -> None:
                 "speedup_fp32_student": fp32["tokens_per_s"] / ref["tokens_per_s"],
                 "score_delta_vs_reference": fast["score"][t] - ref["score"][t],   # scores are in [0, 100]
                 "score_delta_vs_fp32_student": fast["score"][t] - fp32["score"][t]}
+            if packed:
+                result["tasks"][t].update({"student_packed": packed,
+                                           "pack_speedup": packed["tokens_per_s"] / fast["tokens_per_s"],
+                                           "score_delta_packed": packed["score"][t] - fast["score"][t]})
             if hf:
                 result["tasks"][t].update({"hf_trainer": hf, "speedup_vs_hf_trainer": fast["tokens_per_s"] / hf["tokens_per_s"],
                                            "score_delta_vs_hf_trainer": fast["score"][t] - hf["score"][t]})

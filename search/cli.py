@@ -99,10 +99,11 @@ def _errored(storage: str, name: str) -> int:
     return 1 if errored else 0
 
 
-def _report(storage: str, name: str, *, students=(), multitask=()) -> None:
+def _report(storage: str, name: str, *, students=(), multitask=()) -> list[dict]:
     from .report import publish_report, report_records
     records, recipe = report_records(storage, name, students=students, multitask=multitask)
     print(f"report: {publish_report(storage, name, records=records, recipe=recipe)}")
+    return records
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -167,6 +168,8 @@ def cmd_best(args) -> int:
     from .preflight import storage_root
     from .results import best_data, best_recipe, check_export, export_recipe, selected_lines, to_json
     storage = storage_root(args)
+    if args.pareto:
+        return _pareto(storage, args)
     if args.export is not None:
         check_export(args.export)                     # a folder or an unwritable path: one line, before anything
     recipe, top = best_recipe(storage, args.name)
@@ -185,10 +188,33 @@ def cmd_best(args) -> int:
     return 0
 
 
+def _pareto(storage: str, args) -> int:
+    """``best --pareto``: the trials no other beats on score, latency and size (``search/pareto.py``)."""
+    from .pareto import pareto_data, pareto_lines
+    from .results import to_json
+    if args.export is not None:
+        raise UserError("--pareto lists several trials; --export writes one: pick a trial from the front, or "
+                        "drop --pareto to export the best")
+    doc = pareto_data(storage, args.name)
+    print(to_json(doc) if args.json else "\n".join(pareto_lines(doc)))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .preflight import storage_root
-    _report(storage_root(args), args.name, students=args.student or (), multitask=args.multitask or ())
-    return 0
+    storage, students, multitask = storage_root(args), args.student or (), args.multitask or ()
+    records = _report(storage, args.name, students=students, multitask=multitask)
+    if not args.wandb:
+        return 0
+    from .wandb_report import publish, spec_for          # a W&B Report too (saved when online)
+    spec = spec_for(storage, args.name, records=records, students=students, multitask=multitask,
+                    project=args.wandb_project, entity=args.wandb_entity)
+    command = shlex.join(["bam-search", "report", args.name, "--wandb", "--storage", str(storage),
+                          *[x for n in students for x in ("--student", n)],
+                          *[x for n in multitask for x in ("--multitask", n)],
+                          *(["--wandb-project", args.wandb_project] if args.wandb_project else []),
+                          *(["--wandb-entity", args.wandb_entity] if args.wandb_entity else [])])
+    return publish(storage, args.name, spec, command=command)
 
 
 def cmd_demo(args) -> int:
@@ -372,9 +398,12 @@ def _experiment_commands(sub) -> None:
             for dest in RESUME_REFUSED:
                 s.add_argument("--" + dest.replace("_", "-"), default=None, help=argparse.SUPPRESS)
     b = _command(sub, "best", cmd_best, "the best trial; --export writes it as a runnable recipe",
-                 "example:\n  bam-search best NAME --export best.yaml --storage runs")
+                 "examples:\n  bam-search best NAME --export best.yaml --storage runs\n"
+                 "  bam-search best NAME --pareto --storage runs")
     b.add_argument("name"); b.add_argument("--storage"); b.add_argument("--export")
     b.add_argument("--json", action="store_true", help="one JSON document on stdout (README: Scripting)")
+    b.add_argument("--pareto", action="store_true", help="list the Pareto front: score vs latency per example "
+                   "(measured here, batch 1 and 32) and parameters")
     ls = _command(sub, "list", cmd_list, "the experiments under --storage: kind, trials by state, best, started, size",
                   "example:\n  bam-search list --storage runs\n  bam-search list --storage runs --json")
     ls.add_argument("--storage"); ls.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -383,6 +412,11 @@ def _experiment_commands(sub) -> None:
     rp.add_argument("name"); rp.add_argument("--storage")
     rp.add_argument("--student", action="append", help="extra experiments (e.g. `train --seeds 3`) of the best recipe")
     rp.add_argument("--multitask", action="append", help="experiments of plain multi-task to compare")
+    rp.add_argument("--wandb", action="store_true",
+                    help="also a W&B Report (wandb-workspaces): saved when W&B is online with a key, else its spec "
+                         "is written to experiments/NAME/report/wandb_report.json")
+    rp.add_argument("--wandb-project", help="W&B project of the runs (default: the experiment's, else $WANDB_PROJECT)")
+    rp.add_argument("--wandb-entity", help="W&B entity of the runs (default: the experiment's, else $WANDB_ENTITY)")
     dm = _command(sub, "demo", cmd_demo, "the whole pipeline on this machine: teachers, sweep (ASHA), best, report",
                   "examples:\n  bam-search demo\n  bam-search demo --glue-dir ../shared/data/glue\n"
                   "  bam-search demo --model tiny --quick")

@@ -320,17 +320,35 @@ def check_data(recipe: Recipe) -> None:
 
 
 def check_model(recipe: Recipe) -> None:
-    """``student.init: extract`` keeps fewer layers than the base model has: its depth, from its config."""
-    if recipe.student.init != "extract":
+    """``student.init: extract`` keeps at most the layers the base model has: its depth, from its config;
+    ``pack: true`` needs an encoder that takes position ids and a ready 4D mask (``trainables.packing``)."""
+    if recipe.student.init != "extract" and not (recipe.pack and recipe.model != "tiny"):
         return
     from transformers import AutoConfig
 
     from trainables.model import _pick_layers, resolve_model
+    from trainables.packing import PACKABLE
     try:
-        depth = AutoConfig.from_pretrained(resolve_model(recipe.model)).num_hidden_layers
+        cfg = AutoConfig.from_pretrained(resolve_model(recipe.model))
     except (OSError, ValueError):
         return                                   # not readable here (a hub name offline): the trial says so
-    _pick_layers(depth, recipe.student.num_layers)
+    if recipe.pack and cfg.model_type not in PACKABLE:
+        raise UserError(f"pack: true packs examples for {', '.join(PACKABLE)} models only, and model "
+                        f"{recipe.model!r} is {cfg.model_type}: set pack false")
+    if recipe.student.init == "extract":
+        _pick_layers(cfg.num_hidden_layers, recipe.student.num_layers)
+
+
+def check_space_depths(space: dict, recipe: Recipe) -> None:
+    """A space that searches ``student.num_layers`` under ``init: extract``: each of its values fits the base
+    model's depth (else every trial of that value would fail): refused naming the space's line."""
+    spec = space["parameters"].get("student.num_layers") or {}
+    values = spec.get("values") or ([spec["value"]] if "value" in spec else [])
+    for n in values:
+        try:
+            check_model(dataclasses.replace(recipe, student=dataclasses.replace(recipe.student, num_layers=n)))
+        except UserError as e:
+            raise UserError(f"{space['where']['student.num_layers']}: parameter student.num_layers={n!r}: {e}") from None
 
 
 # what a trial would otherwise meet: each check here stands for an error that used to be found inside every
@@ -764,6 +782,7 @@ def plan_sweep(args) -> Plan:
     check_data(recipe)
     check_model_loadable(recipe, where="--model" if args.model else "model")
     check_model(recipe)
+    check_space_depths(space, recipe)
     storage = storage_root(args)
     check_teachers(storage, recipe)
     _check_delta_baselines(metric, storage, recipe, source=metric_from)

@@ -164,7 +164,7 @@ def init_ray(*, address: str | None, quiet: bool = True) -> dict:
                         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "WANDB_SILENT": "true"}}
     knobs = {**TRAIN_ENV, **({} if address else EMBEDDED_TRAIN_ENV)}
     for k in ("BAM_CACHE_DIR", "BAM_GLUE_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE",
-              "BAM_STARTUP_LOG", "RAY_TRAIN_CALLBACKS", *knobs):
+              "BAM_STARTUP_LOG", "BAM_RAY_DATA_CALLBACK", "RAY_TRAIN_CALLBACKS", *knobs):
         if k in os.environ:
             env["env_vars"][k] = os.environ[k]
     if ray.is_initialized():

@@ -576,7 +576,7 @@ img{max-width:100%;height:auto;display:block;margin:1em 0}
 
 
 def _render_html(comparison: dict, *, title: str, recipe_yaml: str | None, images: dict[str, str],
-                 compute: dict | None = None) -> str:
+                 compute: dict | None = None, pareto: dict | None = None) -> str:
     e = html.escape
     lines = [
         "<!DOCTYPE html>",
@@ -614,6 +614,8 @@ def _render_html(comparison: dict, *, title: str, recipe_yaml: str | None, image
         lines += ["<h2>Best recipe</h2>", f'<pre class="recipe">{e(recipe_yaml)}</pre>']
     if compute is not None:
         lines += _compute_html(compute)
+    if pareto is not None:
+        lines += _pareto_html(pareto)
     if images:
         lines.append("<h2>Figures</h2>")
         for src, alt in images.items():
@@ -627,7 +629,7 @@ def _md_cell(text: str) -> str:
 
 
 def _render_markdown(comparison: dict, *, title: str, recipe_yaml: str | None, images: dict[str, str],
-                     compute: dict | None = None) -> str:
+                     compute: dict | None = None, pareto: dict | None = None) -> str:
     header = _table_header(comparison)
     lines = [
         f"# {_md_cell(title)}",
@@ -652,6 +654,8 @@ def _render_markdown(comparison: dict, *, title: str, recipe_yaml: str | None, i
         lines += ["## Best recipe", "", "```yaml", recipe_yaml.rstrip("\n"), "```", ""]
     if compute is not None:
         lines += _compute_markdown(compute)
+    if pareto is not None:
+        lines += _pareto_markdown(pareto)
     for src, alt in images.items():
         lines += [f"![{_md_cell(alt)}]({src})", ""]
     return "\n".join(lines)
@@ -676,6 +680,62 @@ def _compute_markdown(compute: dict) -> list[str]:
              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
             + ["| " + " | ".join(_md_cell(c) for c in cells) + " |" for cells in rows]
             + [""] + [x for text in notes(compute) for x in (_md_cell(text).replace("*", "\\*"), "")])
+
+
+_PARETO_ALT = "GLUE average vs latency per example (batch 1): every trial, the Pareto front marked and connected"
+
+
+def _pareto_note(pareto: dict) -> str:
+    return (f"The Pareto front: trials no other trial beats on {pareto['metric']} (at its selected evaluation), "
+            f"latency per example at batch 1 and parameters at once; {len(pareto['front'])} of "
+            f"{len(pareto['trials'])} trials, {pareto['architectures']} architectures. Latency: measured on the "
+            "machine that wrote this report, one architecture at a time (median of timed passes over dev "
+            "examples after a warm-up), cached in the experiment's latency.json.")
+
+
+def _pareto_html(pareto: dict) -> list[str]:
+    """The "Quality vs size and latency" section: the front as a table (``search/pareto.py``)."""
+    from .pareto import front_table
+    e = html.escape
+    header, rows = front_table(pareto)
+    return (["<h2>Quality vs size and latency</h2>", "<table>",
+             "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>", "<tbody>"]
+            + ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>" for cells in rows]
+            + ["</tbody>", "</table>", f'<p class="note">{e(_pareto_note(pareto))}</p>'])
+
+
+def _pareto_markdown(pareto: dict) -> list[str]:
+    from .pareto import front_table
+    header, rows = front_table(pareto)
+    return (["## Quality vs size and latency", "", "| " + " | ".join(_md_cell(h) for h in header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+            + ["| " + " | ".join(_md_cell(c) for c in cells) + " |" for cells in rows]
+            + ["", _md_cell(_pareto_note(pareto)), ""])
+
+
+def _pareto_png(pareto: dict) -> bytes:
+    """Every trial's score vs its latency per example at batch 1; the front marked and connected (fastest
+    first), each front point labelled with its depth."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.5), dpi=_DPI)
+    ax = fig.add_subplot(1, 1, 1)
+    rest = [r for r in pareto["trials"] if not r["on_front"]]
+    front = pareto["front"]
+    ax.scatter([r["ms_1"] for r in rest], [r["score"] for r in rest], color="0.6", label="trial")
+    ax.plot([r["ms_1"] for r in front], [r["score"] for r in front], "-o", color="C3", label="Pareto front")
+    for r in front:
+        ax.annotate(f"{r['num_layers']}L, {r['params'] / 1e6:.1f}M", (r["ms_1"], r["score"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("latency per example, batch 1 (ms, this machine)")
+    ax.set_ylabel(f"{pareto['metric']} (selected evaluation)")
+    ax.set_title("GLUE average vs latency per example (batch 1)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
 
 
 def delta_bars(comparison: dict) -> list[dict]:
@@ -802,6 +862,7 @@ def write_report(
     baseline: str = "teachers",
     candidate: str = "student",
     compute: dict | None = None,
+    pareto: dict | None = None,
 ) -> dict:
     """Write ``report.html``, ``report.md``, ``comparison.json``, ``bars.png`` and (when the
     candidate's runs carry validation curves) ``curves.png`` into ``out_dir``.
@@ -811,6 +872,7 @@ def write_report(
     Returns ``{"html", "markdown", "json", "bars"[, "curves"]}`` -> path (str) of each file written.
     ``compute``: the experiment's account (``accounting.for_experiment``): a "Compute" section, and
     ``comparison.json``'s ``compute``, its compute per GLUE point taken over this comparison's teachers.
+    ``pareto`` (``pareto.pareto_data``): ``pareto.png``, a "Quality vs size and latency" section, and its JSON.
     """
     comparison = _compare(list(runs), baseline=baseline, candidate=candidate, tasks=None, groups=groups)
     out = Path(out_dir)
@@ -824,17 +886,17 @@ def write_report(
     written: dict[str, str] = {}
     images: dict[str, str] = {}
 
-    bars_path = out / "bars.png"
-    atomic_write(bars_path, _bars_png(comparison))
-    written["bars"] = str(bars_path)
-    images["bars.png"] = _BARS_ALT
-
-    curves = _curves_png([r for r in runs if r["group"] == candidate], comparison)
-    if curves is not None:
-        curves_path = out / "curves.png"
-        atomic_write(curves_path, curves)
-        written["curves"] = str(curves_path)
-        images["curves.png"] = _curves_alt(candidate, baseline)
+    pngs = {"bars": (_bars_png(comparison), _BARS_ALT),
+            "curves": (_curves_png([r for r in runs if r["group"] == candidate], comparison),
+                       _curves_alt(candidate, baseline)),
+            "pareto": (_pareto_png(pareto) if pareto is not None else None, _PARETO_ALT)}
+    for key, (png, alt) in pngs.items():               # curves: when the runs carry them; pareto: when given
+        if png is not None:
+            atomic_write(out / f"{key}.png", png)
+            written[key] = str(out / f"{key}.png")
+            images[f"{key}.png"] = alt
+    if pareto is not None:
+        comparison = {**comparison, "pareto": pareto}
 
     json_path = out / "comparison.json"
     atomic_write(json_path, json.dumps(comparison, indent=2, allow_nan=False) + "\n")
@@ -842,12 +904,12 @@ def write_report(
 
     md_path = out / "report.md"
     atomic_write(md_path, _render_markdown(comparison, title=title, recipe_yaml=recipe_yaml, images=images,
-                                           compute=compute))
+                                           compute=compute, pareto=pareto))
     written["markdown"] = str(md_path)
 
     html_path = out / "report.html"
     atomic_write(html_path, _render_html(comparison, title=title, recipe_yaml=recipe_yaml, images=images,
-                                         compute=compute))
+                                         compute=compute, pareto=pareto))
     written["html"] = str(html_path)
     return written
 
@@ -882,6 +944,8 @@ def _teacher_records(storage: str, recipe: dict) -> list[dict]:
             preds = _teacher_dev_predictions(storage, recs)
             out.append({"group": "teachers", "seed": s, "scores": {t: rec["score"] for t, rec in recs.items()},
                         "selected": "each teacher's best dev evaluation (the weights it keeps)",
+                        # the experiments that trained them: their W&B group (search/wandb_report.py)
+                        "experiments": sorted({rec["experiment"] for rec in recs.values() if rec.get("experiment")}),
                         **({"dev_predictions": preds} if preds else {})})
     return out
 
@@ -926,6 +990,13 @@ def report_records(storage: str, name: str, *, students=(), multitask=()) -> tup
     return records, recipe
 
 
+def _pareto_of(storage: str, name: str) -> dict | None:
+    """The experiment's Pareto data (latency measured here, ``search/pareto.py``) when its trials have more
+    than one architecture, else None (one architecture: nothing to trade)."""
+    from .pareto import architecture_count, pareto_data
+    return pareto_data(storage, name) if architecture_count(storage, name) > 1 else None
+
+
 def publish_report(storage: str, name: str, *, records: list[dict], recipe: dict) -> str:
     """Write the report under ``<storage>/reports/<name>/`` (on a URI: here first, then copied up); returns
     where its ``report.html`` is."""
@@ -940,7 +1011,8 @@ def publish_report(storage: str, name: str, *, records: list[dict], recipe: dict
         out = st.local / "reports" / name if st.is_local else Path(tmp)
         try:
             paths = write_report(runs=records, out_dir=out, title=f"bam-search report: {name}", recipe=recipe,
-                                 baseline="teachers", candidate="student", compute=for_experiment(storage, name))
+                                 baseline="teachers", candidate="student", compute=for_experiment(storage, name),
+                                 pareto=_pareto_of(storage, name))
         except ValueError as e:
             raise UserError(f"report {name}: {e}") from None
         if not st.is_local:

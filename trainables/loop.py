@@ -222,7 +222,8 @@ class Run:
         with torch.autocast(dev.type, dtype=self.amp, enabled=self.amp is not None):
             out = self.model(task=task, input_ids=batch["input_ids"].to(dev),
                              attention_mask=batch["attention_mask"].to(dev),
-                             token_type_ids=batch["token_type_ids"].to(dev), hidden_states=want_hidden)
+                             token_type_ids=batch["token_type_ids"].to(dev), hidden_states=want_hidden,
+                             pack=self.r.pack)
             logits, states = out if want_hidden else (out, None)
         teacher, lam = self.target_source(task, index)
         a = self.r.anneal_for(task)

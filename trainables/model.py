@@ -73,9 +73,10 @@ def load_tokenizer(name: str, *, cache_dir: str | Path | None = None):
 
 
 def _pick_layers(n_from: int, n_to: int) -> list[int]:
-    """Evenly spaced layers to keep, always ending with the top one (XtremeDistil-style extraction)."""
-    if not 0 < n_to < n_from:
-        raise UserError(f"student.num_layers: init extract keeps fewer than the base model's {n_from} layers, "
+    """Evenly spaced layers to keep, always ending with the top one (XtremeDistil-style extraction). All of
+    them (``n_to == n_from``) is the base model itself: the full-size point of a sweep over depths."""
+    if not 0 < n_to <= n_from:
+        raise UserError(f"student.num_layers: init extract keeps at most the base model's {n_from} layers, "
                         f"not {n_to}")
     return [round((i + 1) * n_from / n_to) - 1 for i in range(n_to)]
 
@@ -250,14 +251,22 @@ class MultiTaskModel(nn.Module):
     def num_layers(self) -> int:
         return self.encoder.config.num_hidden_layers
 
-    def forward(self, *, task: str, input_ids, attention_mask, token_type_ids=None, hidden_states: bool = False):
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           output_hidden_states=hidden_states)
-        pooled = POOLING[self.pooling](out.last_hidden_state, attention_mask)
+    def forward(self, *, task: str, input_ids, attention_mask, token_type_ids=None, hidden_states: bool = False,
+                pack: bool = False):
+        """``pack``: run the encoder on packed rows (``packing.py``); the rest sees per-example states as unpacked."""
+        if pack:
+            from .packing import packed_encode
+            last, states = packed_encode(self.encoder, input_ids=input_ids, attention_mask=attention_mask,
+                                         token_type_ids=token_type_ids, output_hidden_states=hidden_states)
+        else:
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                               output_hidden_states=hidden_states)
+            last, states = out.last_hidden_state, out.hidden_states
+        pooled = POOLING[self.pooling](last, attention_mask)
         logits = self.heads[task](self.dropout(pooled))
         if self.heads[task].out_features == 1:
             logits = logits.squeeze(-1)
-        return (logits, out.hidden_states) if hidden_states else logits
+        return (logits, states) if hidden_states else logits
 
 
 def layer_depths(model: MultiTaskModel) -> dict[str, int]:

@@ -128,6 +128,7 @@ class Recipe:
     model: str = "tiny"
     seed: int = 0
     precision: str = setting("auto", choices=PRECISIONS)   # auto: bf16 where safe
+    pack: bool = False                   # pack each step's short examples into fewer rows (packing.py; BERT models)
     evals: int = 10                      # evaluations (and reports/checkpoints) per run
     data: Data = field(default_factory=Data)
     optim: Optim = field(default_factory=Optim)

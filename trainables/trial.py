@@ -282,14 +282,37 @@ def gpus_per_worker(resources: dict) -> dict:
     return {"GPU": float(resources.get("gpus_per_worker") or 1.0)}
 
 
+def trainer_class():
+    """Ray's ``TorchTrainer`` without its Ray Data callback: a trial passes no Ray Datasets (each worker reads
+    its tokenised tasks itself), yet Ray 2.60's ``DatasetsCallback`` starts a ``DatasetManager`` actor (one
+    more Ray process per trial, ~5 CPU-s on 2 cores) and ships Ray Data's context to the workers. Dropped only
+    when the trainer has no datasets; a Ray without this (private) hook gets its plain ``TorchTrainer``, and so
+    does ``BAM_RAY_DATA_CALLBACK=1``."""
+    from ray.train.torch import TorchTrainer
+    if os.environ.get("BAM_RAY_DATA_CALLBACK") == "1":          # Ray's own way back (bench/startup.py compares)
+        return TorchTrainer
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    except ImportError:
+        return TorchTrainer
+    if not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+
+    class NoDataTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            return callbacks if self.datasets else [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+    return NoDataTorchTrainer
+
+
 def torch_trainer(cfg: TrialConfig, *, run_name: str, resources: dict, metric: str, callback):
     """The trial's ``TorchTrainer``: ``resources["workers"]`` workers (``Resources.as_dict()``: CPUs and GPUs
     each) running ``train_fn_per_worker`` on ``cfg.to_dict()``; Train keeps the best checkpoint by ``metric``
     and always the latest."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
     res = resources
-    return TorchTrainer(
+    return trainer_class()(
         train_fn_per_worker,
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if res["use_gpu"] else "gloo"),

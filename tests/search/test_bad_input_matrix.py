@@ -290,6 +290,12 @@ CASES: dict[str, tuple[list[str], dict, list[str]]] = {
     "flag-best-export-under-a-file": (["best", "nothing-here", "--export", "{tmp}/afile/best.yaml", "--storage",
                                        "{st}"], {"afile": "not a folder\n"},
                                       ["--export {tmp}/afile/best.yaml", "not a folder"]),
+    "flag-best-pareto-unknown": (["best", "nothing-here", "--pareto", "--storage", "{st}"], {}, ["nothing-here"]),
+    "flag-best-pareto-with-export": (["best", "nothing-here", "--pareto", "--export", "b.yaml", "--storage", "{st}"],
+                                     {}, ["--pareto", "--export"]),
+    "space-compact-on-tiny": (["sweep", "compact", "--model", "tiny", "--tasks", "syn_noisy",
+                               "--storage", "{st}", "--dry-run"], {},
+                              ["compact.yaml", "extract needs pretrained weights and model tiny"]),
     "tsv-score-out-of-range": (TG + ["--tasks", "stsb"], {"glue/STS-B/train.tsv": (
         3, "1\tg\tf\ty\t0\tn\tn\tA.\tB.\t7.5")}, ["{glue}/STS-B/train.tsv:3", "'7.5'", "range 0 to 5"]),
     "tsv-no-header-line": (TG + ["--tasks", "rte"],

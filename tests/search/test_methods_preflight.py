@@ -24,12 +24,13 @@ def test_a_task_metric_a_sequential_trial_may_not_report_yet_is_refused(tmp_path
     assert not (tmp_path / "experiments").exists()
 
 
-def test_extracting_as_many_layers_as_the_base_model_has_is_refused(tmp_path, capsys):
+def test_extracting_more_layers_than_the_base_model_has_is_refused(tmp_path, capsys):
+    """MiniLM-L6: 6 layers is the base model itself (the full-size point of spaces/compact.yaml); 7 is refused."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text("tasks: [syn_noisy]\nmodel: minilm\nteacher: {use: false}\n"
-                      "student: {init: extract, num_layers: 6}\n")
+                      "student: {init: extract, num_layers: 7}\n")
     line = _refused(capsys, ["train", str(recipe), "--storage", str(tmp_path / "st")])
-    assert "student.num_layers" in line and "6 layers" in line
+    assert "student.num_layers" in line and "6 layers" in line and "not 7" in line
 
 
 def test_a_task_a_trial_never_reached_is_named_not_a_key_error():

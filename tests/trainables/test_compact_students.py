@@ -244,9 +244,9 @@ def test_an_extracted_minilm_student_holds_the_base_models_picked_layers():
         else:
             src = k                                           # embeddings
         assert torch.equal(v, base[src]), k
-    for n in (6, 7):
-        with pytest.raises(UserError, match=r"^student.num_layers: init extract keeps fewer than the base model's 6"):
-            build_encoder("minilm", vocab_size=vocab, init="extract", num_layers=n)
+    assert _pick_layers(6, 6) == list(range(6))                 # all of them: the base model (compact.yaml's 6)
+    with pytest.raises(UserError, match=r"^student.num_layers: init extract keeps at most the base model's 6"):
+        build_encoder("minilm", vocab_size=vocab, init="extract", num_layers=7)
 
 
 def test_random_init_is_a_fresh_encoder_of_the_asked_size(env):
@@ -296,7 +296,8 @@ MATRIX = [   # (model, student settings, None: runs one step and one evaluation 
     ("deep", {"init": "pretrained"}, None),
     ("tiny", {"init": "pretrained", "num_layers": 1}, "student.num_layers: init pretrained"),
     ("tiny", {"init": "extract", "num_layers": 1}, "student.init: extract needs pretrained weights"),
-    ("deep", {"init": "extract", "num_layers": 4}, "student.num_layers: init extract keeps fewer"),   # in the trial
+    ("deep", {"init": "extract", "num_layers": 4}, None),                     # all 4 layers: the base model
+    ("deep", {"init": "extract", "num_layers": 5}, "student.num_layers: init extract keeps at most"),  # in the trial
     ("deep", {"init": "extract", "num_layers": 2, "hidden_size": 16}, "student.hidden_size: init extract"),
 ]
 

@@ -1,8 +1,9 @@
 """Every combination the search can sample runs, or is refused in one line before Ray starts (issue 17, Show).
 
 * The cross pairs of method families that interact: ``switch.mode`` x ``switch.criterion``, ``mtl.pcgrad`` x
-  ``sampling.batches`` (``student.hidden_distill`` x the student's size: test_compact_students.py). Each runs two
-  training steps and one evaluation in-process on the tiny model, or the schema refuses it in one line.
+  ``sampling.batches``, ``pack`` x pooling, batches and ``student.hidden_distill`` (``student.hidden_distill`` x
+  the student's size: test_compact_students.py). Each runs two training steps and one evaluation in-process on
+  the tiny model, or the schema refuses it in one line.
 * Every shipped space: every pair of values of its categorical parameters appears together in at least one
   recipe that runs two steps and one evaluation (an all-pairs cover; numeric parameters at their first example),
   as ``bam-search sweep`` would build it from the command line ``--tasks ... --model tiny``.
@@ -18,7 +19,7 @@ from trainables import teachers, trial
 from trainables.errors import UserError
 from trainables.loop import run_training
 from trainables.recipe import method_families, recipe_from_dict, with_params
-from test_compact_students import _cpu_one_thread  # noqa: F401  (autouse: one thread, CPU without ray.train)
+from test_compact_students import _cpu_one_thread, hf_folder  # noqa: F401  (autouse: one thread, CPU, no ray.train)
 
 TASKS = ["syn_noisy", "syn_pairmatch"]
 DATA = {"max_train_examples": 24, "max_dev_examples": 16, "max_length": 32}
@@ -80,6 +81,16 @@ def test_pcgrad_by_batches(pcgrad, batches, env):
     runs_or_refused(env, rec, f"pcgrad{pcgrad}-{batches}", refused_for=refused)
 
 
+@pytest.mark.parametrize("pooling,batches,hidden", [("cls", "single", 0.0), ("mean", "mixed", 0.0),
+                                                   ("cls", "mixed", 1.0)])
+def test_pack_by_pooling_batches_and_hidden_distill(pooling, batches, hidden, env):
+    """``pack: true`` (off by default) with what reads the encoder's per-token states (tests/trainables/test_packing.py
+    shows packed and unpacked give the same logits and gradients)."""
+    rec = with_params(BASE, {"pack": True, "student.pooling": pooling, "sampling.batches": batches,
+                             "student.hidden_distill": hidden, "teacher.use": hidden > 0})
+    runs_or_refused(env, rec, f"pack-{pooling}-{batches}-{hidden}", refused_for=None)
+
+
 def all_pairs(choices: list[list]) -> list[tuple]:
     """A small set of combinations in which every pair of values of two different parameters appears (greedy)."""
     want = {((i, a), (j, b)) for i, j in itertools.combinations(range(len(choices)), 2)
@@ -107,9 +118,24 @@ def test_all_pairs_covers_every_pair():
     assert len(combos) < 3 * 2 * 2
 
 
+# spaces that extract layers (tiny has no weights to extract and 2 layers): a tiny-like local folder that deep,
+# distilled from the tiny teachers (same tokenizer and width)
+NEEDS_DEPTH = {"compact": 6}
+
+
+def command_line_for(path, env: dict) -> dict:
+    """``--tasks ... --model tiny`` as the sweep's command line; a space in NEEDS_DEPTH: a deep enough model."""
+    if path.stem not in NEEDS_DEPTH:
+        return with_params(BASE, {})
+    folder = env["tmp"] / f"deep{NEEDS_DEPTH[path.stem]}"
+    if not folder.exists():
+        hf_folder(folder, layers=NEEDS_DEPTH[path.stem])
+    return with_params(BASE, {"model": str(folder), "teacher.model": "tiny"})
+
+
 @pytest.mark.parametrize("path", list_spaces(), ids=lambda p: p.stem)
 def test_every_pair_a_shipped_space_samples_runs(path, env):
-    command_line = with_params(BASE, {})
+    command_line = command_line_for(path, env)
     space = load_space(path, base_recipe=command_line)
     names = list(space["parameters"])
     choices = [examples_of(space["parameters"][n], space["kinds"][n])[:None if space["kinds"][n] == "categorical"

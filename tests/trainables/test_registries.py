@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from trainables import trial
 from trainables.errors import UserError
@@ -34,13 +33,7 @@ COMPANIONS = {("switch.criterion", "fixed_step"): {"switch.at_step": 1},        
 EVERY_NAME = [(key, name) for key, names in method_families().items() for name in names]
 
 
-@pytest.fixture(autouse=True)
-def _cpu_one_thread(monkeypatch):
-    monkeypatch.setattr(trial, "get_device", lambda: torch.device("cpu"))   # no ray.train import
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("cpu_one_thread")     # tests/trainables/conftest.py
 
 
 def base_recipe() -> dict:

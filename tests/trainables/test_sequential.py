@@ -22,7 +22,8 @@ from trainables.errors import UserError
 from trainables.loop import Run
 from trainables.recipe import load_recipe, recipe_from_dict, with_params
 from test_model_loop import train                      # run_training, collecting the reports
-from test_registries import _cpu_one_thread  # noqa: F401  (autouse: CPU without ray.train, one thread)
+
+pytestmark = pytest.mark.usefixtures("cpu_one_thread")     # tests/trainables/conftest.py
 
 REPO = Path(__file__).resolve().parents[2]
 A, B, C = "syn_sentiment", "syn_pairmatch", "syn_similarity"
