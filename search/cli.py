@@ -77,7 +77,7 @@ def _run(plan, *, quiet: bool, banner: str | None = None) -> None:
     if banner:
         print(banner)
     run_plan(plan, plan.resources or resources, progress=not quiet, live_title=None if quiet else plan.kind,
-             total_trials=plan.trials)                # the live table; Ray's own output to driver.log
+             total_trials=plan.trials, quiet=quiet)   # the live table (none with --quiet); Ray's output to driver.log
 
 
 def _status(storage: str, name: str, *, as_json: bool = False) -> int:

@@ -99,8 +99,9 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
                    progress: bool = True, live_title: str | None = None, total_trials: int | None = None,
                    disk_budget: int | str | None = "20GB", pbt: dict | None = None,
                    early_stopping: dict | None = None, max_failures: int | None = 1, retry_errored: bool = False,
-                   time_budget_s: float | None = None):
-    """Run (or continue) one Tune experiment under ``trial.storage``; returns the ResultGrid.
+                   time_budget_s: float | None = None, quiet: bool = False):
+    """Run (or continue) one Tune experiment under ``trial.storage``; returns the ResultGrid. ``quiet`` (the
+    CLI's --quiet): no table, and Ray's and the libraries' console output goes to driver.log as with one.
 
     ``trial``: what every trial gets (Tune's param space holds ``trial.to_dict()`` under ``loop``).
     ``disk_budget``: bytes (or a size such as ``2GB``; None: no limit) the experiment's folder may hold;
@@ -122,7 +123,7 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
     trainable = tune.with_resources(train_driver_fn, {"CPU": DRIVER_CPU})
     check_pbt(scheduler=scheduler, searcher=searcher, storage=trial.storage)
     local_exp = st.local / "experiments" / name if st.is_local else None
-    log = bool(progress and live_title)              # the table owns the terminal: Ray's console output to a file
+    log = bool(progress and live_title) or quiet     # the table owns the terminal: Ray's console output to a file
     if tune.Tuner.can_restore(exp):
         return _fit(restore(exp, trainable, max_failures=max_failures, retry_errored=retry_errored),
                     st=st, name=name, log=log)
@@ -222,7 +223,7 @@ def _callbacks(*, name: str, trial: TrialConfig, resources: Resources, metric: s
 
 
 def run_plan(plan, resources: Resources, *, progress: bool = True, live_title: str | None = None,
-             total_trials: int | None = None):
+             total_trials: int | None = None, quiet: bool = False):
     """``run_experiment`` with a ``preflight.Plan``'s settings."""
     return run_experiment(name=plan.name, trial=plan.trial, params=plan.params, resources=resources,
                           num_samples=plan.num_samples, searcher=plan.searcher, scheduler=plan.scheduler,
@@ -230,7 +231,7 @@ def run_plan(plan, resources: Resources, *, progress: bool = True, live_title: s
                           total_trials=total_trials, disk_budget=plan.disk_budget, pbt=plan.pbt,
                           early_stopping=plan.early_stopping, max_failures=getattr(plan, "max_failures", 1),
                           retry_errored=getattr(plan, "retry_errored", False),
-                          time_budget_s=getattr(plan, "time_budget_s", None))
+                          time_budget_s=getattr(plan, "time_budget_s", None), quiet=quiet)
 
 
 def _describe(params: dict) -> dict:

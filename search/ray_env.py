@@ -182,6 +182,7 @@ def init_ray(*, address: str | None, quiet: bool = True) -> dict:
     env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     previous = os.environ.get("RAY_GCS_SERVER_PORT")
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    quiet_token = _quiet_token_notice()
     try:
         # address="local": a private Ray even when `ray start` runs on this machine (ray.init() would join that)
         ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 1, include_dashboard=True, dashboard_host="127.0.0.1",
@@ -189,12 +190,23 @@ def init_ray(*, address: str | None, quiet: bool = True) -> dict:
                  _node_ip_address="127.0.0.1", log_to_driver=not quiet, logging_level="WARNING",
                  configure_logging=True)
     finally:
+        quiet_token()
         if previous is None:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
         else:
             os.environ["RAY_GCS_SERVER_PORT"] = previous
     _private_token()
     return ray.cluster_resources()
+
+
+def _quiet_token_notice():
+    """Ray's "Token authentication is enabled for this Ray cluster" warning at the embedded Ray's start off the
+    console (it is the setting bam-search keeps on, and README says so); the function that puts it back."""
+    import logging
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    return lambda: log.setLevel(level)
 
 
 def _join(address: str, *, runtime_env: dict, quiet: bool) -> None:
