@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -32,6 +31,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -202,13 +202,6 @@ def child_cpu(match: str) -> float:
     return total
 
 
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"))
 
 
 # ------------------------------------------------------------------------------------------------ the sweep
@@ -366,7 +359,7 @@ def main(argv=None) -> int:
         storage = Path(args.storage).resolve() if args.storage else Path(tmp)
         run = run_sweep(args, storage, timings)
         summary = {"bench": "driver_scale", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv,
-                   "args": vars(args), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                   "args": vars(args), "machine": host_line(), "host": host(),
                    "load_avg": os.getloadavg(), **summarize(timings, run)}
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bam-driver-scale-out-")) / "driver_scale.json"
         out.write_text(json.dumps(summary, indent=1))

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 ROUND = r"""
 import json, sys, time, torch
@@ -60,13 +61,6 @@ def one_round(tree: Path, cfg: dict, *, threads: int, warmup: int, steps: int, t
     return json.loads(line[len("RESULT "):])
 
 
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx")))
 
 
 def main(argv=None) -> int:
@@ -103,8 +97,7 @@ def main(argv=None) -> int:
     shown = {**recipe, "data": {**recipe["data"], "glue_dir": a.glue_dir}}    # as given: no path of this machine
     doc = {"base": trees["base"][1], "head": trees["head"][1], "recipe": shown, "steps": a.steps,
            "threads": a.threads, "rounds": rounds, "median_tokens_per_s": med,
-           "ratio_head_over_base": med["head"] / med["base"], "cpu_flags": cpu_flags(),
-           "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+           "ratio_head_over_base": med["head"] / med["base"], "machine": host_line(), "host": host(), "date": time.strftime("%Y-%m-%d %H:%M")}
     text = json.dumps(doc, indent=1)
     print(text)
     if a.out:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 
 
@@ -82,7 +82,7 @@ def main() -> None:
     if not cmd:
         ap.error("no command")
     stats = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M"), "machine":
-             f"{platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB",
+             f"{host_line()}, {os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB", "host": host(),
              "peak_total_mb": 0.0, "peak_process_mb": 0.0, "peak_processes": 0, "peak_by_kind_mb": {}}
     t0 = time.time()
     proc = subprocess.Popen(cmd)

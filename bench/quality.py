@@ -17,9 +17,11 @@ whole run) through the functions behind ``bam-search teachers / train / sweep / 
   searched       a sweep of spaces/bam_full.yaml (Optuna TPE + ASHA whose first rung is half the run, not
                  one early evaluation; ``q-sweep``), its best recipe retrained with --seeds seeds
 
-then the product's report over all arms (one checkpoint's scores per run; Welch over seeds and a paired
-bootstrap over dev examples; Holm over tasks), ``quality.json`` and ``quality.md``: one row per arm, one
-column per task, the GLUE average, and what each arm's encoder saw (steps, passes over each task's
+Phases run in this order: teachers, multitask, bam_linear, reference, multitask_l3, kd_switch_l3, kd_switch,
+bam_l3, lu_joint, lu_sequential, the sweep, searched (the pairs behind the target lines first; the reference,
+15 in-process runs, after the first pair). Then the product's report over all arms (one checkpoint's
+scores per run; Welch over seeds and a paired bootstrap over dev examples; Holm over tasks), ``quality.json``
+and ``quality.md``: one row per arm, one column per task, the GLUE average, and what each arm's encoder saw (steps, passes over each task's
 examples), then the target lines.
 
     python bench/quality.py --update-results bench/RESULTS.md    # the full protocol (many hours on 2 cores)
@@ -50,7 +52,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,6 +64,7 @@ for _p in (REPO, REPO / "bench"):                  # the package, and bench/refe
 
 from search.spaces import _merge  # noqa: E402  (b over a, recursively)
 from trainables.errors import UserError  # noqa: E402
+from host import host_line  # noqa: E402  (bench/host.py)
 
 GLUE5 = ["cola", "sst2", "mrpc", "stsb", "rte"]
 SYNTHETIC = ["syn_sentiment", "syn_pairmatch", "syn_similarity", "syn_noisy"]
@@ -461,14 +463,18 @@ class Protocol:
     # -------------------------------------------------------------------- the whole protocol
 
     def phases(self) -> list[tuple[str, str, object]]:
-        """(key, title, run) of every phase, in order: the arms that answer the targets first."""
+        """(key, title, run) of every phase, in order: the arms that answer the targets first. The reference
+        (15 plain-loop runs, the costliest fixed arm, a check that the teachers are not weak) comes after the
+        first student pair, so a session that ends early still answers BAM vs plain multi-task."""
         b = self.budget
         out = [("teachers", f"single-task teachers, early-stopped ({len(b.tasks)} tasks x {b.seeds} seeds)",
-                self.run_teachers),
-               ("reference", f"reference fine-tune, plain loop ({len(b.tasks)} tasks x {b.seeds} seeds)",
-                self.run_reference)]
-        for key in ("multitask", "bam_linear", "kd_switch", "multitask_l3", "bam_l3", "kd_switch_l3",
+                self.run_teachers)]
+        for key in ("multitask", "bam_linear", "reference", "multitask_l3", "kd_switch_l3", "kd_switch", "bam_l3",
                     "lu_joint", "lu_sequential"):
+            if key == "reference":
+                out.append((key, f"reference fine-tune, plain loop ({len(b.tasks)} tasks x {b.seeds} seeds)",
+                            self.run_reference))
+                continue
             out.append((key, f"{ARMS[key].label} ({ARMS[key].recipe}, {b.seeds} seeds)",
                         lambda g=key: self.run_train(g, self.student_recipe(g))))
         out.append(("sweep", f"sweep of {SPACE} ({b.trials} trials, ASHA)", self.run_sweep))
@@ -915,25 +921,6 @@ def data_sizes(budget: Budget, glue: str | None) -> dict[str, tuple[int, int]]:
     return out
 
 
-def machine() -> str:
-    """The host beside every figure: CPU model, cores, the flags that decide bf16 speed, Python and torch."""
-    flags = set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
-        name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-    except OSError:
-        name = ""
-    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    out = (f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-           f"CPU flags {'/'.join(wanted) or 'none of avx2/avx512f/avx512_bf16/amx_tile'}, "
-           f"Python {platform.python_version()}")
-    try:
-        import torch
-        out += f", torch {torch.__version__}"
-    except ImportError:
-        pass
-    return out
 
 
 def main(argv=None) -> int:
@@ -966,7 +953,7 @@ def main(argv=None) -> int:
                          partial=args.partial)
         result = proto.run()
         meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "wall": _hms(time.time() - t0),
-                "compute": _hms(proto.state.seconds()), "machine": machine()}
+                "compute": _hms(proto.state.seconds()), "machine": host_line()}
         shown = (publish_figures(result, Path(args.update_results).resolve().parent / "figures" / "quality-v2")
                  if args.update_results else result)
         section = markdown_section(shown, budget=budget, meta=meta)

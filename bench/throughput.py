@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -172,6 +172,23 @@ def seed_scores(args, *, task: str, storage: str, first: tuple, log) -> dict:
     return out
 
 
+def hf_trainer_scores(args, *, log) -> dict:
+    """``--hf-trainer-only``: per task, Hugging Face Trainer's full runs over ``--score-seeds`` seeds."""
+    import statistics
+    out = {}
+    with tempfile.TemporaryDirectory() as storage:
+        for t in args.tasks.split(","):
+            runs = []
+            for seed in range(args.score_seeds):
+                log(f"{t}: seed {seed}: Hugging Face Trainer")
+                runs.append(run_hf_trainer(args, task_name=t, storage=storage, epochs=args.epochs, seed=seed))
+            scores = [r["score"][t] for r in runs]
+            out[t] = {"hf_trainer": runs[0], "seeds": {"hf_trainer": {
+                "scores": scores, "mean": statistics.mean(scores),
+                "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0}}}
+    return out
+
+
 def speed_pairs(args, *, task: str, storage: str, log) -> dict:
     """``--speed-repeats`` pairs of timed runs of ``--speed-steps`` steps, the reference then the student
     (precision auto), one after the other (then ``Trainer`` with ``--hf-trainer``); the speed-up of each pair,
@@ -227,6 +244,8 @@ def main() -> None:
     ap.add_argument("--no-mixture", action="store_true")
     ap.add_argument("--hf-trainer", action="store_true",
                     help="also Hugging Face Trainer (its speed options on) per task: speed and dev metric (needs accelerate)")
+    ap.add_argument("--hf-trainer-only", action="store_true",
+                    help="only Hugging Face Trainer's dev metric per task over --score-seeds seeds (its full runs)")
     ap.add_argument("--pack", action="store_true",
                     help="also the student (auto) with pack: true on the same batches, per task and speed pair")
     ap.add_argument("--out", help="also write the JSON here")
@@ -242,7 +261,7 @@ def main() -> None:
         print(f"[{time.perf_counter() - t_start:6.0f}s] {message}", file=sys.stderr, flush=True)
 
     peak = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    result = {"machine": host_line(), "host": host(),
               "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": args.threads,
               "model": args.model, "examples": args.examples, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "matmul_peak_tflops": {k: v / 1e12 for k, v in peak.items()},
@@ -252,8 +271,11 @@ def main() -> None:
         dtype = r.get("dtype", "float32")
         return 6 * r["matrix_params"] * r["tokens_per_s"] / peak[dtype]
 
+    if args.hf_trainer_only:
+        result["tasks"] = hf_trainer_scores(args, log=log)
+        args.tasks, args.mixture = "", ""
     with tempfile.TemporaryDirectory() as storage:
-        for t in args.tasks.split(","):
+        for t in [t for t in args.tasks.split(",") if t]:
             log(f"{t}: reference")
             ref = run_reference(args, task_name=t, epochs=args.epochs)
             log(f"{t}: student (auto)")
