@@ -41,7 +41,7 @@ def profile_task(args, task: str, storage: str) -> dict:
     torch.set_num_threads(args.threads)
     recipe = {"tasks": [task], "model": args.model, "evals": 1, "teacher": {"use": False},
               "anneal": {"schedule": "none"}, "precision": args.precision, "pack": args.pack,
-              "optim": {"steps": args.warmup + args.steps + 1, "batch_size": args.batch_size, "lr": 5e-5},
+              "optim": {"steps": args.warmup + 2 * args.steps + 1, "batch_size": args.batch_size, "lr": 5e-5},
               "data": {"glue_dir": os.path.abspath(args.glue_dir), "max_train_examples": 2000, "max_dev_examples": 32,
                        "max_length": 128}}
     run = setup_run({"recipe": recipe, "job": "student", "storage": storage,
@@ -49,6 +49,10 @@ def profile_task(args, task: str, storage: str) -> dict:
     shapes = {tuple(p.shape) for p in run.model.parameters()}
     for _ in range(args.warmup):
         run.train_step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):                       # unprofiled: the step's own time
+        run.train_step()
+    unprofiled = (time.perf_counter() - t0) / args.steps
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(args.steps):
@@ -68,7 +72,8 @@ def profile_task(args, task: str, storage: str) -> dict:
                 other_cast += us
     total = sum(by_kind.values())
     top = sorted(((ev.key, ev.self_cpu_time_total) for ev in prof.key_averages()), key=lambda x: -x[1])[:12]
-    return {"task": task, "steps": args.steps, "wall_s_per_step_profiled": wall / args.steps,
+    return {"task": task, "steps": args.steps, "s_per_step": unprofiled, "wall_s_per_step_profiled": wall / args.steps,
+            "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", ""),
             "share": {k: round(v / total, 4) for k, v in sorted(by_kind.items(), key=lambda x: -x[1])},
             "cast_of_parameter_shaped": round(weight_cast / total, 4), "cast_of_other": round(other_cast / total, 4),
             "parameter_bytes_fp32": sum(p.numel() * 4 for p in run.model.parameters()),
