@@ -111,6 +111,10 @@ TARGET_PAIRS = {"teachers_vs_reference": ("reference", "teachers"), "bam_vs_mult
                 "searched_vs_best_fixed": (None, "searched"), "searched_vs_teachers": ("teachers", "searched")}
 
 
+class Interrupted(Exception):
+    """An experiment returned with trials still pending or running (Ctrl-C / SIGINT reached Tune)."""
+
+
 # ------------------------------------------------------------------------------------------------ budget
 
 @dataclass(frozen=True)
@@ -452,9 +456,11 @@ class Protocol:
         return recipe, path
 
     def _check_finished(self, group: str, expected: int) -> None:
-        if not self.experiment_done(self.experiment(group), expected):
-            raise RuntimeError(f"experiment {self.experiment(group)} ended with unfinished trials: "
-                               f"{self.trial_states(self.experiment(group))}")
+        """After an experiment returns: every trial TERMINATED; an errored trial is a ``UserError`` (from
+        ``experiment_done``); trials left pending or running mean Ctrl-C reached Tune, which returns normally."""
+        name = self.experiment(group)
+        if not self.experiment_done(name, expected):
+            raise Interrupted(f"experiment {name} stopped with unfinished trials: {self.trial_states(name)}")
 
     @property
     def report_dir(self) -> Path:
@@ -972,7 +978,7 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"bench/quality.py: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         print("bench/quality.py: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
