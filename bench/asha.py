@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
+from host import describe  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -135,7 +135,7 @@ def main() -> None:
     configs = draw(space, n=args.trials, seed=args.draw_seed)
     resources = choose_resources(init_ray(address=None), trials=args.trials)
     trial = trial_config(storage, recipe_from_dict(space["base"], source=space["path"]), job="student", wandb=False)
-    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": host_line(), "host": host(),
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), **describe(),
            "trials": args.trials, "space": args.space, "base": base, "at_once": resources.max_concurrent,
            "configs": configs}
     early = {k: v for k, v in (("grace_period", args.grace_period), ("reduction_factor", args.reduction_factor))

@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
+from host import describe  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
         storage = Path(args.storage).resolve() if args.storage else Path(tmp)
         run = run_sweep(args, storage, timings)
         summary = {"bench": "driver_scale", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv,
-                   "args": vars(args), "machine": host_line(), "host": host(),
+                   "args": vars(args), **describe(),
                    "load_avg": os.getloadavg(), **summarize(timings, run)}
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bam-driver-scale-out-")) / "driver_scale.json"
         out.write_text(json.dumps(summary, indent=1))

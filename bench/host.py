@@ -61,6 +61,12 @@ def host_line(h: dict | None = None) -> str:
     return line + (f", torch {h['torch']} ({h['torch_cpu_capability']})" if "torch" in h else "")
 
 
+def describe() -> dict:
+    """``{"machine": host_line(), "host": host()}`` with one reading of the machine, for a bench JSON."""
+    h = host()
+    return {"machine": host_line(h), "host": h}
+
+
 if __name__ == "__main__":
     import json
     print(json.dumps(host(), indent=1))

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
+from host import describe  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 ROUND = r"""
 import json, sys, time, torch
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     shown = {**recipe, "data": {**recipe["data"], "glue_dir": a.glue_dir}}    # as given: no path of this machine
     doc = {"base": trees["base"][1], "head": trees["head"][1], "recipe": shown, "steps": a.steps,
            "threads": a.threads, "rounds": rounds, "median_tokens_per_s": med,
-           "ratio_head_over_base": med["head"] / med["base"], "machine": host_line(), "host": host(), "date": time.strftime("%Y-%m-%d %H:%M")}
+           "ratio_head_over_base": med["head"] / med["base"], **describe(), "date": time.strftime("%Y-%m-%d %H:%M")}
     text = json.dumps(doc, indent=1)
     print(text)
     if a.out:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import torch
-from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
+from host import describe  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
         results[mode] = {"examples_per_s": n / dt, "real_tokens_per_s": tokens / dt, "steps": args.steps}
         print(mode, json.dumps(results[mode]))
     ratio = results["dynamic"]["examples_per_s"] / results["fixed128"]["examples_per_s"]
-    print(json.dumps({"speedup": ratio, "machine": host_line(), "host": host(),
+    print(json.dumps({"speedup": ratio, **describe(),
                       "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}))
 
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
+from host import describe  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 
 
@@ -81,8 +81,8 @@ def main() -> None:
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         ap.error("no command")
-    stats = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M"), "machine":
-             f"{host_line()}, {os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB", "host": host(),
+    stats = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M"), **describe(),
+             "memory_gib": round(os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30),
              "peak_total_mb": 0.0, "peak_process_mb": 0.0, "peak_processes": 0, "peak_by_kind_mb": {}}
     t0 = time.time()
     proc = subprocess.Popen(cmd)

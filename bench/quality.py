@@ -21,8 +21,8 @@ Phases run in this order: teachers, multitask, bam_linear, reference, multitask_
 bam_l3, lu_joint, lu_sequential, the sweep, searched (the pairs behind the target lines first; the reference,
 15 in-process runs, after the first pair). Then the product's report over all arms (one checkpoint's
 scores per run; Welch over seeds and a paired bootstrap over dev examples; Holm over tasks), ``quality.json``
-and ``quality.md``: one row per arm, one column per task, the GLUE average, and what each arm's encoder saw (steps, passes over each task's
-examples), then the target lines.
+and ``quality.md``: one row per arm, one column per task, the GLUE average, and what each arm's encoder saw
+(steps, passes over each task's examples), then the target lines.
 
     python bench/quality.py --update-results bench/RESULTS.md    # the full protocol (many hours on 2 cores)
     python bench/quality.py --partial --update-results bench/RESULTS.md   # the table of the arms done so far
@@ -473,16 +473,17 @@ class Protocol:
         (15 plain-loop runs, the costliest fixed arm, a check that the teachers are not weak) comes after the
         first student pair, so a session that ends early still answers BAM vs plain multi-task."""
         b = self.budget
+
+        def student(key: str) -> tuple:
+            return (key, f"{ARMS[key].label} ({ARMS[key].recipe}, {b.seeds} seeds)",
+                    lambda: self.run_train(key, self.student_recipe(key)))
         out = [("teachers", f"single-task teachers, early-stopped ({len(b.tasks)} tasks x {b.seeds} seeds)",
-                self.run_teachers)]
-        for key in ("multitask", "bam_linear", "reference", "multitask_l3", "kd_switch_l3", "kd_switch", "bam_l3",
-                    "lu_joint", "lu_sequential"):
-            if key == "reference":
-                out.append((key, f"reference fine-tune, plain loop ({len(b.tasks)} tasks x {b.seeds} seeds)",
-                            self.run_reference))
-                continue
-            out.append((key, f"{ARMS[key].label} ({ARMS[key].recipe}, {b.seeds} seeds)",
-                        lambda g=key: self.run_train(g, self.student_recipe(g))))
+                self.run_teachers),
+               student("multitask"), student("bam_linear"),
+               ("reference", f"reference fine-tune, plain loop ({len(b.tasks)} tasks x {b.seeds} seeds)",
+                self.run_reference),
+               *(student(k) for k in ("multitask_l3", "kd_switch_l3", "kd_switch", "bam_l3", "lu_joint",
+                                      "lu_sequential"))]
         out.append(("sweep", f"sweep of {SPACE} ({b.trials} trials, ASHA)", self.run_sweep))
         out.append(("searched", f"the sweep's best recipe retrained ({b.seeds} seeds)",
                     lambda: self.run_train("searched", self.best()[0])))

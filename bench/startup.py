@@ -35,7 +35,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
+from host import describe  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 TEARDOWN = [("worker_returned", "worker_fn_returned"), ("controller_saw_end", "controller_saw_end"),
             ("fit_returned", "driver_fit_returned"), ("tune_complete", "tune_trial_complete")]
@@ -291,7 +291,7 @@ def main() -> None:
         tokenized = _tokenized_by_trial(cache, read_events(log))
         summary = {
             "label": args.label, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": host_line(), "host": host(),
+            **describe(),
             "load_avg_before": [round(x, 2) for x in load], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
             "trials": args.trials, "at_once": res.max_concurrent, "cpus_per_worker": res.cpus_per_worker,
             "train_env": {k: os.environ.get(k, "(Ray's default)") for k in

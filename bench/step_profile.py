@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections import defaultdict
 
-from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
+from host import describe  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 KINDS = (  # (kind, predicate on the op name), first match wins; self CPU time is summed per kind
     ("matmul", lambda n: n in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::baddbmm")),
@@ -96,7 +96,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bam-step-profile-") as storage:
         rows = [profile_task(args, t, storage) for t in args.tasks.split(",")]
-    doc = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": host_line(), "host": host(),
+    doc = {"date": time.strftime("%Y-%m-%d %H:%M"), **describe(),
            "args": {k: v for k, v in vars(args).items() if k not in ("glue_dir", "cache_dir")}, "tasks": rows}
     text = json.dumps(doc, indent=1)
     print(text)

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from startup import CpuSampler      # CPU seconds per kind of process (Ray's daemons, actors, this process)
-from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
+from host import describe  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 
 def recipe(args) -> dict:
@@ -95,7 +95,7 @@ def main() -> None:
            "in_process_peak_rss_mb": max(r["in_process_peak_rss_mb"] for r in rounds),
            "ray_worker_peak_rss_mb": max(r["ray_worker_peak_rss_mb"] for r in rounds),
            "steps": args.steps, "threads": args.threads, "precision": args.precision, "model": args.model, "tasks": args.tasks,
-           "machine": host_line(), "host": host(), "date": time.strftime("%Y-%m-%d %H:%M")}
+           **describe(), "date": time.strftime("%Y-%m-%d %H:%M")}
     print(json.dumps(out, indent=1))
 
 

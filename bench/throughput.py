@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from host import host, host_line  # bench/host.py (bench scripts run with bench/ on sys.path)
+from host import describe  # bench/host.py (bench scripts run with bench/ on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -261,7 +261,7 @@ def main() -> None:
         print(f"[{time.perf_counter() - t_start:6.0f}s] {message}", file=sys.stderr, flush=True)
 
     peak = {"float32": matmul_peak(torch.float32), "bfloat16": matmul_peak(torch.bfloat16)}
-    result = {"machine": host_line(), "host": host(),
+    result = {**describe(),
               "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "threads": args.threads,
               "model": args.model, "examples": args.examples, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "matmul_peak_tflops": {k: v / 1e12 for k, v in peak.items()},
