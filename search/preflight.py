@@ -344,6 +344,8 @@ def check_space_depths(space: dict, recipe: Recipe) -> None:
     model's depth (else every trial of that value would fail): refused naming the space's line."""
     spec = space["parameters"].get("student.num_layers") or {}
     values = spec.get("values") or ([spec["value"]] if "value" in spec else [])
+    if not values and "min" in spec and "max" in spec:            # int_uniform: its ends bound every draw
+        values = [spec["min"], spec["max"]]
     for n in values:
         try:
             check_model(dataclasses.replace(recipe, student=dataclasses.replace(recipe.student, num_layers=n)))

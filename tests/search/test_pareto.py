@@ -134,6 +134,27 @@ def test_compact_space_on_a_shallower_model_is_refused_before_ray(tmp_path, monk
     assert "student.num_layers=6" in err and "at most the base model's 4 layers" in err
 
 
+def test_a_depth_range_past_the_base_model_is_refused_before_ray(tmp_path, monkeypatch, capsys):
+    """An int_uniform num_layers whose max exceeds the base model's depth: refused at the space's line."""
+    from transformers import BertConfig, BertModel
+
+    from trainables.model import TINY, load_tokenizer
+    monkeypatch.delenv("BAM_STORAGE", raising=False)
+    tok = load_tokenizer("tiny")
+    BertModel(BertConfig(vocab_size=len(tok), **{**TINY, "num_hidden_layers": 4}),
+              add_pooling_layer=False).save_pretrained(tmp_path / "deep4")
+    tok.save_pretrained(tmp_path / "deep4")
+    (tmp_path / "range.yaml").write_text("base:\n  student: {init: extract, num_layers: 3}\nparameters:\n"
+                                         "  student.num_layers: {distribution: int_uniform, min: 2, max: 5}\n")
+    capsys.readouterr()
+    argv = ["sweep", str(tmp_path / "range.yaml"), "--model", str(tmp_path / "deep4"), "--tasks", "syn_noisy",
+            "--storage", str(tmp_path / "st"), "--dry-run"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "range.yaml:" in err, err
+    assert "student.num_layers=5" in err and "at most the base model's 4 layers" in err
+
+
 def test_the_report_plots_the_front_and_chromium_shows_it(sweep, tmp_path):
     import shutil
     import subprocess
