@@ -337,6 +337,21 @@ class Protocol:
         expected = self.budget.trials if key == "sweep" else self.budget.seeds
         return self.experiment_done(self.experiment(key), expected)
 
+    def left_share(self, key: str) -> float:
+        """The share of the phase ``key``'s runs not in the storage yet (1.0: nothing stored): a resumed phase
+        is estimated, and calibrates the ETA, by the part that runs."""
+        if key == "teachers":
+            total = len(self.budget.tasks) * self.budget.seeds
+            return 1.0 - min(len(self.teacher_records()), total) / total
+        if key == "reference":
+            paths = [self.reference_path(t, s) for t in self.budget.tasks for s in range(self.budget.seeds)]
+            return sum(not p.is_file() for p in paths) / len(paths)
+        if key == "report":
+            return 1.0
+        expected = self.budget.trials if key == "sweep" else self.budget.seeds
+        finished = sum(s == "TERMINATED" for s in self.trial_states(self.experiment(key)).values())
+        return 1.0 - min(finished, expected) / expected
+
     # -------------------------------------------------------------------- phases
 
     def phase(self, n: int, key: str, title: str, *, run) -> None:
@@ -352,15 +367,19 @@ class Protocol:
         if self.partial and key != "report":
             self.say(f"[yellow]phase {n}/{total} {key}: not complete; --partial: not run[/]")
             return
-        self.say(f"estimate for this phase {_hms(self.estimates[key] * scale)}; "
-                 f"elapsed {_hms(time.time() - self.t0)}, protocol ETA {_hms(left * scale)}"
+        share = self.left_share(key)
+        estimate = self.estimates[key] * share
+        left -= self.estimates[key] - estimate
+        self.say(f"estimate for this phase {_hms(estimate * scale)}"
+                 + ("" if share == 1.0 else f" ({share:.0%} of it left to run)")
+                 + f"; elapsed {_hms(time.time() - self.t0)}, protocol ETA {_hms(left * scale)}"
                  + ("" if scale == 1.0 else f" (estimates x{scale:.2f}, calibrated on this session's phases)"))
         t = time.time()
         run()
         spent = time.time() - t
         self.state.spent(key, spent)
         self.done_s += spent
-        self.done_est += self.estimates[key]
+        self.done_est += estimate
         self.say(f"phase {n}/{total} {key}: done in {_hms(spent)}")
 
     def teacher_base(self) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -339,18 +340,40 @@ def check_model(recipe: Recipe) -> None:
         _pick_layers(cfg.num_hidden_layers, recipe.student.num_layers)
 
 
-def check_space_depths(space: dict, recipe: Recipe) -> None:
-    """A space that searches ``student.num_layers`` under ``init: extract``: each of its values fits the base
-    model's depth (else every trial of that value would fail): refused naming the space's line."""
-    spec = space["parameters"].get("student.num_layers") or {}
-    values = spec.get("values") or ([spec["value"]] if "value" in spec else [])
-    if not values and "min" in spec and "max" in spec:            # int_uniform: its ends bound every draw
-        values = [spec["min"], spec["max"]]
-    for n in values:
+MODEL_KEYS = ("student.num_layers", "pack", "student.init")     # what check_model reads from a recipe
+
+
+def _space_values(spec: dict) -> list:
+    """The values a space's parameter can take that bound what a trial meets: a categorical's values, a
+    constant, an int_uniform's ends."""
+    if "values" in spec:
+        return list(spec["values"])
+    if "value" in spec:
+        return [spec["value"]]
+    if "min" in spec and "max" in spec:
+        return [spec["min"], spec["max"]]
+    return []
+
+
+def _with_model_keys(recipe: Recipe, values: dict) -> Recipe:
+    student = dataclasses.replace(recipe.student, **{k.split(".", 1)[1]: v for k, v in values.items()
+                                                     if k.startswith("student.")})
+    return dataclasses.replace(recipe, student=student, **({"pack": values["pack"]} if "pack" in values else {}))
+
+
+def check_space_models(space: dict, recipe: Recipe) -> None:
+    """A space that searches what ``check_model`` reads (``student.num_layers`` and ``student.init``: the layers
+    extracted from the base model; ``pack``: a model type that can pack): every combination of their values
+    fits the base model (else every trial drawing it would fail), refused naming the space's line."""
+    searched = [k for k in MODEL_KEYS if _space_values(space["parameters"].get(k) or {})]
+    for combo in itertools.product(*(_space_values(space["parameters"][k]) for k in searched)):
+        values = dict(zip(searched, combo))
         try:
-            check_model(dataclasses.replace(recipe, student=dataclasses.replace(recipe.student, num_layers=n)))
+            check_model(_with_model_keys(recipe, values))
         except UserError as e:
-            raise UserError(f"{space['where']['student.num_layers']}: parameter student.num_layers={n!r}: {e}") from None
+            key = next((k for k in searched if k in str(e)), searched[0]) if len(searched) > 1 else searched[0]
+            given = ", ".join(f"{k}={v!r}" for k, v in values.items())
+            raise UserError(f"{space['where'][key]}: parameter {given}: {e}") from None
 
 
 # what a trial would otherwise meet: each check here stands for an error that used to be found inside every
@@ -784,7 +807,7 @@ def plan_sweep(args) -> Plan:
     check_data(recipe)
     check_model_loadable(recipe, where="--model" if args.model else "model")
     check_model(recipe)
-    check_space_depths(space, recipe)
+    check_space_models(space, recipe)
     storage = storage_root(args)
     check_teachers(storage, recipe)
     _check_delta_baselines(metric, storage, recipe, source=metric_from)

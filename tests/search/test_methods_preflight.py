@@ -39,3 +39,22 @@ def test_a_task_a_trial_never_reached_is_named_not_a_key_error():
     with pytest.raises(UserError, match=r"trial t1 has no score for syn_pairmatch at its selected evaluation "
                                         r"\(step 5\): it never reached that task"):
         results.best_scores(trial, ["syn_noisy", "syn_pairmatch"])
+
+
+def test_a_space_that_samples_pack_on_a_model_that_cannot_pack_is_refused(tmp_path, capsys):
+    """``pack: true`` packs BERT encoders only: a space drawing pack from [false, true] on a DistilBERT base
+    model would fail every trial that draws true; refused at the space's line before Ray starts."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    from trainables.model import load_tokenizer
+    tok = load_tokenizer("tiny")
+    DistilBertModel(DistilBertConfig(vocab_size=len(tok), dim=32, hidden_dim=64, n_layers=2, n_heads=2,
+                                     max_position_embeddings=128)).save_pretrained(tmp_path / "distil")
+    tok.save_pretrained(tmp_path / "distil")
+    (tmp_path / "packs.yaml").write_text("base:\n  teacher: {use: false}\nparameters:\n"
+                                         "  optim.lr: {values: [1.0e-4]}\n  pack: {values: [false, true]}\n")
+    capsys.readouterr()
+    line = _refused(capsys, ["sweep", str(tmp_path / "packs.yaml"), "--model", str(tmp_path / "distil"),
+                             "--tasks", "syn_noisy", "--storage", str(tmp_path / "st"), "--dry-run"])
+    assert "packs.yaml:5" in line and "pack=True" in line and "distilbert" in line, line
+    assert not (tmp_path / "st" / "experiments").exists()
