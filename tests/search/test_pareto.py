@@ -115,8 +115,16 @@ def test_pareto_with_export_is_refused_in_one_line(tmp_path, capsys):
     assert "--pareto" in err and len(err.strip().splitlines()) == 1
 
 
-def test_compact_space_on_a_shallower_model_is_refused_before_ray(tmp_path, monkeypatch, capsys):
-    """compact.yaml's num_layers 6 on a 4-layer base model: one line naming the space's line, exit 2."""
+RANGE_SPACE = ("base:\n  student: {init: extract, num_layers: 3}\nparameters:\n"
+               "  student.num_layers: {distribution: int_uniform, min: 2, max: 5}\n")
+
+
+@pytest.mark.parametrize("space, file, deepest", [("compact", "compact.yaml", 6), (RANGE_SPACE, "range.yaml", 5)],
+                         ids=["compact-values", "int-uniform-range"])
+def test_a_space_deeper_than_the_base_model_is_refused_before_ray(space, file, deepest, tmp_path, monkeypatch,
+                                                                  capsys):
+    """A space's student.num_layers past a 4-layer base model (compact.yaml's values up to 6; an int_uniform
+    range whose max is 5): one line naming the space's line, exit 2."""
     from transformers import BertConfig, BertModel
 
     from trainables.model import TINY, load_tokenizer
@@ -125,34 +133,16 @@ def test_compact_space_on_a_shallower_model_is_refused_before_ray(tmp_path, monk
     BertModel(BertConfig(vocab_size=len(tok), **{**TINY, "num_hidden_layers": 4}),
               add_pooling_layer=False).save_pretrained(tmp_path / "deep4")
     tok.save_pretrained(tmp_path / "deep4")
+    if space != "compact":
+        (tmp_path / file).write_text(space)
+        space = str(tmp_path / file)
     capsys.readouterr()                                            # the save's progress bar
-    argv = ["sweep", "compact", "--model", str(tmp_path / "deep4"), "--tasks", "syn_noisy",
+    argv = ["sweep", space, "--model", str(tmp_path / "deep4"), "--tasks", "syn_noisy",
             "--storage", str(tmp_path / "st"), "--dry-run"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "compact.yaml:" in err, err
-    assert "student.num_layers=6" in err and "at most the base model's 4 layers" in err
-
-
-def test_a_depth_range_past_the_base_model_is_refused_before_ray(tmp_path, monkeypatch, capsys):
-    """An int_uniform num_layers whose max exceeds the base model's depth: refused at the space's line."""
-    from transformers import BertConfig, BertModel
-
-    from trainables.model import TINY, load_tokenizer
-    monkeypatch.delenv("BAM_STORAGE", raising=False)
-    tok = load_tokenizer("tiny")
-    BertModel(BertConfig(vocab_size=len(tok), **{**TINY, "num_hidden_layers": 4}),
-              add_pooling_layer=False).save_pretrained(tmp_path / "deep4")
-    tok.save_pretrained(tmp_path / "deep4")
-    (tmp_path / "range.yaml").write_text("base:\n  student: {init: extract, num_layers: 3}\nparameters:\n"
-                                         "  student.num_layers: {distribution: int_uniform, min: 2, max: 5}\n")
-    capsys.readouterr()
-    argv = ["sweep", str(tmp_path / "range.yaml"), "--model", str(tmp_path / "deep4"), "--tasks", "syn_noisy",
-            "--storage", str(tmp_path / "st"), "--dry-run"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "range.yaml:" in err, err
-    assert "student.num_layers=5" in err and "at most the base model's 4 layers" in err
+    assert len(err.splitlines()) == 1 and f"{file}:" in err, err
+    assert f"student.num_layers={deepest}" in err and "at most the base model's 4 layers" in err
 
 
 def test_the_report_plots_the_front_and_chromium_shows_it(sweep, tmp_path):
