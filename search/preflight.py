@@ -355,12 +355,6 @@ def _space_values(spec: dict) -> list:
     return []
 
 
-def _with_model_keys(recipe: Recipe, values: dict) -> Recipe:
-    student = dataclasses.replace(recipe.student, **{k.split(".", 1)[1]: v for k, v in values.items()
-                                                     if k.startswith("student.")})
-    return dataclasses.replace(recipe, student=student, **({"pack": values["pack"]} if "pack" in values else {}))
-
-
 def check_space_models(space: dict, recipe: Recipe) -> None:
     """A space that searches what ``check_model`` reads (``student.num_layers`` and ``student.init``: the layers
     extracted from the base model; ``pack``: a model type that can pack): every combination of their values
@@ -368,10 +362,10 @@ def check_space_models(space: dict, recipe: Recipe) -> None:
     searched = [k for k in MODEL_KEYS if _space_values(space["parameters"].get(k) or {})]
     for combo in itertools.product(*(_space_values(space["parameters"][k]) for k in searched)):
         values = dict(zip(searched, combo))
-        try:
-            check_model(_with_model_keys(recipe, values))
+        try:                                                      # the recipe a trial drawing them builds
+            check_model(recipe_from_dict(with_params(recipe.to_dict(), values), source=space["path"]))
         except UserError as e:
-            key = next((k for k in searched if k in str(e)), searched[0]) if len(searched) > 1 else searched[0]
+            key = next((k for k in searched if k in str(e)), searched[0])
             given = ", ".join(f"{k}={v!r}" for k, v in values.items())
             raise UserError(f"{space['where'][key]}: parameter {given}: {e}") from None
 
