@@ -559,10 +559,11 @@ class Protocol:
                                   "passes": {t: float(r["epochs"]) for t, r in recs.items()}}})
         return runs
 
-    def records(self) -> list[dict]:
+    def records(self, unreached: dict | None = None) -> list[dict]:
         """Run records for ``search.report``: the reference from ``reference/``, teachers from the baseline
         registry, students from Tune's files (one checkpoint's scores: the evaluation with the best GLUE
-        average), each with ``seen``: the steps and passes over each task's examples behind its scores."""
+        average), each with ``seen``: the steps and passes over each task's examples behind its scores. An
+        arm with a run that never reached a task gives no records: it goes into ``unreached`` (``arm_unreached``)."""
         from search.results import run_record, summarize, trial_results
         tasks = list(self.budget.tasks)
         runs = self._reference_runs() + self._teacher_runs()
@@ -570,7 +571,13 @@ class Protocol:
             if arm.kind not in ("student", "searched") or not self.done(group):
                 continue
             name = self.experiment(group)
-            for i, t in enumerate(summarize(trial_results(str(self.storage), name))):
+            trials = summarize(trial_results(str(self.storage), name))
+            short = arm_unreached(trials, tasks)
+            if short is not None:
+                if unreached is not None:
+                    unreached[group] = short
+                continue
+            for i, t in enumerate(trials):
                 seed = (t["params"] or {}).get("seed", i)
                 rec = run_record(str(self.storage), name, t, tasks, group=group, seed=int(seed))
                 row = t["best_row"]
@@ -581,7 +588,8 @@ class Protocol:
 
     def report(self) -> dict:
         from search.report import compare, write_report
-        runs = self.records()
+        unreached: dict = {}
+        runs = self.records(unreached)
         groups = [g for g in ARMS if any(r["group"] == g for r in runs)]
         tasks = list(self.budget.tasks)
         if "teachers" not in groups or (len(groups) < 2 and not self.partial):
@@ -589,8 +597,9 @@ class Protocol:
                             f"(complete: {', '.join(groups) or 'none'}; --partial reports the teachers alone)")
         if len(groups) < 2:                 # --partial with the teachers alone: their row, no comparison yet
             table = {"teachers": table_entry("teachers", runs, {}, tasks)}
-            return {"table": table, "targets": self.targets(runs, table, tasks),
-                    "missing": [g for g in ARMS if g != "teachers"], "report": {}, "group_reports": {}}
+            return {"table": table, "targets": self.targets(runs, table, tasks), "unreached": unreached,
+                    "missing": [g for g in ARMS if g != "teachers" and g not in unreached], "report": {},
+                    "group_reports": {}}
         title = f"bam-search quality protocol v2: {len(tasks)} tasks, {self.budget.model}"
         candidate = "searched" if "searched" in groups else groups[-1]
         best = None
@@ -615,8 +624,9 @@ class Protocol:
             targets = self.targets(runs, table, tasks)
         except ValueError as e:
             raise UserError(f"report: {e}") from None
-        missing = [g for g in ARMS if g not in groups]
-        return {"table": table, "targets": targets, "missing": missing, "report": paths, "group_reports": group_paths}
+        missing = [g for g in ARMS if g not in groups and g not in unreached]
+        return {"table": table, "targets": targets, "unreached": unreached, "missing": missing, "report": paths,
+                "group_reports": group_paths}
 
     def targets(self, runs: list[dict], table: dict, tasks: list[str]) -> dict:
         """The target lines: each a GLUE-average difference between two arms (and, where the target asks,
@@ -638,6 +648,38 @@ class Protocol:
                              met=c["glue_average"]["delta"] >= target and (min_sig is None or len(sig) >= min_sig))
             out[key] = entry
         return out
+
+
+def arm_unreached(trials: list[dict], tasks) -> dict | None:
+    """None when every run of an arm (summarized trials) scored every task at its selected evaluation. Else
+    the arm is not compared at all: a GLUE average over the tasks it reached, or over the seeds that got
+    further, would flatter it. What it did reach, for the note under the table: its runs, how many runs
+    missed each task, and the scores of the tasks every run reached (at each run's selected evaluation)."""
+    from search.results import unreached
+    gaps = [unreached(t, tasks) for t in trials]
+    if not any(gaps):
+        return None
+    return {"runs": len(trials), "missed": {x: sum(x in g for g in gaps) for x in tasks if any(x in g for g in gaps)},
+            "reached": {x: [t["best_row"][f"{x}/score"] for t in trials] for x in tasks if not any(x in g for g in gaps)},
+            "selected_steps": [t["selected_step"] for t in trials]}
+
+
+def unreached_lines(unreached: dict) -> list[str]:
+    """One line per arm that never reached a task: not compared, and why; the scores it has."""
+    import numpy as np
+
+    from trainables.tasks import get_task
+    out = []
+    for g, u in unreached.items():
+        missed = ", ".join(f"{get_task(t).dir_name} in {n} of {u['runs']} runs" for t, n in u["missed"].items())
+        got = "; ".join(f"{get_task(t).dir_name} {np.mean(v):.2f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.2f} "
+                        f"({', '.join(f'{x:.2f}' for x in v)})" for t, v in u["reached"].items())
+        out.append(f"- {ARMS[g].label} ({g}): **not compared**: never reached {missed}. Its tasks join one at a "
+                   f"time, each once the previous ones switched, and at this budget the run ended first. No GLUE "
+                   f"average, no target line, not a candidate for the best fixed recipe. Scores of the tasks every "
+                   f"run reached, at the selected evaluations (steps "
+                   f"{', '.join(str(s) for s in u['selected_steps'])}): {got or 'none'}")
+    return out
 
 
 def table_entry(g: str, runs: list[dict], comparisons: dict, tasks: list[str]) -> dict:
@@ -810,6 +852,7 @@ def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
         markdown_table(result, budget.tasks),
         "",
         *target_lines(result["targets"]),
+        *unreached_lines(result.get("unreached") or {}),
         *([f"- not run yet: {', '.join(missing)} (the protocol resumes from its storage)"] if missing else []),
         *([f"- report: `{_rel(result['report']['html'])}`; figures: " + ", ".join(f"`{f}`" for f in figs)]
           if result["report"] else []),

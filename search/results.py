@@ -269,13 +269,19 @@ def best_scores(trial: dict, tasks) -> dict[str, float]:
     checkpoint's scores, never each task's best of the run. A task the trial never reported
     (``switch.mode: sequential`` that never reached it) is one UserError naming it."""
     row = trial["best_row"]
-    missing = [t for t in tasks if f"{t}/score" not in row]
+    missing = unreached(trial, tasks)
     if missing:
         raise UserError(f"trial {trial['trial_id']} has no score for {', '.join(missing)} at its selected evaluation"
                         f" (step {row.get('step')}): it never reached "
                         f"{'that task' if len(missing) == 1 else 'those tasks'} (switch.mode sequential joins a "
                         f"task only after the previous ones switched); give it a longer run or another order")
     return {t: row[f"{t}/score"] for t in tasks}
+
+
+def unreached(trial: dict, tasks) -> list[str]:
+    """The tasks of ``tasks`` a summarized trial has no score for at its selected evaluation: those a
+    ``switch.mode: sequential`` run never reached (they join only after the previous ones switched)."""
+    return [t for t in tasks if f"{t}/score" not in trial["best_row"]]
 
 
 def best_of_run(trial: dict, tasks) -> dict[str, float]:
