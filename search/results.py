@@ -102,15 +102,21 @@ def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
     the report (``best_scores``); ``best`` is its ``metric`` value and ``selected_step`` its step. Only an
     evaluation that scored every task the trial reports is eligible when there is one: a sequential run
     (``switch.mode: sequential``) averages only the tasks joined so far, and a model that never trained on a
-    task has no score for it (Ray Train may keep another checkpoint as best by its raw metric then)."""
+    task has no score for it (Ray Train may keep another checkpoint as best by its raw metric then). A trial
+    whose selected evaluation lacks a task of its recipe (a sequential run that has not reached it, or never
+    did) has ``best`` None and names them in ``unreached``: its average covers fewer tasks than the others', so
+    it is not ranked (status, best, the Pareto front) until it has reached them all."""
     out = []
     for t in trials:
         rows = t["rows"]
         best = max(_complete(rows), key=lambda r: r.get(metric, float("-inf"))) if rows else {}
         done = bool(rows) and (rows[-1].get("progress", 0) >= 1.0 or bool(rows[-1].get("stopped_early")))
+        tasks = (((t["params"] or {}).get("loop") or {}).get("recipe") or {}).get("tasks") or []
+        missing = [x for x in tasks if f"{x}/score" not in best] if best else []
         out.append({"trial_id": t["trial_id"], "params": t["params"].get("params", {}), "rows": rows,
                     "state": "ERROR" if t["error"] else ("DONE" if done else ("STOPPED" if rows else "PENDING")),
-                    "iterations": len(rows), "best": best.get(metric), "best_row": best,
+                    "iterations": len(rows), "best": None if missing else best.get(metric), "best_row": best,
+                    "unreached": missing,
                     "selected_step": best.get("step"), "metric": metric, "dir": t["dir"],
                     "tune_status": t.get("tune_status"), "resources": (t["params"] or {}).get("resources")})
     return out
@@ -149,7 +155,7 @@ def status_lines(storage: str, name: str) -> list[str]:
     rows = summarize(trial_results(storage, name), metric=metric)
     lines = [f"{'trial':<14}{'state':<9}{'evals':>6}{'best ' + metric:>15}  params"]
     for r in rows:
-        best = f"{r['best']:.2f}" if r["best"] is not None else "-"
+        best = f"{r['best']:.2f}" if r["best"] is not None else ("not all tasks" if r["unreached"] else "-")
         lines.append(f"{r['trial_id']:<14}{r['state']:<9}{r['iterations']:>6}{best:>15}  "
                      f"{json.dumps(r['params'], default=str)}")
     if rows and any(r["best"] is not None for r in rows):
@@ -168,7 +174,10 @@ def best_recipe(storage: str, name: str) -> tuple[dict, dict]:
     trials = trial_results(storage, name)
     ranked = [s for s in summarize(trials, metric=experiment_metric(storage, name)) if s["best"] is not None]
     if not ranked:
-        raise UserError(f"experiment {name!r} has no finished evaluation yet")
+        short = sorted({x for s in summarize(trials) for x in s["unreached"]})
+        raise UserError(f"experiment {name!r} has no finished evaluation yet" + (
+            f" of every task (no trial has reached {', '.join(short)}: switch.mode sequential joins a task only "
+            f"after the previous ones switched)" if short else ""))
     top = max(ranked, key=lambda s: s["best"])
     trial = next(t for t in trials if t["trial_id"] == top["trial_id"])
     return with_params(trial["params"]["loop"]["recipe"], trial["params"].get("params") or {}), top

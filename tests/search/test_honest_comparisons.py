@@ -47,6 +47,29 @@ def test_a_sequential_run_is_scored_by_an_evaluation_of_every_task():
     assert _trial(rows[:1])["selected_step"] == 10          # no evaluation of both yet: the only one there is
 
 
+def test_a_run_that_never_reached_a_task_is_not_ranked_against_runs_that_scored_them_all(monkeypatch):
+    """A sweep mixing joint and sequential trials (spaces/kd_switch.yaml samples switch.mode): a sequential
+    trial that never reached b averages a alone (90) and would beat a joint one's average over a and b (66);
+    it has no comparable score, so ``best`` picks the joint trial, and with no complete trial names the gap."""
+    def trial(tid, mode, rows):
+        return {"dir": tid, "trial_id": tid, "error": False, "rows": rows,
+                "params": {"params": {"switch.mode": mode},
+                           "loop": {"recipe": {"tasks": ["a", "b"], "switch": {"mode": "joint"}}}}}
+    seq = trial("seq", "sequential", [{"step": 10, "a/score": 90.0, "glue_avg": 90.0, "progress": 1.0}])
+    joint = trial("joint", "joint", [{"step": 10, "a/score": 72.0, "b/score": 60.0, "glue_avg": 66.0,
+                                      "progress": 1.0}])
+    s = {t["trial_id"]: t for t in results.summarize([seq, joint])}
+    assert s["seq"]["best"] is None and s["seq"]["unreached"] == ["b"] and s["seq"]["selected_step"] == 10
+    assert s["joint"]["best"] == 66.0 and s["joint"]["unreached"] == []
+    monkeypatch.setattr(results, "experiment_metric", lambda storage, name: "glue_avg")
+    monkeypatch.setattr(results, "trial_results", lambda storage, name: [seq, joint])
+    recipe, top = results.best_recipe("unused", "sw")
+    assert top["trial_id"] == "joint" and recipe["switch"]["mode"] == "joint"
+    monkeypatch.setattr(results, "trial_results", lambda storage, name: [seq])
+    with pytest.raises(results.UserError, match="no trial has reached b: switch.mode sequential"):
+        results.best_recipe("unused", "sw")
+
+
 def test_a_run_is_scored_by_one_evaluation_not_each_tasks_best():
     t = _trial(ROWS)
     assert t["selected_step"] == 20 and t["best"] == pytest.approx(77.5)

@@ -91,3 +91,8 @@ def test_one_and_two_workers_reach_the_same_weights_and_scores(case, tmp_path, c
 if __name__ == "__main__":
     r, n, c, o, cd, i = sys.argv[1:]
     worker(int(r), int(n), c, o, cd, i)
+    # Out without interpreter finalization: a gloo process that has destroyed its group can still abort there
+    # ("terminate called without an active exception", SIGABRT, in CI at stop 27: mixed-pcgrad's 2-worker
+    # run; gloo's threads at teardown, cf. pytorch/pytorch#179291). What this test checks (the weights and reports rank 0 wrote) is done.
+    sys.stdout.flush()
+    os._exit(0)
