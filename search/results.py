@@ -104,8 +104,9 @@ def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
     (``switch.mode: sequential``) averages only the tasks joined so far, and a model that never trained on a
     task has no score for it (Ray Train may keep another checkpoint as best by its raw metric then). A trial
     whose selected evaluation lacks a task of its recipe (a sequential run that has not reached it, or never
-    did) has ``best`` None and names them in ``unreached``: its average covers fewer tasks than the others', so
-    it is not ranked (status, best, the Pareto front) until it has reached them all."""
+    did) names them in ``unreached``; ranked by an average (``glue_avg``, not a ``TASK/...`` metric), it has
+    ``best`` None: its average covers fewer tasks than the others', so it is not ranked (status, best, the
+    Pareto front) until it has reached them all."""
     out = []
     for t in trials:
         rows = t["rows"]
@@ -115,7 +116,8 @@ def summarize(trials: list[dict], *, metric: str = "glue_avg") -> list[dict]:
         missing = [x for x in tasks if f"{x}/score" not in best] if best else []
         out.append({"trial_id": t["trial_id"], "params": t["params"].get("params", {}), "rows": rows,
                     "state": "ERROR" if t["error"] else ("DONE" if done else ("STOPPED" if rows else "PENDING")),
-                    "iterations": len(rows), "best": None if missing else best.get(metric), "best_row": best,
+                    "iterations": len(rows), "best": None if missing and "/" not in metric else best.get(metric),
+                    "best_row": best,
                     "unreached": missing,
                     "selected_step": best.get("step"), "metric": metric, "dir": t["dir"],
                     "tune_status": t.get("tune_status"), "resources": (t["params"] or {}).get("resources")})

@@ -61,6 +61,8 @@ def test_a_run_that_never_reached_a_task_is_not_ranked_against_runs_that_scored_
     s = {t["trial_id"]: t for t in results.summarize([seq, joint])}
     assert s["seq"]["best"] is None and s["seq"]["unreached"] == ["b"] and s["seq"]["selected_step"] == 10
     assert s["joint"]["best"] == 66.0 and s["joint"]["unreached"] == []
+    by_a = {t["trial_id"]: t for t in results.summarize([seq, joint], metric="a/score")}
+    assert by_a["seq"]["best"] == 90.0 and by_a["seq"]["unreached"] == ["b"]    # a per-task metric compares
     monkeypatch.setattr(results, "experiment_metric", lambda storage, name: "glue_avg")
     monkeypatch.setattr(results, "trial_results", lambda storage, name: [seq, joint])
     recipe, top = results.best_recipe("unused", "sw")
