@@ -54,7 +54,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +96,6 @@ ARMS = {
     "searched": Arm("searched recipe (bam_full sweep, retrained)", kind="searched"),
 }
 FIXED = ("multitask", "bam_linear", "lu_joint", "lu_sequential", "kd_switch")   # same-size fixed recipes
-SEQUENTIAL_EVALS = 3       # the sequential arm evaluates 3x as often: its tasks join one by one, on a switch
 
 # the target lines (keep their wording: runs compare line by line)
 TARGETS = {
@@ -136,6 +135,10 @@ class Budget:
     reference_epochs: int = 3
     reference_lr: float = 1e-4
     compact_layers: int = 3
+    compact_epochs: float = 10.0      # compact students train longer (XtremeDistil's small students train for many
+    compact_evals: int = 10           # more steps); 3 epochs left all three compact arms unconverged (stop 28)
+    sequential_epochs: float = 6.0    # Lu et al. sequential: tasks join one by one; at 3 epochs and 18 evaluations
+    sequential_evals: int = 36        # RTE never joined in 2 of 3 runs (stop 28). Same evaluations per epoch as 6x3
     searcher_seed: int = 0
     protocol: int = PROTOCOL
 
@@ -191,11 +194,16 @@ def plan(budget: Budget, *, sizes: dict[str, tuple[int, int]], rates: Rates) -> 
     out["reference"] = budget.seeds * sum(budget.reference_epochs * n / rr + d / (k * rr) for n, d in sizes.values())
     n_all = sum(n for n, _ in sizes.values())
     d_all = sum(d for _, d in sizes.values())
-    student = budget.epochs * n_all / r + budget.evals * d_all / (k * r)
+    run = lambda epochs, evals, dev=1.0: epochs * n_all / r + dev * evals * d_all / (k * r)   # noqa: E731
+    student = run(budget.epochs, budget.evals)
     for key, arm in ARMS.items():
         if arm.kind == "student":
-            cost = student * (COMPACT_FRACTION if arm.compact else 1.0)
-            cost += (SEQUENTIAL_EVALS - 1) * budget.evals * d_all / (2 * k * r) if key == "lu_sequential" else 0
+            if arm.compact:
+                cost = COMPACT_FRACTION * run(budget.compact_epochs, budget.compact_evals)
+            elif key == "lu_sequential":       # a task not joined yet is not evaluated: about half the dev sets
+                cost = run(budget.sequential_epochs, budget.sequential_evals, dev=0.5)
+            else:
+                cost = student
             out[key] = rounds(budget.seeds) * (s + cost)
     out["sweep"] = budget.trials * (s + ASHA_FRACTION * student) / c
     out["searched"] = rounds(budget.seeds) * (s + student)
@@ -422,10 +430,13 @@ class Protocol:
         arm = ARMS[key]
         r = _merge(load_yaml(REPO / arm.recipe), self.budget.base_recipe(glue_dir=self.glue_dir))
         if r.get("switch", {}).get("mode") == "sequential":
-            r["evals"] = self.budget.evals * SEQUENTIAL_EVALS
+            r["evals"] = self.budget.sequential_evals
+            r["optim"] = {**r["optim"], "epochs": self.budget.sequential_epochs}
             r["switch"] = {**r["switch"], "order": list(self.budget.tasks)}
         if arm.compact:
             r["student"] = {**r.get("student", {}), **self.budget.compact_student()}
+            r["evals"] = self.budget.compact_evals
+            r["optim"] = {**r["optim"], "epochs": self.budget.compact_epochs}
         recipe_from_dict(r, source=arm.recipe)
         return r
 
@@ -837,10 +848,11 @@ def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
         f"at most {budget.max_train_examples} training examples per task (seed 0), "
         f"{'full dev sets' if budget.max_dev_examples is None else f'{budget.max_dev_examples} dev examples'}, "
         f"max length {budget.max_length} (dynamic padding); students {budget.epochs:g} epochs over the union, "
-        f"lr {budget.lr:g}, {budget.pooling} pooling, {budget.evals} evaluations (sequential "
-        f"{budget.evals * SEQUENTIAL_EVALS}); teachers early-stopped (patience {budget.teacher_patience}, up to "
+        f"lr {budget.lr:g}, {budget.pooling} pooling, {budget.evals} evaluations (Lu et al. sequential "
+        f"{budget.sequential_epochs:g} epochs, {budget.sequential_evals} evaluations); teachers early-stopped (patience {budget.teacher_patience}, up to "
         f"{budget.teacher_max_epochs:g} epochs, lr {budget.lr:g}); reference {budget.reference_epochs} epochs at "
-        f"lr {budget.reference_lr:g}; compact students {budget.compact_layers} layers; {budget.seeds} seeds; "
+        f"lr {budget.reference_lr:g}; compact students {budget.compact_layers} layers, "
+        f"{budget.compact_epochs:g} epochs, {budget.compact_evals} evaluations; {budget.seeds} seeds; "
         f"{budget.trials} sweep trials.",
         "",
         "Cells: dev score mean ± sd over seeds (GLUE ×100); against the teachers: (Δ; Holm-adjusted p of the test "
@@ -928,6 +940,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-patience", type=int, help="evaluations without a better dev score (default 2; 1 with --quick)")
     p.add_argument("--reference-epochs", type=int, help="the plain loop's epochs (default 3; 1 with --quick)")
     p.add_argument("--compact-layers", type=int, help="layers of the compact students (default 3; 1 with --quick)")
+    p.add_argument("--compact-epochs", type=float,
+                   help="compact students' epochs over the union (default 10; --epochs with --quick)")
+    p.add_argument("--compact-evals", type=int, help="compact students' evaluations (default 10; --evals with --quick)")
+    p.add_argument("--sequential-epochs", type=float,
+                   help="Lu et al. sequential's epochs over the union (default 6; --epochs with --quick)")
+    p.add_argument("--sequential-evals", type=int,
+                   help="Lu et al. sequential's evaluations (default 36; 3 x --evals with --quick)")
     p.add_argument("--partial", action="store_true",
                    help="run nothing: report (and --update-results) the arms complete so far, naming the rest")
     p.add_argument("--examples-per-s", type=float, help="training examples/s of one trial on one core, for the ETA")
@@ -964,11 +983,16 @@ def configure(args) -> tuple[Budget, Path, str | None]:
                     teacher_patience=pick(args.teacher_patience, 2, 1),
                     reference_epochs=pick(args.reference_epochs, 3, 1),
                     compact_layers=pick(args.compact_layers, 3, 1))
-    for name in ("seeds", "trials", "evals", "teacher_patience", "reference_epochs", "compact_layers"):
+    budget = replace(budget, compact_epochs=pick(args.compact_epochs, 10.0, budget.epochs),
+                     compact_evals=pick(args.compact_evals, 10, budget.evals),
+                     sequential_epochs=pick(args.sequential_epochs, 6.0, budget.epochs),
+                     sequential_evals=pick(args.sequential_evals, 36, 3 * budget.evals))
+    for name in ("seeds", "trials", "evals", "teacher_patience", "reference_epochs", "compact_layers", "compact_evals",
+                 "sequential_evals"):
         if getattr(budget, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be >= 1")
-    if budget.epochs <= 0 or budget.lr <= 0 or budget.teacher_max_epochs <= 0:
-        raise UserError("--epochs, --teacher-max-epochs and --lr: must be > 0")
+    if min(budget.epochs, budget.lr, budget.teacher_max_epochs, budget.compact_epochs, budget.sequential_epochs) <= 0:
+        raise UserError("--epochs, --compact-epochs, --sequential-epochs, --teacher-max-epochs and --lr: must be > 0")
     if budget.teacher_patience > math.ceil(budget.teacher_max_epochs) - 2:
         raise UserError(f"--teacher-patience {budget.teacher_patience}: teachers evaluate once an epoch "
                         f"({math.ceil(budget.teacher_max_epochs)} times) and stop at the earliest after patience + 1 "

@@ -4,7 +4,10 @@ While a trial runs, Ray Train keeps two of its checkpoints: the best by the swee
 (``CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric)``; Train never deletes the latest one).
 The rest is done here, by a Tune callback in the driver process (``DiskBudget``):
 
-* a trial that ends (finished, stopped by the scheduler, or failed) keeps only its best checkpoint;
+* a trial that ends for good (finished or stopped by the scheduler) keeps only its best checkpoint. A failed trial
+  keeps what Train keeps (best and latest: ``--retry-errored`` continues it from Train's own record of them), and a
+  trial cut off by an interrupted sweep (Ctrl-C, ``pkill -INT``) is not touched: Tune saved it as unfinished, and
+  ``resume`` continues its Train run, whose ``checkpoint_manager_snapshot.json`` names both checkpoints;
 * best-weights snapshots and KD-switch soft labels (files under ``artifacts/<trial>/`` that checkpoints refer
   to by path, possibly from other trials after a PBT exploit) are deleted once no remaining checkpoint of the
   experiment refers to them; a running trial's file newer than its latest checkpoint is never touched (it
@@ -264,7 +267,9 @@ class DiskBudget(Callback):
         self._warn = warn
         self._refs = References()
         self._due: dict[str, float] = {}                 # trial id -> when to prune it
-        self._ended: set[str] = set()
+        self._ended: set[str] = set()                    # pruned (finished for good)
+        self._failed: set[str] = set()                   # errored: checkpoints kept, unreferenced files collected
+        self._restored: set[str] | None = None           # trials already finished when this run of the sweep began
         self.record = {"budget_bytes": budget, "metric": metric, "peak_bytes": 0, "last_bytes": 0, "samples": [],
                        "pruned_checkpoints": 0, "freed_files_bytes": 0, "warnings": []}
         self._last_sample = 0.0
@@ -272,7 +277,10 @@ class DiskBudget(Callback):
         self._warned_at: int | None = None
 
     def __getstate__(self):                              # Tune pickles callbacks with the experiment
-        return {**self.__dict__, "_refs": References(), "_warn": None}
+        return {**self.__dict__, "_refs": References(), "_warn": None, "_restored": None}
+
+    def __setstate__(self, state):                       # an experiment pickled by an older version lacks some
+        self.__dict__.update({"_failed": set(), "_restored": None, **state})
 
     # --- Tune hooks
 
@@ -302,7 +310,15 @@ class DiskBudget(Callback):
         self._due[trial.trial_id] = time.monotonic() + self.grace_s
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._due[trial.trial_id] = time.monotonic() + self.grace_s
+        # Its checkpoints stay as Train recorded them (a retried trial restores from that record); only files no
+        # checkpoint refers to go, at the end.
+        self._failed.add(trial.trial_id)
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self._restored is None:                       # a resumed sweep: trials that had finished before it
+            self._restored = {t.trial_id for t in trials if t.status == "TERMINATED"}
+            for tid in sorted(self._restored - self._ended):
+                self._due.setdefault(tid, 0.0)           # pruned now (a killed driver may not have pruned them)
 
     def on_step_end(self, iteration, trials, **info):
         now = time.monotonic()
@@ -312,8 +328,9 @@ class DiskBudget(Callback):
         self._sample()
 
     def on_experiment_end(self, trials, **info):
-        ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
-        self._prune(sorted(ended | set(self._due)), final=True)
+        # Only trials Tune reported finished: when a sweep is interrupted, Tune saves its state and then marks the
+        # trials it stops TERMINATED, but resumes them later from their Train runs (pruning them broke that).
+        self._prune(sorted(self._due), final=True)
         self._sample(force=True)
 
     # --- work
@@ -336,7 +353,7 @@ class DiskBudget(Callback):
             self.record["pruned_checkpoints"] += len(prune_trial(self.exp, tid, metric=self.metric))
             self._ended.add(tid)
         refs = self._refs.collect(self.exp)
-        for tid in sorted(self._ended if final else trial_ids):
+        for tid in sorted((self._ended | self._failed) if final else trial_ids):
             self.record["freed_files_bytes"] += collect_garbage(self.exp, tid, refs=refs)
         self._sample(force=True)
 

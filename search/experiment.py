@@ -124,15 +124,19 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
     check_pbt(scheduler=scheduler, searcher=searcher, storage=trial.storage)
     local_exp = st.local / "experiments" / name if st.is_local else None
     log = bool(progress and live_title) or quiet     # the table owns the terminal: Ray's console output to a file
+    watch = ctrl_c_watch()
     if tune.Tuner.can_restore(exp):
-        return _fit(restore(exp, trainable, max_failures=max_failures, retry_errored=retry_errored),
-                    st=st, name=name, log=log)
+        tuner = restore(exp, trainable, max_failures=max_failures, retry_errored=retry_errored)
+        run_config = tuner._local_tuner.get_run_config()              # Ray 2.60: the unpickled RunConfig
+        run_config.callbacks = [*(run_config.callbacks or []), watch]
+        return _fit(tuner, st=st, name=name, log=log, watch=watch)
     loop = trial.to_dict()                           # the trial side rebuilds it: TrialConfig.from_dict
     space = {"loop": loop, "resources": resources.as_dict(), "experiment": name, "params": params,
              "metric": metric,                       # Train keeps each trial's best checkpoint by it
              "tune_checkpoints": scheduler == "pbt"}  # PBT exploits Tune checkpoints: trainables/tune_bridge.py
     callbacks = _callbacks(name=name, trial=trial, resources=resources, metric=metric, budget=budget,
                            local_exp=local_exp, live_title=live_title, total_trials=total_trials or num_samples)
+    callbacks.append(watch)
     run_config = tune.RunConfig(name=name, storage_path=st.join("experiments"),
                                 verbose=0 if (live_title or not progress) else 1, callbacks=callbacks,
                                 failure_config=tune.FailureConfig(
@@ -150,17 +154,58 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
          "searcher": searcher, "scheduler": scheduler, "metric": metric, "resources": resources.as_dict(),
          "disk_budget": budget, "pbt": pbt, "early_stopping": early_stopping, "time_budget_s": time_budget_s},
         indent=1, default=str).encode())
-    return _fit(tuner, st=st, name=name, log=log)
+    return _fit(tuner, st=st, name=name, log=log, watch=watch)
 
 
 LOG = "driver.log"
 
 
-def _fit(tuner, *, st: Storage, name: str, log: bool):
+def ctrl_c_watch():
+    """A Tune callback that sees whether Ctrl-C (SIGINT, or SIGUSR1) ended the experiment. Tune catches the first such
+    signal itself: it saves the experiment, stops the trials and returns from ``fit()`` as if the sweep had ended
+    (the CLI would print a table of unfinished trials and exit 0). When Tune's run starts, its handler is installed
+    (``setup`` records it); the handler puts the previous one back when it fires, and only then."""
+    import signal
+
+    from ray.tune import Callback
+
+    class CtrlCWatch(Callback):
+        tune_handler = None
+
+        def setup(self, **info):
+            self.tune_handler = signal.getsignal(signal.SIGINT)
+
+        def __getstate__(self):                      # pickled with the experiment: a handler is not picklable
+            return {}
+
+        def interrupted(self, before) -> bool:
+            return self.tune_handler not in (None, before) and signal.getsignal(signal.SIGINT) is before
+    return CtrlCWatch()
+
+
+def fit_or_interrupt(tuner, watch=None):
+    """``tuner.fit()``; KeyboardInterrupt when ``watch`` (``ctrl_c_watch``, one of the tuner's callbacks) saw Ctrl-C
+    end it. The SIGINT handler from before is put back either way."""
+    import signal
+    import threading
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        result = tuner.fit()
+        stopped = bool(main and watch is not None and watch.interrupted(before))
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, before)
+    if stopped:
+        raise KeyboardInterrupt("the sweep was interrupted")
+    return result
+
+
+def _fit(tuner, *, st: Storage, name: str, log: bool, watch=None):
     """``tuner.fit()``; with ``log``, what Ray, Tune and the libraries print goes to ``experiments/NAME/driver.log``
     under the storage (a URI storage: copied up at the end), named on stderr at the end."""
     if not log:
-        return tuner.fit()
+        return fit_or_interrupt(tuner, watch)
     import sys
     import tempfile
 
@@ -168,7 +213,7 @@ def _fit(tuner, *, st: Storage, name: str, log: bool):
     local = st.local / "experiments" / name / LOG if st.is_local else Path(tempfile.mkdtemp(prefix="bam-log-")) / LOG
     try:
         with console_to_log(local):
-            return tuner.fit()
+            return fit_or_interrupt(tuner, watch)
     finally:
         if not st.is_local and local.is_file():
             st.write_bytes("experiments", name, LOG, data=local.read_bytes())

@@ -138,6 +138,7 @@ def test_the_callback_prunes_ended_trials_and_records_the_bytes(tmp_path):
     assert len(rec["samples"]) >= 3 and not warnings
     # over the budget: one warning line naming the flag
     cb.budget = 1000
+    cb.on_trial_complete(0, [], _trial("T2"))
     cb.on_experiment_end([_trial("T1"), _trial("T2")])
     assert len(B.trial_checkpoints(exp, "T2")) == 1
     assert len(warnings) == 1 and "--disk-budget" in warnings[0] and "\n" not in warnings[0]
@@ -185,3 +186,58 @@ def test_a_grid_sweeps_disk_budget_counts_every_combination(tmp_path):
     with pytest.raises(UserError, match=r"--disk-budget .* 4 trials"):
         plan_sweep(build_parser().parse_args([*argv, "--disk-budget", str(one + 1)]))
     plan_sweep(build_parser().parse_args([*argv, "--disk-budget", str(10 * one)]))       # room for all four
+
+
+def _two_checkpoints(exp: Path, tid: str) -> list[Path]:
+    """A trial as Train leaves it with num_to_keep=1: its best checkpoint and a worse latest one (named by Train's
+    checkpoint_manager_snapshot.json, which a resumed Train run restores from)."""
+    run = exp / "train" / f"train-{tid}"
+    out = [ckpt(run / "checkpoint-step0000010", step=10, metrics={"glue_avg": 9.0}),
+           ckpt(run / "checkpoint-step0000020", step=20, metrics={"glue_avg": 5.0})]
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(
+        {"checkpoint_results": [{"checkpoint_dir_name": c.name} for c in out],
+         "latest_checkpoint_result": {"checkpoint_dir_name": out[-1].name}}))
+    return out
+
+
+def test_an_interrupted_sweep_leaves_its_cut_off_trials_resumable(tmp_path):
+    """Ctrl-C: Tune saves the experiment with the running trial unfinished, then stops it, marking it TERMINATED
+    without on_trial_complete, and calls on_experiment_end. Its latest checkpoint must survive: resume continues
+    from it (stop 28 lost one, and the resumed trial failed with CheckpointManagerInitializationError)."""
+    exp = tmp_path / "exp"
+    cb = B.DiskBudget(experiment_dir=exp, metric="glue_avg", budget=None, grace_s=0, sample_every_s=0)
+    cb.setup()
+    want = _two_checkpoints(exp, "CUT")
+    cb.on_step_begin(0, [types.SimpleNamespace(trial_id="CUT", status="RUNNING")])
+    cb.on_step_end(0, [])
+    cb.on_experiment_end([_trial("CUT")])                       # status TERMINATED, as Tune's cleanup sets it
+    assert B.trial_checkpoints(exp, "CUT") == want
+
+
+def test_a_failed_trial_keeps_what_train_recorded_for_retry_errored(tmp_path):
+    exp = tmp_path / "exp"
+    cb = B.DiskBudget(experiment_dir=exp, metric="glue_avg", budget=None, grace_s=0, sample_every_s=0)
+    cb.setup()
+    want = _two_checkpoints(exp, "BAD")
+    orphan = artifact(exp, "BAD", "snapshots", "step5.pt")                # referred to by no checkpoint
+    cb.on_trial_error(0, [], types.SimpleNamespace(trial_id="BAD", status="ERROR"))
+    cb.on_step_end(0, [])
+    cb.on_experiment_end([types.SimpleNamespace(trial_id="BAD", status="ERROR")])
+    assert B.trial_checkpoints(exp, "BAD") == want and not orphan.exists()
+
+
+def test_a_resumed_sweep_prunes_trials_that_had_finished_before_it(tmp_path):
+    """A driver killed before it pruned a finished trial: the resumed sweep prunes it at its first step, and
+    leaves the trials Tune restored as unfinished alone."""
+    exp = tmp_path / "exp"
+    done = _two_checkpoints(exp, "DONE")
+    cut = _two_checkpoints(exp, "CUT")
+    cb = B.DiskBudget(experiment_dir=exp, metric="glue_avg", budget=None, grace_s=0, sample_every_s=0)
+    cb = __import__("pickle").loads(__import__("pickle").dumps(cb))         # as Tune restores it
+    cb.setup()
+    trials = [_trial("DONE"), types.SimpleNamespace(trial_id="CUT", status="PENDING")]
+    cb.on_step_begin(0, trials)
+    cb.on_step_end(0, trials)
+    assert B.trial_checkpoints(exp, "DONE") == done[:1] and B.trial_checkpoints(exp, "CUT") == cut
+    cb.on_experiment_end(trials)
+    assert B.trial_checkpoints(exp, "CUT") == cut

@@ -2,6 +2,7 @@
 finished ones or losing any trial's result rows (real Ray, tiny model)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,3 +93,59 @@ def test_killed_sweep_resumes_to_num_samples(tmp_path, cache_dir):
                [{k: json.dumps(v) for k, v in rep.items()} for rep in reported], trial_id
     ids = [rows(d)[0]["trial_id"] for d in final]
     assert len(set(ids)) == 5
+
+
+def named_by_train(run: Path) -> set[str]:
+    """The checkpoint folders a Train run's ``checkpoint_manager_snapshot.json`` names (what a resumed run restores)."""
+    snap = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    names = {r["checkpoint_dir_name"] for r in snap["checkpoint_results"]}
+    latest = snap.get("latest_checkpoint_result")
+    return names | ({latest["checkpoint_dir_name"]} if latest else set())
+
+
+def test_ctrl_c_mid_trial_resumes_to_the_end(tmp_path, cache_dir):
+    """SIGINT (Ctrl-C, ``pkill -INT``) while a trial holds two checkpoints (best and a worse latest): Tune saves the
+    experiment, stops the trial and ends the experiment's callbacks. The disk budget must leave the trial's Train
+    run as Train recorded it, or ``resume`` fails (stop 28: CheckpointManagerInitializationError)."""
+    base = [sys.executable, "-m", "search.cli"]
+    args = ["sweep", "smoke", "--tasks", TASKS, "--model", "tiny", "--num-samples", "2", "--scheduler", "none",
+            "--searcher", "random", "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "ctrlc",
+            "--set", "teacher.use=false", "--quiet", "--no-wandb"]
+    exp = tmp_path / "experiments" / "ctrlc"
+    for attempt in range(3):                           # the latest checkpoint is worse than the best: usually at once
+        log = tmp_path / f"sweep{attempt}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(base + args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        cut, deadline = None, time.time() + 600
+        while time.time() < deadline and proc.poll() is None and cut is None:
+            reported = recorded(exp) if (exp / "reports").is_dir() else {}
+            for run in sorted((exp / "train").glob("train-*")) if (exp / "train").is_dir() else []:
+                got = reported.get(run.name[len("train-"):]) or []
+                done = bool(got) and got[-1].get("progress") == 1.0
+                if not done and len([c for c in run.glob("checkpoint-*") if (c / "checksums.json").is_file()]) >= 2:
+                    cut = run
+            time.sleep(0.1)
+        if cut is not None:
+            break
+        proc.kill() if proc.poll() is None else None
+        proc.wait()
+        shutil.rmtree(exp, ignore_errors=True)
+    assert cut is not None and proc.poll() is None, log.read_text()[-3000:]
+    os.kill(proc.pid, signal.SIGINT)                   # the driver only, as `pkill -INT -f` does
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the sweep did not stop within 300 s of SIGINT:\n" + log.read_text()[-3000:])
+    # Tune returns normally after Ctrl-C; the command does not: 130, and how to go on
+    assert proc.returncode == 130 and "bam-search resume" in log.read_text(), log.read_text()[-3000:]
+    on_disk = {c.name for c in cut.glob("checkpoint-*")}
+    assert named_by_train(cut) <= on_disk, (named_by_train(cut), on_disk)
+    assert json.loads((exp / "bam_disk.json").read_text())["pruned_checkpoints"] == 0     # no trial had finished
+
+    r = subprocess.run(base + ["resume", "ctrlc", "--storage", str(tmp_path), "--quiet"], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    final = trials(exp)
+    assert len(final) == 2 and all(rows(d) and rows(d)[-1]["progress"] == 1.0 for d in final), \
+        {d.name: len(rows(d)) for d in final}

@@ -1,0 +1,33 @@
+"""bench/quality.py gives the compact arms and Lu et al.'s sequential arm their own epochs and evaluations (stop 28:
+at the students' 3 epochs the compact arms were unconverged and the sequential arm never reached RTE in 2 of 3
+runs), and every other student arm the shared budget."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import quality  # noqa: E402
+
+
+def test_each_arm_gets_its_own_budget(tmp_path):
+    budget = quality.Budget(tasks=("syn_noisy", "syn_pairmatch"), model="tiny", seeds=2, trials=2, epochs=3.0,
+                            max_train_examples=100, max_dev_examples=50, max_length=64, lr=1e-4, pooling="mean",
+                            evals=6, compact_epochs=10.0, compact_evals=10, sequential_epochs=6.0,
+                            sequential_evals=36)
+    p = quality.Protocol(budget=budget, storage=tmp_path, glue_dir=None, rates=quality.DEFAULT_RATES["tiny"])
+    got = {k: p.student_recipe(k) for k, arm in quality.ARMS.items() if arm.kind == "student"}
+    for key, r in got.items():
+        want = {"lu_sequential": (6.0, 36)}.get(key, (10.0, 10) if quality.ARMS[key].compact else (3.0, 6))
+        assert (r["optim"]["epochs"], r["evals"]) == want, key
+        assert r["optim"]["lr"] == 1e-4, key
+    assert got["lu_sequential"]["switch"]["order"] == ["syn_noisy", "syn_pairmatch"]
+    assert all(got[k]["student"]["num_layers"] == 3 for k in ("multitask_l3", "bam_l3", "kd_switch_l3"))
+
+
+def test_the_defaults_and_quick_set_them(tmp_path):
+    args = quality.parse_args(["--quick", "--storage", str(tmp_path)])
+    budget, _, _ = quality.configure(args)
+    assert (budget.compact_epochs, budget.compact_evals) == (budget.epochs, budget.evals)      # --quick: as students
+    assert (budget.sequential_epochs, budget.sequential_evals) == (budget.epochs, 3 * budget.evals)
+    full, _, _ = quality.configure(quality.parse_args(["--storage", str(tmp_path), "--glue-dir", str(tmp_path)]))
+    assert (full.compact_epochs, full.compact_evals, full.sequential_epochs, full.sequential_evals) == (10, 10, 6, 36)
