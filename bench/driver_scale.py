@@ -206,7 +206,8 @@ def child_cpu(match: str) -> float:
 
 # ------------------------------------------------------------------------------------------------ the sweep
 
-def product_callbacks(*, name: str, storage: str, exp: Path, max_concurrent: int, total: int, live: bool) -> tuple:
+def product_callbacks(*, name: str, storage: str, exp: Path, max_concurrent: int, total: int, live: bool,
+                      shared: bool = False, tune_tensorboard: bool = False) -> tuple:
     """The callback objects ``run_experiment`` builds for a sweep (``_callbacks``), plus ``trial_retries``."""
     from search.budget import parse_size
     from search.experiment import _callbacks, trial_retries, wandb_settings
@@ -215,7 +216,10 @@ def product_callbacks(*, name: str, storage: str, exp: Path, max_concurrent: int
     trial = TrialConfig(recipe=base_recipe(), job="student", storage=storage, wandb=wandb_settings(storage))
     resources = Resources(workers=1, cpus_per_worker=1.0, use_gpu=False, max_concurrent=max_concurrent)
     cbs = _callbacks(name=name, trial=trial, resources=resources, metric="glue_avg", budget=parse_size("20GB"),
-                     local_exp=exp, live_title=f"sweep {name}" if live else None, total_trials=total)
+                     local_exp=exp, live_title=f"sweep {name}" if live else None, total_trials=total,
+                     shared=shared)
+    if tune_tensorboard:                            # Tune then adds its own TBXLoggerCallback
+        cbs = [c for c in cbs if type(c).__name__ != "TensorBoardLogger"]
     return [*cbs, trial_retries(1)], trial
 
 
@@ -248,7 +252,8 @@ def run_sweep(args, storage: Path, timings: Timings) -> dict:
     name = "driver-scale"
     exp = storage / "experiments" / name
     callbacks, trial = product_callbacks(name=name, storage=str(storage), exp=exp, max_concurrent=args.concurrent,
-                                         total=args.trials, live=args.live)
+                                         total=args.trials, live=args.live, shared=args.budget_shared,
+                                         tune_tensorboard=args.tune_tensorboard)
     start_ray()
     space = load_space("spaces/demo.yaml", base_recipe=trial.recipe.to_dict())
     param_space = {"loop": trial.to_dict(), "resources": {"workers": 1, "cpus_per_worker": 1.0, "use_gpu": False},
@@ -345,6 +350,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-per-trial", type=float, default=0.05)
     ap.add_argument("--scheduler", default="none", choices=["asha", "median", "none"])
     ap.add_argument("--no-live", dest="live", action="store_false", help="without the live table")
+    ap.add_argument("--budget-shared", action="store_true",
+                    help="the disk budget reads every trial's checkpoints for each collection, as under PBT "
+                         "(the product does it only with --scheduler pbt)")
+    ap.add_argument("--tune-tensorboard", action="store_true",
+                    help="Tune's own TBXLoggerCallback in place of the product's TensorBoardLogger")
     ap.add_argument("--storage", help="default: a temporary folder, deleted after")
     ap.add_argument("--out", help="the JSON summary (default: under a temporary folder)")
     ap.add_argument("--profile", help="write a cProfile of the driver (tuner.fit) here (pstats format)")

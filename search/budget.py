@@ -261,8 +261,12 @@ class DiskBudget(Callback):
     """Prunes ended trials, collects unreferenced files, samples the experiment's bytes on disk."""
 
     def __init__(self, *, experiment_dir: str | Path, metric: str, budget: int | None, grace_s: float = 5.0,
-                 sample_every_s: float = 1.0, warn=None):
+                 sample_every_s: float = 1.0, warn=None, shared: bool = True):
         self.exp = Path(experiment_dir)
+        # shared: another trial's checkpoint may refer to a trial's files (PBT: a receiver's inherited copy and the
+        # Train runs resumed from it name the donor's snapshots). Without PBT only a trial's own checkpoints do,
+        # and a result never reads the rest of the experiment (issue 19: O(trials) folders per result).
+        self.shared = shared
         self.metric, self.budget, self.grace_s, self.sample_every_s = metric, budget, grace_s, sample_every_s
         self._warn = warn
         self._refs = References()
@@ -280,7 +284,7 @@ class DiskBudget(Callback):
         return {**self.__dict__, "_refs": References(), "_warn": None, "_restored": None}
 
     def __setstate__(self, state):                       # an experiment pickled by an older version lacks some
-        self.__dict__.update({"_failed": set(), "_restored": None, **state})
+        self.__dict__.update({"_failed": set(), "_restored": None, "shared": True, **state})
 
     # --- Tune hooks
 
@@ -345,16 +349,18 @@ class DiskBudget(Callback):
         own = self._refs.of(trial_checkpoints(self.exp, trial_id))
         if all(os.path.realpath(f) in own for f in files):
             return 0
-        return collect_garbage(self.exp, trial_id, refs=self._refs.collect(self.exp), newer_than_ns=guard)
+        refs = self._refs.collect(self.exp) if self.shared else own
+        return collect_garbage(self.exp, trial_id, refs=refs, newer_than_ns=guard)
 
     def _prune(self, trial_ids: list[str], *, final: bool = False) -> None:
         for tid in trial_ids:
             self._due.pop(tid, None)
             self.record["pruned_checkpoints"] += len(prune_trial(self.exp, tid, metric=self.metric))
             self._ended.add(tid)
-        refs = self._refs.collect(self.exp)
+        refs = self._refs.collect(self.exp) if self.shared or final else None
         for tid in sorted((self._ended | self._failed) if final else trial_ids):
-            self.record["freed_files_bytes"] += collect_garbage(self.exp, tid, refs=refs)
+            mine = refs if refs is not None else self._refs.of(trial_checkpoints(self.exp, tid))
+            self.record["freed_files_bytes"] += collect_garbage(self.exp, tid, refs=mine)
         self._sample(force=True)
 
     def _sample(self, *, force: bool = False) -> None:

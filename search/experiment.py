@@ -135,7 +135,8 @@ def run_experiment(*, name: str, trial: TrialConfig, params: dict, resources: Re
              "metric": metric,                       # Train keeps each trial's best checkpoint by it
              "tune_checkpoints": scheduler == "pbt"}  # PBT exploits Tune checkpoints: trainables/tune_bridge.py
     callbacks = _callbacks(name=name, trial=trial, resources=resources, metric=metric, budget=budget,
-                           local_exp=local_exp, live_title=live_title, total_trials=total_trials or num_samples)
+                           local_exp=local_exp, live_title=live_title, total_trials=total_trials or num_samples,
+                           shared=scheduler == "pbt")
     callbacks.append(watch)
     run_config = tune.RunConfig(name=name, storage_path=st.join("experiments"),
                                 verbose=0 if (live_title or not progress) else 1, callbacks=callbacks,
@@ -251,8 +252,9 @@ def trial_retries(max_failures: int):
 
 
 def _callbacks(*, name: str, trial: TrialConfig, resources: Resources, metric: str, budget: int | None,
-               local_exp: Path | None, live_title: str | None, total_trials: int) -> list:
-    """W&B runs (unless off), the live table (with ``live_title``), the disk budget (local storage)."""
+               local_exp: Path | None, live_title: str | None, total_trials: int, shared: bool = True) -> list:
+    """W&B runs (unless off), the live table (with ``live_title``), TensorBoard files, the disk budget (local storage; ``shared``:
+    trials may refer to each other's files, as under PBT)."""
     callbacks = []
     if trial.wandb:
         from .tracking import WandbTrials
@@ -261,9 +263,14 @@ def _callbacks(*, name: str, trial: TrialConfig, resources: Resources, metric: s
         from .progress import LiveTable
         callbacks.append(LiveTable(title=live_title, total_trials=total_trials,
                                    concurrency=resources.max_concurrent, metric=metric))
+    try:                                             # Tune's TensorBoard files, cheaper for the driver (issue 19)
+        from .tensorboard_log import TensorBoardLogger
+        callbacks.append(TensorBoardLogger())
+    except ImportError:                              # no tensorboardX: Tune writes none either
+        pass
     if local_exp is not None:                        # ended trials keep their best checkpoint; bytes sampled
         from .budget import DiskBudget
-        callbacks.append(DiskBudget(experiment_dir=local_exp, metric=metric, budget=budget))
+        callbacks.append(DiskBudget(experiment_dir=local_exp, metric=metric, budget=budget, shared=shared))
     return callbacks
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class LiveTable(Callback):
         self.durations: list[float] = []
         self.live = None
         self.console = console
+        self._lock = threading.Lock()              # rows change in Tune's thread, are drawn in rich's
 
     def setup(self, **info):
         from rich.console import Console
@@ -31,16 +33,18 @@ class LiveTable(Callback):
         self.console = self.console or Console(file=terminal())
         if self.console.is_terminal:
             # redirect_stdout off: prints of Tune and the libraries go to console_to_log's file, not above the table
-            self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False,
+            self.live = Live(_Lazy(self._render), console=self.console, refresh_per_second=2, transient=False,
                              redirect_stdout=False, redirect_stderr=False)
             self.live.start()
 
     def __getstate__(self):                        # Tune pickles callbacks with the experiment
-        return {**self.__dict__, "live": None, "console": None}
+        return {**self.__dict__, "live": None, "console": None, "_lock": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update({**state, "_lock": threading.Lock()})
 
     def _update(self):
-        if self.live is not None:
-            self.live.update(self._render())
+        """Nothing to do on a terminal: the refresh thread draws the rows as they are (``_Lazy``)."""
 
     def _plain(self, tid: str | None, text: str) -> None:
         if self.live is None and self.console is not None:
@@ -69,22 +73,37 @@ class LiveTable(Callback):
         best = f"best {max(scored)[0]:.2f} ({max(scored)[1]})" if scored else "best -"
         return best + (f"; errored: {', '.join(errored)}" if errored else "")
 
+    def _shown(self) -> tuple[list[tuple[str, dict]], str]:
+        """The rows that fit the terminal (all of them when they do), in trial order, and a note on the rest."""
+        rows = sorted(self.rows.items())
+        room = max(8, (self.console.height if self.console is not None else 40) - 8)
+        if len(rows) <= room:
+            return rows, ""
+        order = {"RUNNING": 0, "ERROR": 1}
+        ranked = sorted(rows, key=lambda kv: (order.get(kv[1]["state"], 2 if kv[1]["best"] is not None else 3),
+                                              -(kv[1]["best"] or 0.0), kv[0]))
+        shown = sorted(ranked[:room - 1])
+        left = [r["state"] for _, r in ranked[room - 1:]]
+        counts = ", ".join(f"{left.count(k)} {k.lower()}" for k in sorted(set(left)))
+        return shown, f"… {len(left)} more trials not shown ({counts})"
+
     def _render(self):
         from rich.table import Table
-        t = Table(title=f"{self.title}  (elapsed {int(time.time() - self.started)}s, ETA {self._eta()}; "
-                        f"{self._best()})")
-        cells = [(tid, r["state"], f"{r['iter']}/{r['evals'] or '?'}",
-                  f"{r['metric']:.2f}" if r["metric"] is not None else "-",
-                  f"{r['best']:.2f}" if r["best"] is not None else "-", _count(r.get("switched", "")))
-                 for tid, r in sorted(self.rows.items())]
+        with self._lock:
+            shown, more = self._shown()
+            t = Table(title=f"{self.title}  (elapsed {int(time.time() - self.started)}s, ETA {self._eta()}; "
+                            f"{self._best()})", caption=more or None)
+            cells = [(tid, r["state"], f"{r['iter']}/{r['evals'] or '?'}",
+                      f"{r['metric']:.2f}" if r["metric"] is not None else "-",
+                      f"{r['best']:.2f}" if r["best"] is not None else "-", _count(r.get("switched", "")),
+                      r.get("params", "")) for tid, r in shown]
         heads = ("trial", "state", "evals", self.metric, "best", "switched")      # switched: tasks on KD
         used = sum(max([len(h), *(len(c[i]) for c in cells)]) + 3 for i, h in enumerate(heads)) + 4
         room = max(12, (self.console.width if self.console is not None else 120) - used)
         widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(heads)]
         for col, w in zip((*heads, "params"), (*widths, None)):   # one line per trial: the parameters get the rest
             t.add_column(col, no_wrap=True, min_width=w)
-        for c, (_, r) in zip(cells, sorted(self.rows.items())):
-            params = r.get("params", "")
+        for *c, params in cells:
             t.add_row(*c, params if len(params) <= room else params[:room - 1] + "…")
         return t
 
@@ -93,7 +112,8 @@ class LiveTable(Callback):
         short = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                           for k, v in params.items())
         evals = (trial.config.get("loop") or {}).get("recipe", {}).get("evals")
-        return self.rows.setdefault(trial.trial_id, {"state": "PENDING", "iter": 0, "metric": None, "best": None,
+        with self._lock:
+            return self.rows.setdefault(trial.trial_id, {"state": "PENDING", "iter": 0, "metric": None, "best": None,
                                                      "params": short, "t0": time.time(), "evals": evals})
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -135,9 +155,8 @@ class LiveTable(Callback):
         self._finish(trial, "ERROR")
 
     def on_experiment_end(self, trials, **info):
-        self._update()
         if self.live is not None:
-            self.live.stop()
+            self.live.stop()                          # draws the last frame
         else:
             self._plain(None, f"ended; {self._best()}")
 
@@ -191,3 +210,13 @@ def console_to_log(path: Path):
 
 def phase(console, n: int, total: int, text: str) -> None:
     console.rule(f"[bold]phase {n}/{total}: {text}")
+
+
+class _Lazy:
+    """A renderable that asks for the table when rich draws it (at its refresh rate), not when a result comes."""
+
+    def __init__(self, render):
+        self.render = render
+
+    def __rich__(self):
+        return self.render()

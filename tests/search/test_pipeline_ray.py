@@ -109,6 +109,7 @@ def test_sweep_asha_best_train_report(storage):
         "--disk-budget", str(BUDGET), "--set", f"evals={EVALS}")
     trials = [d for d in exp.iterdir() if (d / "params.json").exists()]
     assert len(trials) == TRIALS
+    assert all(list(d.glob("events.out.tfevents.*")) for d in trials)      # TensorBoard files, as Tune writes
     rows = {d.name: [json.loads(l) for l in (d / "result.json").read_text().splitlines()] for d in trials}
     assert all(1 <= len(v) <= EVALS for v in rows.values())
     assert any(len(v) < EVALS for v in rows.values()), "ASHA stopped no trial early"

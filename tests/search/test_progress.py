@@ -86,3 +86,36 @@ def test_console_to_log_takes_rays_output_and_leaves_stderr(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "Configuration" not in captured.out and captured.out == "after\n"
     assert "kept on the console" in captured.err and "operation took" not in captured.err
+
+
+def test_a_large_sweep_shows_what_fits_and_draws_at_the_refresh_rate_not_per_result():
+    """256 trials on a 30-line terminal: running and errored trials and the best finished ones are drawn, the rest
+    counted in one line; results do not draw the table (rich's refresh thread does, twice a second)."""
+    import time
+    out = io.StringIO()
+    table = LiveTable(title="sweep", total_trials=256, concurrency=32,
+                      console=Console(file=out, force_terminal=True, width=120, height=30, color_system=None))
+    table.setup()
+    renders = []
+    real = table._render
+    table._render = lambda: renders.append(1) or real()
+    trials = [trial(f"t{i:03d}", **{"optim.lr": 1e-4 * (i + 1)}) for i in range(256)]
+    t0 = time.monotonic()
+    for i, t in enumerate(trials[:250]):                     # 250 finished, score i / 10
+        table.on_trial_start(0, [], t)
+        table.on_trial_result(0, [], t, {"training_iteration": 8, "glue_avg": i / 10})
+        table.on_trial_complete(0, [], t) if i != 7 else table.on_trial_error(0, [], t)
+    for t in trials[250:]:                                   # 6 running
+        table.on_trial_start(0, [], t)
+        table.on_trial_result(0, [], t, {"training_iteration": 2, "glue_avg": 1.0})
+    elapsed = time.monotonic() - t0
+    assert len(renders) <= 2 * elapsed + 2, (len(renders), elapsed)
+    shown, more = table._shown()
+    ids = [tid for tid, _ in shown]
+    assert len(shown) == 30 - 8 - 1 and ids == sorted(ids)
+    assert {f"t{i}" for i in range(250, 256)} <= set(ids) and "t007" in ids     # running, errored
+    assert "t249" in ids and "t248" in ids and "t000" not in ids                 # the best finished
+    assert more == "… 235 more trials not shown (235 done)"
+    table.on_experiment_end([])
+    last = out.getvalue()[out.getvalue().rindex("┏"):]
+    assert "235 more trials not shown" in last and "t249" in last and "t000" not in last
