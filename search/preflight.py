@@ -605,6 +605,29 @@ def sweep_settings(args, space: dict) -> dict[str, tuple]:
     return out
 
 
+def _check_sequential_early_stops(space: dict, recipe: Recipe, sw: dict, *, given: bool) -> None:
+    """A scheduler that stops trials by comparing them mid-run (asha, median, pbt) on an average (``glue_avg``)
+    cannot rank a ``switch.mode: sequential`` trial: until its last task joins, it reports the average over the
+    tasks joined so far (a model never trained on a task has no score for it), which other trials report over
+    all their tasks. Refused before Ray: the fix is ``--scheduler none`` (every trial runs its whole budget and
+    ``status``/``best`` rank only evaluations of every task) or a fixed ``switch.mode``."""
+    (scheduler, sched_from), (metric, _) = sw["scheduler"], sw["metric"]
+    if scheduler not in ("asha", "median", "pbt") or "/" in metric or len(recipe.tasks) < 2:
+        return
+    spec = space["parameters"].get("switch.mode") or {}
+    if "sequential" in (spec.get("values") or []):
+        where = f"{space['where'].get('switch.mode', space['path'])}: switch.mode samples sequential"
+    elif recipe.switch.mode == "sequential" and "switch.mode" not in space["parameters"]:
+        where = "switch.mode: sequential"
+    else:
+        return
+    origin = sched_from if given or sched_from != "--scheduler" else "the default of --scheduler"
+    raise UserError(f"{where}, which scheduler {scheduler} ({origin}) cannot rank: it stops trials early by "
+                    f"comparing their {metric}, and a sequential trial averages only the tasks joined so far, the "
+                    f"others all {len(recipe.tasks)}; use --scheduler none (status and best then rank only "
+                    f"evaluations of every task) or fix switch.mode")
+
+
 def _early_stopping(sw: dict, recipe: Recipe) -> dict | None:
     """The grace period and reduction factor (``sweep_settings``), checked against the scheduler and the
     recipe's evaluations; a space's hyperband ``max_iter`` must be those evaluations (ASHA's max_t)."""
@@ -798,6 +821,7 @@ def plan_sweep(args) -> Plan:
                            given=given_by(args.set, *(["model"] if args.model else [])), prefix=("base",))
     check_metric(metric, recipe, space, source=metric_from)
     early = _early_stopping(sw, recipe)
+    _check_sequential_early_stops(space, recipe, sw, given=args.scheduler is not None)
     check_data(recipe)
     check_model_loadable(recipe, where="--model" if args.model else "model")
     check_model(recipe)

@@ -58,3 +58,29 @@ def test_a_space_that_samples_pack_on_a_model_that_cannot_pack_is_refused(tmp_pa
                              "--tasks", "syn_noisy", "--storage", str(tmp_path / "st"), "--dry-run"])
     assert "packs.yaml:5" in line and "pack=True" in line and "distilbert" in line, line
     assert not (tmp_path / "st" / "experiments").exists()
+
+
+def test_early_stopping_on_an_average_is_refused_for_a_space_that_samples_sequential(tmp_path, capsys):
+    """ASHA compares trials at each rung by glue_avg; a sequential trial averages only the tasks joined so far
+    (a 90 on its first task against a joint trial's 66 over both), so the space's line and the fix are named."""
+    line = _refused(capsys, ["sweep", "kd_switch", "--tasks", "syn_noisy,syn_pairmatch", "--model", "tiny",
+                             "--storage", str(tmp_path)])
+    assert "spaces/kd_switch.yaml:15: switch.mode samples sequential" in line, line
+    assert "scheduler asha (the default of --scheduler)" in line and "--scheduler none" in line
+    line = _refused(capsys, ["sweep", "kd_switch", "--tasks", "syn_noisy,syn_pairmatch", "--model", "tiny",
+                             "--scheduler", "median", "--storage", str(tmp_path)])
+    assert "scheduler median (--scheduler)" in line
+    assert not (tmp_path / "experiments").exists()
+
+
+def test_a_space_whose_trials_are_all_sequential_is_refused_with_asha_and_runs_with_none(tmp_path, capsys):
+    space = tmp_path / "seq.yaml"
+    space.write_text("base:\n  teacher: {use: false}\n  switch: {criterion: patience, mode: sequential}\n"
+                     "parameters:\n  optim.lr: {values: [1.0e-4, 3.0e-4]}\n")
+    args = ["sweep", str(space), "--tasks", "syn_noisy,syn_pairmatch", "--model", "tiny", "--storage", str(tmp_path)]
+    line = _refused(capsys, args)
+    assert line.startswith("bam-search: error: switch.mode: sequential, which scheduler asha"), line
+    assert main([*args, "--scheduler", "none", "--dry-run"]) == 0
+    assert main(["sweep", str(space), "--tasks", "syn_noisy", "--model", "tiny", "--storage", str(tmp_path),
+                 "--dry-run"]) == 0                                              # one task: nothing to compare
+    assert main([*args, "--metric", "syn_noisy/score", "--dry-run"]) == 0      # the first task: always reported
