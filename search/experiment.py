@@ -263,11 +263,8 @@ def _callbacks(*, name: str, trial: TrialConfig, resources: Resources, metric: s
         from .progress import LiveTable
         callbacks.append(LiveTable(title=live_title, total_trials=total_trials,
                                    concurrency=resources.max_concurrent, metric=metric))
-    try:                                             # Tune's TensorBoard files, cheaper for the driver (issue 19)
-        from .tensorboard_log import TensorBoardLogger
-        callbacks.append(TensorBoardLogger())
-    except ImportError:                              # no tensorboardX: Tune writes none either
-        pass
+    from .tune_loggers import loggers                # Tune's result.json, progress.csv, TensorBoard: search/tune_loggers.py
+    callbacks.extend(loggers())
     if local_exp is not None:                        # ended trials keep their best checkpoint; bytes sampled
         from .budget import DiskBudget
         callbacks.append(DiskBudget(experiment_dir=local_exp, metric=metric, budget=budget, shared=shared))

@@ -1,4 +1,12 @@
-"""TensorBoard files for every trial, as Ray Tune writes them, at a fraction of the driver's cost (issue 19).
+"""Ray Tune's per-trial loggers (TensorBoard, result.json, progress.csv) as the product runs them.
+
+``JsonLogger`` and ``CsvLogger`` are Tune's own but keep rows a restarted trial would lose: when a trial with a
+Tune checkpoint restarts (every PBT exploit), Tune copies its result.json / progress.csv from the storage over
+the driver's staging copy, which holds the rows reported since the last periodic sync; those rows were gone
+(a receiver's reports between two exploits). They restore from storage only when the staging copy is missing
+or shorter (a driver started afresh, say on another machine).
+
+TensorBoard, at a fraction of the driver's cost (issue 19):
 
 Tune's ``TBXLoggerCallback`` turns a result into one event per scalar (a student reports ~65), pushes each through
 a ``multiprocessing.Queue`` of 10 to a writer thread (the driver blocks when it is full) and fsyncs the file
@@ -10,7 +18,9 @@ own (Tune adds its default loggers only where none of their class is given).
 from __future__ import annotations
 
 import numpy as np
-from ray.tune.logger import TBXLoggerCallback
+from pathlib import Path
+
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.logger.tensorboardx import VALID_SUMMARY_TYPES
 from ray.tune.result import TIME_TOTAL_S, TIMESTEPS_TOTAL, TRAINING_ITERATION
 from ray.tune.utils import flatten_dict
@@ -56,3 +66,37 @@ class TensorBoardLogger(TBXLoggerCallback):
             super().log_trial_result(iteration, trial, {**other, TRAINING_ITERATION: result.get(TRAINING_ITERATION),
                                                         TIMESTEPS_TOTAL: result.get(TIMESTEPS_TOTAL)})
             self._trial_result[trial] = {**valid, **self._trial_result[trial]}
+
+
+class _KeepStaged:
+    """``_restore_from_remote`` that keeps the driver's staging copy when it holds at least what storage holds."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        local = Path(trial.local_path, file_name)
+        try:
+            remote = trial.storage.storage_filesystem.get_file_info(
+                Path(trial.storage.trial_fs_path, file_name).as_posix()).size
+        except Exception:  # noqa: BLE001 - no remote copy to compare: Tune's own handling
+            remote = None
+        if local.is_file() and (remote is None or local.stat().st_size >= remote):
+            return
+        super()._restore_from_remote(file_name, trial)
+
+
+class JsonLogger(_KeepStaged, JsonLoggerCallback):
+    pass
+
+
+class CsvLogger(_KeepStaged, CSVLoggerCallback):
+    pass
+
+
+def loggers() -> list:
+    """The loggers a sweep gets in place of Tune's defaults (TensorBoard only where tensorboardX is installed,
+    as Tune's)."""
+    out = [JsonLogger(), CsvLogger()]
+    try:
+        out.append(TensorBoardLogger())
+    except ImportError:
+        pass
+    return out

@@ -13,7 +13,7 @@ pytest.importorskip("tensorboardX")
 from ray.tune.logger import TBXLoggerCallback            # noqa: E402
 from tensorboardX.proto import event_pb2                  # noqa: E402
 
-from search.tensorboard_log import TensorBoardLogger     # noqa: E402
+from search.tune_loggers import CsvLogger, JsonLogger, TensorBoardLogger     # noqa: E402
 
 
 class Trial:                                               # what the loggers use of a Tune trial
@@ -97,7 +97,67 @@ def test_one_event_per_result_and_no_sync_per_result(tmp_path, monkeypatch):
     assert n_events == 1
 
 
-def test_tune_adds_no_tensorboard_logger_of_its_own():
+def test_tune_adds_no_logger_of_its_own():
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.utils.callback import _create_default_callbacks
-    cbs = _create_default_callbacks([TensorBoardLogger()])
-    assert sum(isinstance(c, TBXLoggerCallback) for c in cbs) == 1
+
+    from search.tune_loggers import loggers
+    cbs = _create_default_callbacks(loggers())
+    for cls in (TBXLoggerCallback, JsonLoggerCallback, CSVLoggerCallback):
+        assert sum(isinstance(c, cls) for c in cbs) == 1, cls
+
+
+class Restarted(Trial):
+    """A trial with a Tune checkpoint (as under PBT), staged on the driver and synced to a storage folder."""
+
+    def __init__(self, staging: Path, storage: Path):
+        import pyarrow.fs
+        super().__init__(staging)
+        self.checkpoint = object()
+        self.config = {"lr": 1e-3}
+        self.storage = type("S", (), {"trial_fs_path": str(storage),
+                                      "storage_filesystem": pyarrow.fs.LocalFileSystem()})()
+
+
+@pytest.mark.parametrize("cls,name", [("JsonLogger", "result.json"), ("CsvLogger", "progress.csv")])
+def test_a_restarted_trial_keeps_the_rows_reported_since_the_last_sync(tmp_path, cls, name):
+    """A PBT receiver restarts after its exploit: Tune copied the storage's result.json (synced every few minutes)
+    over the driver's, and the rows reported since the last sync were lost (a CI run lost a receiver's 4 reports
+    between two exploits). Ours keep the staging copy when it holds more, and restore from storage when it is
+    missing (a new driver)."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    import search.tune_loggers as L
+    tune_cls = {"JsonLogger": JsonLoggerCallback, "CsvLogger": CSVLoggerCallback}[cls]
+
+    def scenario(logger_cls, where):
+        trial = Restarted(where / "staging", where / "storage")
+        trial.init_local_path()
+        (where / "storage").mkdir(parents=True)
+        logger = logger_cls()
+        logger.log_trial_start(trial)
+        for i in range(1, 5):
+            logger.on_trial_result(i, [trial], trial, {"training_iteration": i, "glue_avg": float(i)})
+        import shutil
+        shutil.copy(where / "staging" / name, where / "storage" / name)         # the periodic sync
+        for i in range(5, 9):
+            logger.on_trial_result(i, [trial], trial, {"training_iteration": i, "glue_avg": float(i)})
+        logger.log_trial_start(trial)                                             # the restart after an exploit
+        logger.on_trial_result(9, [trial], trial, {"training_iteration": 9, "glue_avg": 9.0})
+        logger.log_trial_end(trial)
+        return (where / "staging" / name).read_text()
+
+    theirs = scenario(tune_cls, tmp_path / "tune")
+    ours = scenario(getattr(L, cls), tmp_path / "ours")
+    if cls == "JsonLogger":                                         # Tune's: rows 5-8 gone (the bug, as seen)
+        assert "8.0" not in theirs and "9.0" in theirs
+    assert all(f"{i}.0" in ours for i in range(1, 10))
+
+    trial = Restarted(tmp_path / "new-driver", tmp_path / "ours" / "storage")   # a driver started afresh
+    trial.init_local_path()
+    logger = getattr(L, cls)()
+    logger.log_trial_start(trial)
+    logger.on_trial_result(10, [trial], trial, {"training_iteration": 10, "glue_avg": 10.0})
+    logger.log_trial_end(trial)
+    text = (tmp_path / "new-driver" / name).read_text()
+    assert text.startswith((tmp_path / "ours" / "storage" / name).read_text()) and "10.0" in text
