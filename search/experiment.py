@@ -253,8 +253,8 @@ def trial_retries(max_failures: int):
 
 def _callbacks(*, name: str, trial: TrialConfig, resources: Resources, metric: str, budget: int | None,
                local_exp: Path | None, live_title: str | None, total_trials: int, shared: bool = True) -> list:
-    """W&B runs (unless off), the live table (with ``live_title``), TensorBoard files, the disk budget (local storage; ``shared``:
-    trials may refer to each other's files, as under PBT)."""
+    """W&B runs (unless off), the live table (with ``live_title``), Tune's loggers (``tune_loggers``), the disk
+    budget (local storage; ``shared``: trials may refer to each other's files, as under PBT)."""
     callbacks = []
     if trial.wandb:
         from .tracking import WandbTrials
@@ -263,7 +263,7 @@ def _callbacks(*, name: str, trial: TrialConfig, resources: Resources, metric: s
         from .progress import LiveTable
         callbacks.append(LiveTable(title=live_title, total_trials=total_trials,
                                    concurrency=resources.max_concurrent, metric=metric))
-    from .tune_loggers import loggers                # Tune's result.json, progress.csv, TensorBoard: search/tune_loggers.py
+    from .tune_loggers import loggers                # result.json, progress.csv, TensorBoard, in place of Tune's
     callbacks.extend(loggers())
     if local_exp is not None:                        # ended trials keep their best checkpoint; bytes sampled
         from .budget import DiskBudget

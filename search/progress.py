@@ -112,9 +112,10 @@ class LiveTable(Callback):
         short = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
                           for k, v in params.items())
         evals = (trial.config.get("loop") or {}).get("recipe", {}).get("evals")
+        new = {"state": "PENDING", "iter": 0, "metric": None, "best": None, "params": short, "t0": time.time(),
+               "evals": evals}
         with self._lock:
-            return self.rows.setdefault(trial.trial_id, {"state": "PENDING", "iter": 0, "metric": None, "best": None,
-                                                     "params": short, "t0": time.time(), "evals": evals})
+            return self.rows.setdefault(trial.trial_id, new)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         r = self._row(trial)

@@ -17,9 +17,9 @@ own (Tune adds its default loggers only where none of their class is given).
 """
 from __future__ import annotations
 
-import numpy as np
 from pathlib import Path
 
+import numpy as np
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.logger.tensorboardx import VALID_SUMMARY_TYPES
 from ray.tune.result import TIME_TOTAL_S, TIMESTEPS_TOTAL, TRAINING_ITERATION
