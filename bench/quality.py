@@ -655,6 +655,8 @@ class Protocol:
                 c = compare(runs=[r for r in runs if r["group"] in (base, cand)], baseline=base, candidate=cand,
                             tasks=tasks)
                 sig = [row["task"] for row in c["tasks"] if row["significant"] and row["delta"] > 0]
+                entry["tasks"] = {row["task"]: {"delta": row["delta"], "test": row.get("test"), "p": row.get("p"),
+                                                "p_holm": row.get("p_adj")} for row in c["tasks"]}
                 entry.update(value=c["glue_average"]["delta"], significant=sig,
                              met=c["glue_average"]["delta"] >= target and (min_sig is None or len(sig) >= min_sig))
             out[key] = entry
