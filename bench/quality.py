@@ -15,7 +15,8 @@ whole run) through the functions behind ``bam-search teachers / train / sweep / 
   *_l3           compact (XtremeDistil's setting): an --compact-layers student extracted from the same
                  model, distilled from the full-size teachers: multitask_l3, bam_l3, kd_switch_l3
   searched       a sweep of spaces/bam_full.yaml (Optuna TPE + ASHA whose first rung is half the run, not
-                 one early evaluation; ``q-sweep``), its best recipe retrained with --seeds seeds
+                 one early evaluation; ``q-sweep``), its best recipe retrained with --seeds seeds, the first
+                 after the best trial's own (``bam-search best --export``'s retrain command does the same)
 
 Phases run in this order: teachers, multitask, bam_linear, reference, multitask_l3, kd_switch_l3, kd_switch,
 bam_l3, lu_joint, lu_sequential, the sweep, searched (the pairs behind the target lines first; the reference,
@@ -440,14 +441,14 @@ class Protocol:
         recipe_from_dict(r, source=arm.recipe)
         return r
 
-    def run_train(self, group: str, recipe: dict) -> None:
+    def run_train(self, group: str, recipe: dict, *, first_seed: int = 0) -> None:
         from ray import tune
 
         from search.experiment import run_experiment
         from search.preflight import check_teachers
         trial = self._trial(recipe, job="student")
         check_teachers(self.storage_root, trial.recipe)
-        seeds = list(range(self.budget.seeds))
+        seeds = list(range(first_seed, first_seed + self.budget.seeds))
         run_experiment(name=self.experiment(group), trial=trial,
                        params={"seed": tune.grid_search(seeds)} if len(seeds) > 1 else {"seed": seeds[0]},
                        resources=self._resources(len(seeds)), num_samples=1, live_title=group,
@@ -485,6 +486,13 @@ class Protocol:
                  f"{json.dumps(top['params'], default=str)}")
         return recipe, path
 
+    def retrain_best(self) -> None:
+        """The sweep's best recipe on seeds after the best trial's own (as ``bam-search best --export`` writes its
+        retrain command): that trial was picked on the dev set the arms are scored on, and rerunning its seed
+        would repeat it exactly, luck included."""
+        recipe = self.best()[0]
+        self.run_train("searched", recipe, first_seed=int(recipe.get("seed") or 0) + 1)
+
     def _check_finished(self, group: str, expected: int) -> None:
         """After an experiment returns: every trial TERMINATED; an errored trial is a ``UserError`` (from
         ``experiment_done``); trials left pending or running mean Ctrl-C reached Tune, which returns normally."""
@@ -516,7 +524,7 @@ class Protocol:
                                       "lu_sequential"))]
         out.append(("sweep", f"sweep of {SPACE} ({b.trials} trials, ASHA)", self.run_sweep))
         out.append(("searched", f"the sweep's best recipe retrained ({b.seeds} seeds)",
-                    lambda: self.run_train("searched", self.best()[0])))
+                    lambda: self.retrain_best()))
         return out
 
     def run(self) -> dict:

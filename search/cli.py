@@ -22,8 +22,8 @@ EPILOG = """examples:
   bam-search list --storage runs
   bam-search status NAME --storage runs
   bam-search best NAME --export best.yaml --storage runs
-  bam-search train best.yaml --seeds 3 --storage runs
-  bam-search report NAME --storage runs
+  bam-search train best.yaml --seeds 3 --first-seed 1 --storage runs
+  bam-search report NAME --student TRAIN_NAME --storage runs
 """
 
 
@@ -166,7 +166,7 @@ def cmd_list(args) -> int:
 
 def cmd_best(args) -> int:
     from .preflight import storage_root
-    from .results import best_data, best_recipe, check_export, export_recipe, selected_lines, to_json
+    from .results import best_data, best_recipe, check_export, export_recipe, retrain_command, selected_lines, to_json
     storage = storage_root(args)
     if args.pareto:
         return _pareto(storage, args)
@@ -174,7 +174,7 @@ def cmd_best(args) -> int:
         check_export(args.export)                     # a folder or an unwritable path: one line, before anything
     recipe, top = best_recipe(storage, args.name)
     # the retrain command runs as printed: the same storage (its teachers) wherever it is run from
-    retrain = shlex.join(["bam-search", "train", str(args.export), "--seeds", "3", "--storage", str(storage)])
+    retrain = shlex.join(retrain_command(args.export, recipe, storage))
     if args.json:
         if args.export:
             export_recipe(recipe, args.export, command=retrain, source=f"best trial of {args.name}")
@@ -224,7 +224,7 @@ def cmd_demo(args) -> int:
     from .experiment import run_plan
     from .preflight import plan_demo
     from .progress import phase
-    from .results import best_recipe, demo_headline, export_recipe
+    from .results import best_recipe, demo_headline, export_recipe, retrain_command
     console, t0 = Console(), time.time()
     demo = plan_demo(args)
     storage, name, tasks = demo.sweep.storage, demo.sweep.name, demo.tasks
@@ -251,7 +251,7 @@ def cmd_demo(args) -> int:
         raise
     out = Path(storage) / "reports" / name
     recipe_path = out / "best_recipe.yaml"
-    export_recipe(best, recipe_path, command=f"bam-search train {recipe_path} --seeds 3 --storage {storage}",
+    export_recipe(best, recipe_path, command=shlex.join(retrain_command(recipe_path, best, storage)),
                   source=f"best trial of {name}")
     console.print(f"best trial {top['trial_id']}: glue_avg {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
     phase(console, 4, 4, "report: best recipe vs single-task teachers")
@@ -335,9 +335,13 @@ def _training_commands(sub) -> None:
                    help="early stopping: the most epochs a teacher trains; its LR schedule spans them (default 10)")
     t.add_argument("--name"); t.add_argument("--quiet", action="store_true")
     tr = _command(sub, "train", cmd_train, "train the student of a recipe (N seeds), no search",
-                  "example:\n  bam-search train best.yaml --seeds 3 --storage runs")
+                  "example:\n  bam-search train best.yaml --seeds 3 --first-seed 1 --storage runs")
     tr.add_argument("recipe"); _common(tr)
-    tr.add_argument("--seeds", type=int, default=1); tr.add_argument("--name"); tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--seeds", type=int, default=1, help="runs of the recipe, seeds 0..N-1 (default 1: the recipe's seed)")
+    tr.add_argument("--first-seed", type=int, metavar="K",
+                    help="seeds K..K+N-1 instead; `best --export` writes K = the best trial's seed + 1, so the "
+                         "retrain never repeats the run the sweep picked on the dev set it is scored on")
+    tr.add_argument("--name"); tr.add_argument("--quiet", action="store_true")
     sw = _command(sub, "sweep", cmd_sweep, "search a space (spaces/*.yaml) with Ray Tune",
                   "example:\n  bam-search sweep spaces/smoke.yaml --tasks rte,mrpc --model tiny "
                   "--num-samples 8 --scheduler asha --storage runs")

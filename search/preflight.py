@@ -111,6 +111,9 @@ def check_flags(args) -> None:
         raise UserError(f"--cpus-per-worker {cpw}: must be more than 0")
     check_gpus(args)
     time_budget(args)                                  # sweep: checked here, before the data and the space
+    first = getattr(args, "first_seed", None)          # train: the first of its N seeds
+    if first is not None and not 0 <= first < 2 ** 32:
+        raise UserError(f"--first-seed {first}: must be from 0 to 2^32-1")
     seed = getattr(args, "seed", None)                 # sweep's searcher seed (Optuna, numpy: 0 .. 2^32-1)
     if seed is not None and not 0 <= seed < 2 ** 32:
         raise UserError(f"--seed {seed}: the searcher's seed must be from 0 to 2^32-1")
@@ -796,13 +799,17 @@ def plan_train(args) -> Plan:
     check_model(recipe)
     storage = storage_root(args)
     check_teachers(storage, recipe)
-    seeds = list(range(args.seeds))
     base = recipe.to_dict()
+    first = getattr(args, "first_seed", None)
+    # --seeds N: seeds 0..N-1 (one seed: the recipe's own); --first-seed K: K..K+N-1, e.g. a best recipe retrained
+    # on seeds its sweep never ran (the command `best --export` writes)
+    seeds = list(range(first, first + args.seeds)) if first is not None else list(range(args.seeds))
     _writable(storage)
     name = args.name or f"train-{name_part(Path(args.recipe).stem)}-{_digest([base, seeds])}"
     return Plan(kind="train", name=name,
                 trial=trial_config(storage, recipe, job="student", wandb=wandb_options(args)),
-                params={"seed": tune.grid_search(seeds)} if len(seeds) > 1 else {"seed": base["seed"]},
+                params={"seed": tune.grid_search(seeds)} if len(seeds) > 1 else
+                {"seed": seeds[0] if first is not None else base["seed"]},
                 request=_request(args), trials=len(seeds), seeds=tuple(seeds))
 
 

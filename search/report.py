@@ -369,6 +369,8 @@ def _compare(
         "task_names": tasks,
         "alpha": ALPHA,
         "selected": {g: sorted({r["selected"] for r in by_group[g] if r.get("selected")}) for g in groups},
+        # a group that is one sweep's best trial: {"trials": N, "experiment": ..., "metric": ...}
+        "picked": {g: by_group[g][0]["picked"] for g in groups if by_group[g][0].get("picked")},
         "tasks": rows,
         "glue_average": {
             "means": averages,
@@ -455,6 +457,8 @@ def _summary(comparison: dict) -> str:
         f"{comparison['candidate']} vs {comparison['baseline']}: {_fmt_delta(avg['delta'])} points; "
         f"{n_sig} of {n_tested} tested task(s) significant after Holm correction "
         f"(adjusted p < {comparison['alpha']:g})."
+        + "".join(f" {g} is the best of {p['trials']} trials, picked on these dev examples: optimistic (see Selection)."
+                  for g, p in comparison.get("picked", {}).items())
     )
 
 
@@ -511,6 +515,11 @@ def _methods(comparison: dict) -> list[str]:
     chosen = "; ".join(f"{g}: {', '.join(sel)}" for g, sel in comparison.get("selected", {}).items() if sel)
     out = ["Scores: each run's task scores are those of ONE evaluation (one checkpoint), never each task's best "
            "of the run." + (f" The evaluation scored: {chosen}." if chosen else "")]
+    for g, p in comparison.get("picked", {}).items():
+        out.append(f"Selection: {g} is the best of {p['trials']} trials of {p['experiment']} (by {p['metric']}), "
+                   "picked on the dev examples it is scored on here, so its score is optimistic: the luck of that "
+                   "one run is in it. For a comparison without that selection, retrain the recipe on new seeds "
+                   "(the command on the first line of best_recipe.yaml) and report with --student.")
     if _has_best_of_run(comparison):
         out.append(f"'{comparison['candidate']}: best of each task' is each task's best evaluation over the run, "
                    "from different checkpoints (not one model), shown for reference only and never tested.")
@@ -979,9 +988,17 @@ def report_records(storage: str, name: str, *, students=(), multitask=()) -> tup
     recipe, top = best_recipe(storage, name)
     tasks = recipe["tasks"]
     records = _teacher_records(storage, recipe)
-    runs = [x for n in students for x in trials(n)] or [(name, top)]
+    runs = [x for n in students for x in trials(n)]
+    picked = None
+    if not runs:                   # the sweep's best trial itself: picked on the dev examples it is scored on
+        runs, n_trials = [(name, top)], len(trials(name))
+        if n_trials > 1:
+            picked = {"trials": n_trials, "experiment": name, "metric": experiment_metric(storage, name)}
     for seed, (n, t) in enumerate(runs):
-        records.append(run_record(storage, n, t, tasks, group="student", seed=seed))
+        rec = run_record(storage, n, t, tasks, group="student", seed=seed)
+        if picked:
+            rec["picked"] = picked
+        records.append(rec)
     for n in multitask:
         for i, (_, t) in enumerate(trials(n)):
             records.append(run_record(storage, n, t, tasks, group="multitask", seed=i))

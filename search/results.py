@@ -213,6 +213,14 @@ def export_recipe(recipe: dict, path: str | Path, *, command: str, source: str) 
         raise UserError(f"{path}: cannot write the recipe ({e.strerror or type(e).__name__})") from None
 
 
+def retrain_command(recipe_path: str | Path, recipe: dict, storage: str, *, seeds: int = 3) -> list[str]:
+    """``bam-search train`` of an exported best recipe on ``seeds`` new seeds, from the best trial's seed + 1.
+    The best trial was picked on the dev set the retrain is scored on: its own seed again would reproduce that
+    run, luck included, and lift the retrain's mean (one seed of three, deterministic loops)."""
+    return ["bam-search", "train", str(recipe_path), "--seeds", str(seeds),
+            "--first-seed", str(int(recipe.get("seed") or 0) + 1), "--storage", str(storage)]
+
+
 def baseline_lines(storage: str, tasks) -> list[str]:
     """``bam-search teachers``' table: the latest teacher runs of ``tasks`` in the baseline registry: the dev
     score of the best evaluation (whose weights predicted the train set), its step, the step the run stopped
@@ -256,7 +264,9 @@ def demo_headline(storage: str, name: str, *, teachers: str) -> str:
     comp = json.loads((Path(Storage.resolve(storage).local) / "reports" / name / "comparison.json").read_text())
     avg, cand, base = comp["glue_average"], comp["candidate"], comp["baseline"]
     stops = teacher_stops(storage, [row["task"] for row in comp["tasks"]], experiment=teachers)
-    return (f"{cand} {avg['means'][cand]:.2f} vs {base} ({stops}) {avg['means'][base]:.2f} "
+    picked = (comp.get("picked") or {}).get(cand)
+    how = f" (best of {picked['trials']} trials, picked on these dev examples)" if picked else ""
+    return (f"{cand}{how} {avg['means'][cand]:.2f} vs {base} ({stops}) {avg['means'][base]:.2f} "
             f"({avg['delta']:+.2f})")
 
 

@@ -70,7 +70,17 @@ def _markdown(name: str, metric: str, best: str, comparison: dict | None) -> str
         "",
         f"**Test** (the local report `reports/{name}/`): per task, the paired bootstrap over dev examples when "
         "every run stored its predictions, else Welch's t over seeds; Holm-Bonferroni across tasks, alpha 0.05.",
-        *_tests_markdown(comparison)])
+        *_tests_markdown(comparison), *_picked_markdown(comparison)])
+
+
+def _picked_markdown(comparison: dict | None) -> list[str]:
+    """The local report's selection caveat: a student that is the sweep's best trial was picked on the dev
+    examples it is scored on."""
+    picked = (comparison or {}).get("picked") or {}
+    return [s for g, p in picked.items() for s in (
+        "", f"**Selection**: {g} is the best of {p['trials']} trials (by `{p['metric']}`), picked on the dev examples "
+            "it is scored on, so its delta is optimistic; retrain the recipe on new seeds (the first line of "
+            "`best_recipe.yaml`) and report with `--student` for one without that selection.")]
 
 
 def destination(meta: dict, *, project: str | None = None, entity: str | None = None) -> tuple[str, str | None]:

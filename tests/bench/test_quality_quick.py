@@ -58,7 +58,8 @@ def test_table_has_every_group_and_task(first):
     assert list(result["table"]) == GROUPS
     for g in GROUPS:
         entry = result["table"][g]
-        assert entry["n"] == 2 and entry["seeds"] == [0, 1]
+        # the searched recipe is retrained on seeds after the sweep's (0): its best trial was picked on this dev set
+        assert entry["n"] == 2 and entry["seeds"] == ([1, 2] if g == "searched" else [0, 1])
         assert set(entry["tasks"]) == set(tasks())
         for t in tasks():
             cell = entry["tasks"][t]

@@ -105,15 +105,16 @@ def test_best_json_with_export_writes_the_recipe_and_prints_one_document(tmp_pat
     exp = fake_experiment(st, "sw", job="student", params=[{"optim.lr": 0.002}],
                           rows=[[_row(0, 5, 80.0, 0.5), _row(0, 10, 75.0, 1.0)]])
     params = json.loads((next(exp.glob("train_driver_fn_*")) / "params.json").read_text())
-    params["loop"]["recipe"] = {"tasks": ["syn_noisy"], "model": "tiny", "teacher": {"use": False}}
+    params["loop"]["recipe"] = {"tasks": ["syn_noisy"], "model": "tiny", "teacher": {"use": False}, "seed": 4}
     (next(exp.glob("train_driver_fn_*")) / "params.json").write_text(json.dumps(params))
     out = tmp_path / "best.yaml"
     doc = _json(capsys, ["best", "sw", "--storage", str(st), "--json", "--export", str(out)])
     assert doc["trial_id"] == "ab12c_00000" and doc["best"] == 80.0 and doc["selected_step"] == 5
     assert doc["scores"] == {"syn_noisy": 80.0} and doc["params"] == {"optim.lr": 0.002}
     assert doc["export"] == str(out) and "lr: 0.002" in out.read_text()
-    # its first line is the retrain command, runnable as printed: the same storage (issue 20, item 7)
-    assert out.read_text().splitlines()[0] == f"# bam-search train {out} --seeds 3 --storage {st}"
+    # its first line is the retrain command, runnable as printed: the same storage (issue 20, item 7), and seeds
+    # after the best trial's own (4): that run was picked on the dev set the retrain is scored on
+    assert out.read_text().splitlines()[0] == f"# bam-search train {out} --seeds 3 --first-seed 5 --storage {st}"
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -134,7 +134,8 @@ def test_sweep_asha_best_train_report(storage):
     out = storage / "best.yaml"
     best = cli("best", "smoke", "--export", str(out), "--storage", str(storage))
     text = out.read_text()
-    assert text.splitlines()[0] == f"# bam-search train {out} --seeds 3 --storage {storage}"   # runs as printed
+    assert text.splitlines()[0] == \
+        f"# bam-search train {out} --seeds 3 --first-seed 1 --storage {storage}"   # runs as printed; new seeds
     exported = yaml.safe_load(text)
     best_id = best.stdout.split("best trial ")[1].split(":")[0]
     best_trial = next(v for v in rows.values() if v[0]["trial_id"] == best_id)

@@ -139,6 +139,35 @@ def test_bam_glue_dir_reaches_a_train_trial_as_an_absolute_path(tmp_path, monkey
     assert plan.recipe.data.glue_dir == str(tmp_path / "glue")
 
 
+def test_train_seeds_and_first_seed(tmp_path, monkeypatch):
+    """--seeds N runs seeds 0..N-1 (one seed: the recipe's own); --first-seed K runs K..K+N-1, the retrain a
+    best recipe's exported command asks for; a negative first seed is one line before anything runs."""
+    from test_bad_input_matrix import write_glue
+    write_glue(tmp_path / "glue")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("tasks: [rte]\nmodel: tiny\nteacher: {use: false}\nseed: 4\n")
+    monkeypatch.setenv("BAM_GLUE_DIR", str(tmp_path / "glue"))
+    base = ["train", str(recipe), "--storage", str(tmp_path / "st")]
+
+    def plan(*extra):
+        return preflight.plan_train(build_parser().parse_args(base + list(extra)))
+    assert plan().seeds == (0,) and plan().params == {"seed": 4}
+    assert plan("--seeds", "3").seeds == (0, 1, 2)
+    p = plan("--seeds", "3", "--first-seed", "5")
+    assert p.seeds == (5, 6, 7) and p.params["seed"].get("grid_search") == [5, 6, 7]
+    assert plan("--first-seed", "5").params == {"seed": 5}
+    assert plan("--seeds", "3", "--first-seed", "5").name != plan("--seeds", "3").name
+    with pytest.raises(UserError, match=r"^--first-seed -1: must be from 0 to 2\^32-1$"):
+        plan("--first-seed", "-1")
+
+
+def test_retrain_command_starts_after_the_best_trial_s_seed():
+    from search.results import retrain_command
+    assert retrain_command("b.yaml", {"seed": 0}, "runs") == \
+        ["bam-search", "train", "b.yaml", "--seeds", "3", "--first-seed", "1", "--storage", "runs"]
+    assert retrain_command("b.yaml", {"seed": 7}, "runs", seeds=5)[3:7] == ["--seeds", "5", "--first-seed", "8"]
+
+
 @pytest.mark.parametrize("key,kind,refused", [
     ("optim.batch_size", "uniform", True), ("optim.batch_size", "int_uniform", False),
     ("optim.steps", "log_uniform_values", True), ("switch.per_task.rte.patience", "normal", True),
