@@ -256,7 +256,7 @@ def cmd_demo(args) -> int:
     console.print(f"best trial {top['trial_id']}: glue_avg {top['best']:.2f}  {json.dumps(top['params'], default=str)}")
     phase(console, 4, 4, "report: best recipe vs single-task teachers")
     _report(storage, name)
-    console.print(f"[bold]{demo_headline(storage, name, teachers=demo.teachers.name)}[/]", highlight=False)
+    console.print(f"[bold]{demo_headline(storage, name, teachers=demo.teachers.name)}[/]", highlight=False, soft_wrap=True)
     console.print(f"\n[bold green]done in {time.time() - t0:.0f}s[/]")
     console.print(f"  report:     {out / 'report.html'}")
     console.print(f"  recipe:     {recipe_path}")

@@ -40,7 +40,9 @@ def test_demo_artefacts(demo):
         assert f'src="{png}"' in html
     recipe = load_recipe(report / "best_recipe.yaml")
     assert recipe.tasks == ("syn_sentiment", "syn_pairmatch", "syn_similarity", "syn_noisy")
-    assert (report / "best_recipe.yaml").read_text().startswith("# bam-search train ")
+    first = (report / "best_recipe.yaml").read_text().splitlines()[0]
+    assert first.startswith("# bam-search train ") and " --seeds 3 --first-seed 1 " in first   # not the picked run
+    assert "student (best of 4 trials, picked on these dev examples) " in out      # the headline: an optimistic pick
     trials = [d for d in (storage / "experiments" / "demo-sweep").iterdir() if (d / "params.json").exists()]
     assert len(trials) == 4
     runs = [read_run(p) for p in (storage / "wandb").rglob("run-*.wandb")]
@@ -48,6 +50,7 @@ def test_demo_artefacts(demo):
     assert sum(r["run"]["job_type"] == "student" for r in runs) == 4
     comparison = json.loads((report / "comparison.json").read_text())
     assert {row["task"] for row in comparison["tasks"]} == set(recipe.tasks)
+    assert comparison["picked"] == {"student": {"trials": 4, "experiment": "demo-sweep", "metric": "glue_avg"}}
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
