@@ -12,7 +12,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -51,19 +50,23 @@ def architecture_key(arch: dict) -> str:
 
 
 def machine() -> dict:
-    """Where figures were taken: CPU model and flags, torch's threads and version (figures from another
-    machine are not comparable, so they are measured again)."""
-    import torch
-    cpu, flags = platform.processor() or platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
-        cpu = info.get("model name", cpu).strip()
-        flags = hashlib.sha256(info.get("flags", "").strip().encode()).hexdigest()[:12]
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_flags_sha": flags, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "device": "cpu"}
+    """Where latency figures were taken (``search/host.py``): CPU model, family/model/stepping, the speed flags by
+    name and a digest of all of them, cores, torch's version, kernels and threads. Figures from another machine
+    are not comparable, so a cache taken elsewhere is measured again."""
+    from .host import _cpuinfo, host
+    h, flags = host(), _cpuinfo().get("flags", "")
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:12] if flags else ""
+    keep = ("cpu", "family_model_stepping", "cpu_flags", "cores", "threads_per_core", "torch", "torch_cpu_capability",
+            "torch_threads")
+    return {**{k: h.get(k) for k in keep}, "cpu_flags_sha": digest, "device": "cpu"}
+
+
+def machine_line(m: dict) -> str:
+    """``machine()`` as one line: 'AMD EPYC (25/17/1), 2 cores, CPU flags avx2/avx512f/..., torch 2.13.0+cpu (AVX512),
+    2 threads'."""
+    return (f"{m.get('cpu')} ({m.get('family_model_stepping')}), {m.get('cores')} cores, CPU flags "
+            f"{'/'.join(m.get('cpu_flags') or []) or 'none named'}, torch {m.get('torch')} "
+            f"({m.get('torch_cpu_capability')}), {m.get('torch_threads')} threads")
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -206,7 +209,8 @@ def pareto_data(storage: str, name: str, *, measure_fn=None) -> dict:
     front = sorted((r for r in rows if r["on_front"]), key=lambda r: (r["ms_1"], -r["score"]))
     return {"experiment": name, "metric": metric, "axes": {"maximise": [metric], "minimise": [
         "ms per example at batch 1", "parameters"]}, "trials": rows, "front": front,
-            "architectures": len({r["architecture_key"] for r in rows}), "latency_file": LATENCY_FILE}
+            "architectures": len({r["architecture_key"] for r in rows}), "latency_file": LATENCY_FILE,
+            "machine": machine_line(machine())}
 
 
 def front_table(doc: dict) -> tuple[list[str], list[list[str]]]:
@@ -225,6 +229,7 @@ def pareto_lines(doc: dict) -> list[str]:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return [f"Pareto front of {doc['experiment']}: {len(doc['front'])} of {len(doc['trials'])} scored trials "
             f"(max {m}; min ms/example at batch 1, parameters); {doc['architectures']} architecture(s), "
-            f"latency measured on this machine, cached in experiments/{doc['experiment']}/{LATENCY_FILE}",
+            f"latency measured on {doc.get('machine', 'this machine')}, cached in experiments/{doc['experiment']}/"
+            f"{LATENCY_FILE}",
             *["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
               for row in table]]

@@ -697,8 +697,9 @@ _PARETO_ALT = "GLUE average vs latency per example (batch 1): every trial, the P
 def _pareto_note(pareto: dict) -> str:
     return (f"The Pareto front: trials no other trial beats on {pareto['metric']} (at its selected evaluation), "
             f"latency per example at batch 1 and parameters at once; {len(pareto['front'])} of "
-            f"{len(pareto['trials'])} trials, {pareto['architectures']} architectures. Latency: measured on the "
-            "machine that wrote this report, one architecture at a time (median of timed passes over dev "
+            f"{len(pareto['trials'])} trials, {pareto['architectures']} architectures. Latency: measured on "
+            f"{pareto.get('machine', 'the machine that wrote this report')}, one architecture at a time (median of "
+            "timed passes over dev "
             "examples after a warm-up), cached in the experiment's latency.json.")
 
 

@@ -3,6 +3,7 @@ points, latency measured on the driver per architecture and cached in the experi
 Timings are never asserted (speed is not a test's business): only their structure."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -107,6 +108,25 @@ def test_best_pareto_json_lists_the_front(sweep, capsys):
     assert main(["best", "sw", "--storage", str(st), "--pareto"]) == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0].startswith("Pareto front of sw: 3 of 4 scored trials") and len(text) == 5
+    assert f"latency measured on {pareto.machine_line(pareto.machine())}, cached in" in text[0]   # the CPU, named
+    assert doc["machine"] == pareto.machine_line(pareto.machine())
+
+
+def test_the_machine_names_its_speed_flags_and_digests_all_of_them(monkeypatch):
+    """What a latency cache is keyed on (figures from another machine are measured again): the CPU's family,
+    model and stepping, its speed flags by name and a digest of every flag, read from /proc/cpuinfo's
+    tab-padded keys (the digest of no flags at all would make every machine the same)."""
+    from search import host
+    cpuinfo = {"model name": "AMD EPYC", "cpu family": "25", "model": "17", "stepping": "1",
+               "flags": "fpu sse2 avx2 avx512f avx512_bf16"}
+    monkeypatch.setattr(host, "_cpuinfo", lambda: dict(cpuinfo))
+    m = pareto.machine()
+    assert m["cpu"] == "AMD EPYC" and m["family_model_stepping"] == "25/17/1"
+    assert m["cpu_flags"] == ["avx2", "avx512f", "avx512_bf16"]
+    assert m["cpu_flags_sha"] == hashlib.sha256(cpuinfo["flags"].encode()).hexdigest()[:12]
+    cpuinfo["flags"] += " amx_tile"
+    assert pareto.machine()["cpu_flags_sha"] != m["cpu_flags_sha"]
+    assert "CPU flags avx2/avx512f/avx512_bf16" in pareto.machine_line(m)
 
 
 def test_pareto_with_export_is_refused_in_one_line(tmp_path, capsys):
