@@ -524,7 +524,7 @@ class Protocol:
                                       "lu_sequential"))]
         out.append(("sweep", f"sweep of {SPACE} ({b.trials} trials, ASHA)", self.run_sweep))
         out.append(("searched", f"the sweep's best recipe retrained ({b.seeds} seeds)",
-                    lambda: self.retrain_best()))
+                    self.retrain_best))
         return out
 
     def run(self) -> dict:

@@ -8,6 +8,7 @@ is what lets a reader tell two hosts of the same "AMD EPYC" name apart.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -41,6 +42,8 @@ def host() -> dict:
            "family_model_stepping": "/".join(info.get(k, "?") for k in ("cpu family", "model", "stepping")),
            "cores": os.cpu_count(), "threads_per_core": ls.get("Thread(s) per core"),
            "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
+           # every flag, digested: two hosts with the same model name and speed flags can still differ
+           "cpu_flags_sha": hashlib.sha256(info["flags"].encode()).hexdigest()[:12] if info.get("flags") else "",
            "l2": ls.get("L2 cache"), "l3": ls.get("L3 cache"), "bogomips": info.get("bogomips"),
            "hypervisor": ls.get("Hypervisor vendor"), "python": platform.python_version()}
     try:

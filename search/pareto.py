@@ -51,22 +51,19 @@ def architecture_key(arch: dict) -> str:
 
 def machine() -> dict:
     """Where latency figures were taken (``search/host.py``): CPU model, family/model/stepping, the speed flags by
-    name and a digest of all of them, cores, torch's version, kernels and threads. Figures from another machine
-    are not comparable, so a cache taken elsewhere is measured again."""
-    from .host import _cpuinfo, host
-    h, flags = host(), _cpuinfo().get("flags", "")
-    digest = hashlib.sha256(flags.encode()).hexdigest()[:12] if flags else ""
-    keep = ("cpu", "family_model_stepping", "cpu_flags", "cores", "threads_per_core", "torch", "torch_cpu_capability",
-            "torch_threads")
-    return {**{k: h.get(k) for k in keep}, "cpu_flags_sha": digest, "device": "cpu"}
+    name and a digest of all of them, cores, Python, torch's version, kernels and threads. Figures from another
+    machine are not comparable, so a cache taken elsewhere is measured again."""
+    from .host import host
+    h = host()
+    keep = ("cpu", "family_model_stepping", "cpu_flags", "cpu_flags_sha", "cores", "threads_per_core", "python",
+            "torch", "torch_cpu_capability", "torch_threads")
+    return {**{k: h.get(k) for k in keep}, "device": "cpu"}
 
 
 def machine_line(m: dict) -> str:
-    """``machine()`` as one line: 'AMD EPYC (25/17/1), 2 cores, CPU flags avx2/avx512f/..., torch 2.13.0+cpu (AVX512),
-    2 threads'."""
-    return (f"{m.get('cpu')} ({m.get('family_model_stepping')}), {m.get('cores')} cores, CPU flags "
-            f"{'/'.join(m.get('cpu_flags') or []) or 'none named'}, torch {m.get('torch')} "
-            f"({m.get('torch_cpu_capability')}), {m.get('torch_threads')} threads")
+    """``machine()`` as one line: ``host_line``'s, and the threads torch ran on."""
+    from .host import host_line
+    return f"{host_line(m)}, {m.get('torch_threads')} torch threads"
 
 
 # ------------------------------------------------------------------------------------------------ measuring
