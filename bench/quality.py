@@ -265,6 +265,7 @@ class Protocol:
     address: str | None = None
     console: object = None
     partial: bool = False          # --partial: run nothing, report the arms that are complete
+    arms: tuple | None = None      # --arms: run only these phases (teachers always), in this order
     ray_started: bool = False
     estimates: dict = field(default_factory=dict)
     done_s: float = 0.0            # time spent in phases that ran in this session
@@ -365,7 +366,7 @@ class Protocol:
 
     def phase(self, n: int, key: str, title: str, *, run) -> None:
         from search.progress import phase
-        total = len(self.estimates)
+        total = self._total
         phase(self.console, n, total, title)
         left = sum(v for k, v in self.estimates.items() if k in self._pending)
         scale = self.done_s / self.done_est if self.done_est > 0 else 1.0
@@ -525,14 +526,18 @@ class Protocol:
         out.append(("sweep", f"sweep of {SPACE} ({b.trials} trials, ASHA)", self.run_sweep))
         out.append(("searched", f"the sweep's best recipe retrained ({b.seeds} seeds)",
                     self.retrain_best))
+        if self.arms is not None:
+            by_key = {p[0]: p for p in out}
+            out = [by_key[k] for k in self.arms]
         return out
 
     def run(self) -> dict:
         self.t0 = time.time()
         self.state = State(self.storage)
         self.state.check_budget(self.budget)
-        self._pending = set(self.estimates)
         phases = self.phases()
+        self._pending = {k for k, _, _ in phases} | {"report"}
+        self._total = len(self._pending)
         for n, (key, title, run) in enumerate(phases, 1):
             self.phase(n, key, title, run=run)
         out: dict = {}
@@ -618,6 +623,7 @@ class Protocol:
             table = {"teachers": table_entry("teachers", runs, {}, tasks)}
             return {"table": table, "targets": self.targets(runs, table, tasks), "unreached": unreached,
                     "missing": [g for g in ARMS if g != "teachers" and g not in unreached], "report": {},
+                    "not_selected": self.not_selected(),
                     "group_reports": {}}
         title = f"bam-search quality protocol v2: {len(tasks)} tasks, {self.budget.model}"
         candidate = "searched" if "searched" in groups else groups[-1]
@@ -644,8 +650,15 @@ class Protocol:
         except ValueError as e:
             raise UserError(f"report: {e}") from None
         missing = [g for g in ARMS if g not in groups and g not in unreached]
-        return {"table": table, "targets": targets, "unreached": unreached, "missing": missing, "report": paths,
+        return {"table": table, "not_selected": self.not_selected(), "targets": targets, "unreached": unreached,
+                "missing": missing, "report": paths,
                 "group_reports": group_paths}
+
+    def not_selected(self) -> list[str]:
+        """The arms --arms left out of this run (empty: the whole protocol)."""
+        if self.arms is None:
+            return []
+        return [g for g in ARMS if g not in self.arms]
 
     def targets(self, runs: list[dict], table: dict, tasks: list[str]) -> dict:
         """The target lines: each a GLUE-average difference between two arms (and, where the target asks,
@@ -659,6 +672,9 @@ class Protocol:
             base = base or best_fixed
             entry = {"label": label, "target": target, "min_significant": min_sig, "baseline": base,
                      "candidate": cand, "value": None, "significant": None, "met": None}
+            if key == "searched_vs_best_fixed":          # which fixed recipes the best was picked from
+                entry["fixed_compared"] = fixed
+                entry["fixed_missing"] = [g for g in FIXED if g not in table]
             if base in table and cand in table:
                 c = compare(runs=[r for r in runs if r["group"] in (base, cand)], baseline=base, candidate=cand,
                             tasks=tasks)
@@ -834,6 +850,9 @@ def target_lines(targets: dict) -> list[str]:
             continue
         sig = f"; tasks significant (Holm): {', '.join(t['significant']) or 'none'}" if t["min_significant"] else ""
         base = f" [{t['baseline']}]" if t["candidate"] == "searched" and t["baseline"] in FIXED else ""
+        if t.get("fixed_missing"):
+            base = (f" [{t['baseline']}, the best of {', '.join(t['fixed_compared'])}; "
+                    f"not in this run: {', '.join(t['fixed_missing'])}]")
         out.append(f"- {t['label']}: {t['value']:+.2f}{base}{sig} ({want}): "
                    f"{'met' if t['met'] else '**not met**'}")
     return out
@@ -850,7 +869,9 @@ def _rel(path: str | Path) -> str:
 def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
     figs = [_rel(result["report"][k]) for k in ("bars", "curves") if k in result["report"]]
     figs += [_rel(p["curves"]) for p in result["group_reports"].values() if "curves" in p]
-    missing = result.get("missing") or []
+    left_out = set(result.get("not_selected") or [])
+    missing = [g for g in result.get("missing") or [] if g not in left_out]
+    left_out = [g for g in result.get("missing") or [] if g in left_out]
     return "\n".join([
         f"Run: {meta['date']}, {meta['machine']}; the protocol's phases took {meta['compute']} in all "
         f"(summed over every invocation that ran them; this invocation: {meta['wall']}). "
@@ -876,6 +897,7 @@ def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:
         *target_lines(result["targets"]),
         *unreached_lines(result.get("unreached") or {}),
         *([f"- not run yet: {', '.join(missing)} (the protocol resumes from its storage)"] if missing else []),
+        *([f"- not in this run (`--arms`): {', '.join(left_out)}"] if left_out else []),
         *([f"- report: `{_rel(result['report']['html'])}`; figures: " + ", ".join(f"`{f}`" for f in figs)]
           if result["report"] else []),
     ])
@@ -957,6 +979,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Lu et al. sequential's epochs over the union (default 6; --epochs with --quick)")
     p.add_argument("--sequential-evals", type=int,
                    help="Lu et al. sequential's evaluations (default 36; 3 x --evals with --quick)")
+    p.add_argument("--arms", help="comma-separated phases to run, in this order (default: all, in the protocol's "
+                                  f"order); the teachers always run first. Phases: {', '.join(PHASE_KEYS)}")
     p.add_argument("--partial", action="store_true",
                    help="run nothing: report (and --update-results) the arms complete so far, naming the rest")
     p.add_argument("--examples-per-s", type=float, help="training examples/s of one trial on one core, for the ETA")
@@ -1007,9 +1031,31 @@ def configure(args) -> tuple[Budget, Path, str | None]:
         raise UserError(f"--teacher-patience {budget.teacher_patience}: teachers evaluate once an epoch "
                         f"({math.ceil(budget.teacher_max_epochs)} times) and stop at the earliest after patience + 1 "
                         "evaluations: give at most --teacher-max-epochs - 2")
+    parse_arms(args.arms)                                  # bad --arms fails here, before anything loads
     default = Path.home() / ".cache" / "bam-bench" / ("quality-v2-quick" if q else "quality-v2")
     storage = Path(args.storage).expanduser().resolve() if args.storage else default
     return budget, storage, glue
+
+
+PHASE_KEYS = ("teachers", "multitask", "bam_linear", "reference", "multitask_l3", "kd_switch_l3", "kd_switch",
+              "bam_l3", "lu_joint", "lu_sequential", "sweep", "searched")
+
+
+def parse_arms(text: str | None) -> tuple | None:
+    """``--arms``: the phases to run, teachers first (every arm is compared with them; the KD arms and the
+    sweep learn from them) and ``sweep`` before ``searched`` (the retrain needs the sweep's best)."""
+    if text is None:
+        return None
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in keys if k not in PHASE_KEYS]
+    if bad or not keys:
+        raise UserError(f"--arms {text}: unknown phase {', '.join(bad) or '(none given)'}; "
+                        f"phases: {', '.join(PHASE_KEYS)}")
+    if len(set(keys)) != len(keys):
+        raise UserError(f"--arms {text}: a phase is named twice")
+    if "searched" in keys and ("sweep" not in keys or keys.index("sweep") > keys.index("searched")):
+        raise UserError(f"--arms {text}: searched (the sweep's best, retrained) needs sweep before it")
+    return ("teachers", *(k for k in keys if k != "teachers"))
 
 
 def data_sizes(budget: Budget, glue: str | None) -> dict[str, tuple[int, int]]:
@@ -1053,7 +1099,7 @@ def main(argv=None) -> int:
                       + f"; total {_hms(sum(estimates.values()))}")
         proto = Protocol(budget=budget, storage=storage, glue_dir=glue, rates=rates, sizes=sizes,
                          wandb=not args.no_wandb, address=args.address, console=console, estimates=estimates,
-                         partial=args.partial)
+                         partial=args.partial, arms=parse_arms(args.arms))
         result = proto.run()
         meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "wall": _hms(time.time() - t0),
                 "compute": _hms(proto.state.seconds()), "machine": host_line()}
