@@ -9,7 +9,9 @@ without each trial's start-up, i.e. from its first training step).
     python bench/asha.py --trials 24                         # tiny model, the 4 synthetic tasks, spaces/demo.yaml
     python bench/asha.py --trials 24 --model minilm --max-train-examples 400 --max-length 64
 
-Teachers for the tasks are trained first (``bam-search teachers``) into the bench's storage.
+Teachers for the tasks are trained first (``bam-search teachers``) into the bench's storage. Each trial's
+per-evaluation metric is in the JSON (``curve``): `bench/asha_replay.py` replays other ASHA settings on the full
+arm's curves.
 """
 from __future__ import annotations
 
@@ -85,7 +87,8 @@ def summarize(trials: list[dict], *, metric: str) -> dict:
         startup = rows[0]["time_total_s"] - rows[0]["train_s"] - eval_s
         per.append({"seed": t["params"]["params"]["seed"], "evals": len(rows),
                     "best": max(r[metric] for r in rows if isinstance(r.get(metric), (int, float))),
-                    "trial_s": rows[-1]["time_total_s"], "startup_s": max(0.0, startup)})
+                    "trial_s": rows[-1]["time_total_s"], "startup_s": max(0.0, startup),
+                    "curve": [r.get(metric) for r in rows]})         # bench/asha_replay.py replays these
     per.sort(key=lambda r: r["seed"])
     return {"trials": per, "best": max(r["best"] for r in per), "trial_s": sum(r["trial_s"] for r in per),
             "trial_s_after_startup": sum(r["trial_s"] - r["startup_s"] for r in per), "eval_s": eval_s,
