@@ -18,6 +18,7 @@ drift with load), so a setting that the real ASHA arm also ran is printed beside
 from __future__ import annotations
 
 import argparse
+import collections
 import heapq
 import json
 import sys
@@ -110,20 +111,13 @@ def main() -> None:
         real = run.get("early_stopping") or {}
         print(f"{path}: full best {run['full']['best']:.2f}; the real ASHA arm (grace {real.get('grace_period')}, "
               f"rf {real.get('reduction_factor')}): gap {run['gap_best']:.2f}, ratio {run['ratio_trial_s']:.3f}, "
-              f"stopped at {dict(sorted(_count(run['asha']['trials']).items()))}")
+              f"stopped at {dict(sorted(collections.Counter(t['evals'] for t in run['asha']['trials']).items()))}")
         print("  grace  rf   gap   ratio  (no start-up)  kept  stopped at evaluation")
         for r in rows:
             print(f"  {r['grace']:>5} {r['rf']:>3g} {r['gap']:>5.2f}  {r['ratio']:.3f}  ({r['ratio_after_startup']:.3f})"
                   f"      {r['kept_to_end']:>3}   {r['stopped_at']}")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
-
-
-def _count(trials: list[dict]) -> dict:
-    out: dict = {}
-    for t in trials:
-        out[t["evals"]] = out.get(t["evals"], 0) + 1
-    return out
 
 
 if __name__ == "__main__":
