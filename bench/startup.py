@@ -25,6 +25,8 @@ It also lists every Ray worker process the run started (State API: launch -> reg
 and checks that the tokenisation cache was written once, not once per trial.
 
     python bench/startup.py --trials 4            # prints a JSON summary and a Markdown table
+    python bench/startup.py --trials 2 --imports  # and what each process imports, with its CPU cost
+                                                  # (bench/import_profile.py)
 """
 from __future__ import annotations
 
@@ -142,11 +144,13 @@ def phase_table(per_trial: dict) -> tuple[list[dict], dict]:
 
 def processes() -> list[dict]:
     """Every worker process of this Ray session: its actor class, launch -> registered, launched at."""
+    import ray
     from ray.util.state import list_actors, list_workers
-    actors = {a.pid: a.class_name for a in list_actors(detail=True, limit=10000, raise_on_missing_output=False)
-              if a.pid}
+    at = ray.get_runtime_context().gcs_address      # this run's Ray, also when another one runs beside it
+    actors = {a.pid: a.class_name for a in list_actors(address=at, detail=True, limit=10000,
+                                                       raise_on_missing_output=False) if a.pid}
     out = []
-    for w in list_workers(detail=True, limit=10000, raise_on_missing_output=False):
+    for w in list_workers(address=at, detail=True, limit=10000, raise_on_missing_output=False):
         if w.worker_type != "WORKER" or not w.worker_launch_time_ms:
             continue
         out.append({"pid": w.pid, "actor": actors.get(w.pid, "(task / idle)"),
@@ -253,6 +257,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the summary here")
     ap.add_argument("--ray-defaults", action="store_true",
                     help="Ray's own Train settings instead of search/ray_env.py's (the 'before' of RESULTS.md)")
+    ap.add_argument("--imports", action="store_true",
+                    help="every Ray process logs its imports (PYTHONPROFILEIMPORTTIME); each kind's imports are "
+                         "then replayed in a fresh interpreter for their CPU seconds (bench/import_profile.py)")
+    ap.add_argument("--replay-repeats", type=int, default=3, help="replays per process kind with --imports")
     args = ap.parse_args()
     if args.ray_defaults:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "2.0"
@@ -265,6 +273,8 @@ def main() -> None:
         storage.mkdir(parents=True, exist_ok=True)
         log = storage / f"startup-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
         instrument(log)
+        if args.imports:                       # read by every Python process Ray starts from here on
+            os.environ["PYTHONPROFILEIMPORTTIME"] = "1"
         import ray
         from ray import tune
 
@@ -286,7 +296,9 @@ def main() -> None:
                            num_samples=1, progress=False)
         wall = time.time() - t1
         procs = processes()
+        logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
         ray.shutdown()
+        os.environ.pop("PYTHONPROFILEIMPORTTIME", None)
         rows, medians = phase_table(read_events(log))
         tokenized = _tokenized_by_trial(cache, read_events(log))
         summary = {
@@ -308,12 +320,31 @@ def main() -> None:
                                                                       if p["registered_s"] is not None]), 2)
             if procs else None,
         }
+        if args.imports:
+            summary["imports"] = import_summary(logs_dir, procs, repeats=args.replay_repeats)
     text = json.dumps(summary, indent=1, default=str)
     print(text)
     print()
     print(markdown(medians))
+    if args.imports:
+        import import_profile
+        print()
+        print(import_profile.markdown(summary["imports"]["by_kind"], summary["cpu_s_by_process_kind"]))
+        print()
+        print(import_profile.reference_markdown(summary["imports"]["reference_sets"]))
     if args.json:
         Path(args.json).write_text(text)
+
+
+def import_summary(logs_dir: Path, procs: list[dict], *, repeats: int) -> dict:
+    """Each Ray process's import log (read before the session's folder goes), grouped by actor class, each
+    kind's imports replayed in a fresh interpreter for their CPU seconds."""
+    import import_profile
+    kinds = import_profile.by_kind(import_profile.read_logs(logs_dir, {p["pid"]: p["actor"] for p in procs}))
+    for k in kinds.values():
+        k["replay"] = import_profile.replay_cpu(k["roots"], repeats=repeats)
+    return {"logs_dir": str(logs_dir), "by_kind": kinds,
+            "reference_sets": import_profile.reference_cpu(repeats=repeats)}
 
 
 def _tokenized_by_trial(cache: Path, per_trial: dict) -> dict[str, int]:
