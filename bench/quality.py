@@ -860,10 +860,12 @@ def target_lines(targets: dict) -> list[str]:
 
 def _rel(path: str | Path) -> str:
     p = Path(path).resolve()
-    try:
-        return str(p.relative_to(REPO))
-    except ValueError:
-        return str(p)
+    for base, shown in ((REPO, ""), (Path.home().resolve(), "~/")):   # no path of this machine in RESULTS.md
+        try:
+            return shown + str(p.relative_to(base))
+        except ValueError:
+            pass
+    return str(p)
 
 
 def markdown_section(result: dict, *, budget: Budget, meta: dict) -> str:

@@ -31,3 +31,9 @@ def test_the_defaults_and_quick_set_them(tmp_path):
     assert (budget.sequential_epochs, budget.sequential_evals) == (budget.epochs, 3 * budget.evals)
     full, _, _ = quality.configure(quality.parse_args(["--storage", str(tmp_path), "--glue-dir", str(tmp_path)]))
     assert (full.compact_epochs, full.compact_evals, full.sequential_epochs, full.sequential_evals) == (10, 10, 6, 36)
+
+
+def test_paths_written_to_results_name_no_machine():
+    """The report's path in RESULTS.md: repository-relative, else under ~, never the user's home spelt out."""
+    assert quality._rel(quality.REPO / "bench" / "x.png") == "bench/x.png"
+    assert quality._rel(Path.home() / ".cache" / "r.html") == "~/.cache/r.html"
