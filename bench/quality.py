@@ -385,7 +385,11 @@ class Protocol:
                  + f"; elapsed {_hms(time.time() - self.t0)}, protocol ETA {_hms(left * scale)}"
                  + ("" if scale == 1.0 else f" (estimates x{scale:.2f}, calibrated on this session's phases)"))
         t = time.time()
-        run()
+        try:
+            run()
+        except BaseException:      # interrupted or failed: its time still counts, the total is over every invocation
+            self.state.spent(key, time.time() - t)
+            raise
         spent = time.time() - t
         self.state.spent(key, spent)
         self.done_s += spent

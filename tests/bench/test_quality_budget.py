@@ -37,3 +37,30 @@ def test_paths_written_to_results_name_no_machine():
     """The report's path in RESULTS.md: repository-relative, else under ~, never the user's home spelt out."""
     assert quality._rel(quality.REPO / "bench" / "x.png") == "bench/x.png"
     assert quality._rel(Path.home() / ".cache" / "r.html") == "~/.cache/r.html"
+
+
+def test_an_interrupted_phase_keeps_its_time(tmp_path):
+    """Run 4 (RESULTS 15): the sweep was interrupted after ~1 h and finished in a second invocation; the report's
+    'took ... in all (summed over every invocation that ran them)' counted only the second."""
+    import pytest
+    from rich.console import Console
+    budget = quality.Budget(tasks=("syn_noisy",), model="tiny", seeds=1, trials=1, epochs=1.0,
+                            max_train_examples=10, max_dev_examples=10, max_length=16, lr=1e-4, pooling="mean", evals=1)
+    p = quality.Protocol(budget=budget, storage=tmp_path, glue_dir=None, rates=quality.DEFAULT_RATES["tiny"],
+                         console=Console(quiet=True))
+    p.state, p._pending, p._total, p.estimates = quality.State(tmp_path), {"sweep"}, 1, {"sweep": 60.0}
+    p.t0 = quality.time.time()
+    p.done = lambda key: False
+    p.left_share = lambda key: 1.0
+
+    def interrupted():
+        quality.time.sleep(0.05)
+        raise quality.Interrupted()
+
+    with pytest.raises(quality.Interrupted):
+        p.phase(1, "sweep", "sweep", run=interrupted)
+    first = quality.State(tmp_path).data["phases"]["sweep"]
+    assert first["runs"] == 1 and first["seconds"] >= 0.05
+    p.phase(1, "sweep", "sweep", run=lambda: quality.time.sleep(0.02))
+    both = quality.State(tmp_path).data["phases"]["sweep"]
+    assert both["runs"] == 2 and both["seconds"] >= first["seconds"] + 0.02
