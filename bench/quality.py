@@ -387,11 +387,9 @@ class Protocol:
         t = time.time()
         try:
             run()
-        except BaseException:      # interrupted or failed: its time still counts, the total is over every invocation
-            self.state.spent(key, time.time() - t)
-            raise
-        spent = time.time() - t
-        self.state.spent(key, spent)
+        finally:                   # interrupted or failed too: the total is over every invocation that ran the phase
+            spent = time.time() - t
+            self.state.spent(key, spent)
         self.done_s += spent
         self.done_est += estimate
         self.say(f"phase {n}/{total} {key}: done in {_hms(spent)}")
