@@ -847,8 +847,9 @@ def target_lines(targets: dict) -> list[str]:
         want = f"target ≥ {t['target']:+g}" + (f", with ≥ {t['min_significant']} tasks significant (Holm)"
                                                 if t["min_significant"] else "")
         if t["value"] is None:
-            out.append(f"- {t['label']}: not run yet ({want}; needs arms {t['baseline'] or 'the fixed recipes'} "
-                       f"and {t['candidate']})")
+            needs = (f"arms {t['baseline']} and {t['candidate']}" if t["baseline"] else
+                     f"arm {t['candidate']} and one of the fixed recipes ({', '.join(FIXED)})")
+            out.append(f"- {t['label']}: not run yet ({want}; needs {needs})")
             continue
         sig = f"; tasks significant (Holm): {', '.join(t['significant']) or 'none'}" if t["min_significant"] else ""
         base = f" [{t['baseline']}]" if t["candidate"] == "searched" and t["baseline"] in FIXED else ""

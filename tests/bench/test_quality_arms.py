@@ -78,3 +78,14 @@ def test_best_fixed_names_what_it_was_picked_from_and_the_report_what_was_left_o
                                                                   "wall": "w"})
     assert "- not run yet: searched (the protocol resumes from its storage)" in text
     assert "- not in this run (`--arms`): reference, multitask" in text
+
+
+def test_a_target_not_run_yet_names_the_arms_it_needs():
+    budget = quality.Budget(tasks=tuple(TASKS), model="tiny", seeds=2, trials=4, epochs=1.0, max_train_examples=None,
+                            max_dev_examples=None, max_length=64, lr=1e-4, pooling="mean", evals=2)
+    p = quality.Protocol(budget=budget, storage=Path("unused"), glue_dir=None, rates=quality.DEFAULT_RATES["tiny"])
+    lines = quality.target_lines(p.targets([], {}, TASKS))
+    assert ("- searched recipe vs best fixed recipe, GLUE average: not run yet (target ≥ +0; needs arm searched and "
+            "one of the fixed recipes (multitask, bam_linear, lu_joint, lu_sequential, kd_switch))") in lines
+    assert ("- BAM (linear) vs plain multi-task, GLUE average: not run yet (target ≥ +0; needs arms multitask and "
+            "bam_linear)") in lines
