@@ -21,6 +21,11 @@ REPO = Path(__file__).resolve().parents[2]
 TASKS = ["cola", "sst2", "mrpc", "stsb", "rte"]
 
 
+def tiny_budget() -> "quality.Budget":
+    return quality.Budget(tasks=tuple(TASKS), model="tiny", seeds=2, trials=4, epochs=1.0, max_train_examples=None,
+                          max_dev_examples=None, max_length=64, lr=1e-4, pooling="mean", evals=2)
+
+
 def test_arms_keep_the_given_order_with_the_teachers_first():
     assert quality.parse_arms(None) is None
     assert quality.parse_arms("kd_switch,sweep,searched") == ("teachers", "kd_switch", "sweep", "searched")
@@ -46,8 +51,7 @@ def test_bad_arms_exit_2_with_one_line_before_loading_anything(tmp_path):
 
 
 def test_only_the_selected_phases_run_in_the_given_order(tmp_path):
-    budget = quality.Budget(tasks=tuple(TASKS), model="tiny", seeds=2, trials=4, epochs=1.0, max_train_examples=None,
-                            max_dev_examples=None, max_length=64, lr=1e-4, pooling="mean", evals=2)
+    budget = tiny_budget()
     p = quality.Protocol(budget=budget, storage=tmp_path, glue_dir=None, rates=quality.DEFAULT_RATES["tiny"],
                          arms=quality.parse_arms("kd_switch,sweep,searched,bam_linear"))
     assert [k for k, _, _ in p.phases()] == ["teachers", "kd_switch", "sweep", "searched", "bam_linear"]
@@ -58,8 +62,7 @@ def test_only_the_selected_phases_run_in_the_given_order(tmp_path):
 
 
 def test_best_fixed_names_what_it_was_picked_from_and_the_report_what_was_left_out(tmp_path):
-    budget = quality.Budget(tasks=tuple(TASKS), model="tiny", seeds=2, trials=4, epochs=1.0, max_train_examples=None,
-                            max_dev_examples=None, max_length=64, lr=1e-4, pooling="mean", evals=2)
+    budget = tiny_budget()
     p = quality.Protocol(budget=budget, storage=tmp_path, glue_dir=None, rates=quality.DEFAULT_RATES["tiny"],
                          arms=quality.parse_arms("bam_linear,kd_switch,sweep,searched"))
     row = {"label": "x", "n": 2, "tasks": {}, "glue_avg": {"mean": 70.0, "sd": 0.0}}
@@ -81,8 +84,7 @@ def test_best_fixed_names_what_it_was_picked_from_and_the_report_what_was_left_o
 
 
 def test_a_target_not_run_yet_names_the_arms_it_needs():
-    budget = quality.Budget(tasks=tuple(TASKS), model="tiny", seeds=2, trials=4, epochs=1.0, max_train_examples=None,
-                            max_dev_examples=None, max_length=64, lr=1e-4, pooling="mean", evals=2)
+    budget = tiny_budget()
     p = quality.Protocol(budget=budget, storage=Path("unused"), glue_dir=None, rates=quality.DEFAULT_RATES["tiny"])
     lines = quality.target_lines(p.targets([], {}, TASKS))
     assert ("- searched recipe vs best fixed recipe, GLUE average: not run yet (target ≥ +0; needs arm searched and "
