@@ -244,6 +244,18 @@ def markdown(medians: dict) -> str:
     return "\n".join(lines)
 
 
+def reuse_tune_actors() -> None:
+    """Every ``tune.TuneConfig`` built in this process defaults to ``reuse_actors=True`` (bench only)."""
+    import dataclasses
+
+    from ray import tune
+
+    @dataclasses.dataclass
+    class ReuseActors(tune.TuneConfig):
+        reuse_actors: bool = True
+    tune.TuneConfig = ReuseActors
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=4)
@@ -261,7 +273,12 @@ def main() -> None:
                     help="every Ray process logs its imports (PYTHONPROFILEIMPORTTIME); each kind's imports are "
                          "then replayed in a fresh interpreter for their CPU seconds (bench/import_profile.py)")
     ap.add_argument("--replay-repeats", type=int, default=3, help="replays per process kind with --imports")
+    ap.add_argument("--reuse-actors", action="store_true",
+                    help="Tune's reuse_actors=True (the product leaves it off, Ray's default): a later trial may run "
+                         "in an ended trial's function actor (issue 19's 'reuse Tune's trial actors')")
     args = ap.parse_args()
+    if args.reuse_actors:
+        reuse_tune_actors()
     if args.ray_defaults:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "2.0"
         os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "1"
@@ -302,7 +319,7 @@ def main() -> None:
         rows, medians = phase_table(read_events(log))
         tokenized = _tokenized_by_trial(cache, read_events(log))
         summary = {
-            "label": args.label, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "label": args.label, "date": time.strftime("%Y-%m-%d %H:%M"), "reuse_actors": args.reuse_actors,
             **describe(),
             "load_avg_before": [round(x, 2) for x in load], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
             "trials": args.trials, "at_once": res.max_concurrent, "cpus_per_worker": res.cpus_per_worker,
